@@ -1,0 +1,1 @@
+"""The ``mxcomm`` command line."""

@@ -1,0 +1,228 @@
+"""Block formats: an element type, a block size and a shared scale type."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+from mxcomm.errors import FormatError
+from mxcomm.formats.element import Element, FloatElement, IntElement
+
+ScaleType = Literal["e8m0", "e4m3", "fp16", "bf16", "fp32"]
+ScaleMode = Literal["floor", "ceil", "rceil", "even"]
+Rounding = Literal["rne", "away", "zero", "stochastic"]
+
+ROUNDINGS: tuple[str, ...] = ("rne", "away", "zero", "stochastic")
+E8M0_SCALE_MODES: tuple[str, ...] = ("floor", "ceil", "rceil", "even")
+FLOAT_SCALE_MODES: tuple[str, ...] = ("rceil",)
+MAX_BLOCK_SIZE = 1 << 16
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class ScaleSpec:
+    """How one shared block scale is stored.
+
+    Float scale types are described as a minifloat grid (``ebits``, ``mbits``,
+    ``bias``) so that the codec can round a real scale *up* onto that grid
+    exactly; ``max_value`` is the largest finite scale.
+    """
+
+    name: str
+    bits: int
+    power_of_two: bool
+    ebits: int = 0
+    mbits: int = 0
+    bias: int = 0
+    max_value: float = 0.0
+
+    @property
+    def nbytes(self) -> int:
+        return self.bits // 8
+
+    @property
+    def min_subnormal(self) -> float:
+        return math.ldexp(1.0, 1 - self.bias - self.mbits)
+
+
+SCALE_SPECS: dict[str, ScaleSpec] = {
+    # OCP E8M0: unsigned power of two 2**(code-127); code 0xFF is NaN.
+    "e8m0": ScaleSpec("e8m0", 8, True),
+    # Unsigned use of FP8 E4M3 (sign bit always 0); 0x7F is NaN.
+    "e4m3": ScaleSpec("e4m3", 8, False, 4, 3, 7, 448.0),
+    "fp16": ScaleSpec("fp16", 16, False, 5, 10, 15, 65504.0),
+    "bf16": ScaleSpec("bf16", 16, False, 8, 7, 127, math.ldexp(255.0, 120)),
+    "fp32": ScaleSpec("fp32", 32, False, 8, 23, 127, math.ldexp(float(2**24 - 1), 104)),
+}
+E8M0_BIAS = 127
+E8M0_NAN = 0xFF
+E4M3_NAN = 0x7F
+
+
+@dataclass(frozen=True)
+class BlockFormat:
+    """A block-scaled format: ``block_size`` consecutive elements share a scale.
+
+    ``scale_mode`` defaults to ``"floor"`` (OCP MX v1.0) for e8m0 scales and to
+    ``"rceil"`` (amax / max_normal rounded *up* onto the scale grid, so no
+    element clips) for float scale types, which is the only mode they support.
+    ``tensor_scale=True`` adds one float32 per-tensor scale in front of the
+    block scales (NVFP4's two-level recipe); only float scale types take it.
+    """
+
+    name: str
+    element: Element
+    block_size: int = 32
+    scale: ScaleType = "e8m0"
+    scale_mode: ScaleMode | None = None
+    rounding: Rounding = "rne"
+    tensor_scale: bool = field(default=False, kw_only=True)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
+            raise FormatError(
+                f"format name must be 1-64 characters of [A-Za-z0-9_.-], got {self.name!r}"
+            )
+        if not isinstance(self.element, (FloatElement, IntElement)):
+            raise FormatError(
+                f"element must be a FloatElement or IntElement, got {type(self.element).__name__}"
+            )
+        if (
+            not isinstance(self.block_size, int)
+            or isinstance(self.block_size, bool)
+            or not 1 <= self.block_size <= MAX_BLOCK_SIZE
+        ):
+            raise FormatError(f"block_size must be an int in 1..{MAX_BLOCK_SIZE}, got {self.block_size!r}")
+        if self.scale not in SCALE_SPECS:
+            raise FormatError(f"scale must be one of {tuple(SCALE_SPECS)}, got {self.scale!r}")
+        spec = SCALE_SPECS[self.scale]
+        if self.scale_mode is None:
+            object.__setattr__(self, "scale_mode", "floor" if spec.power_of_two else "rceil")
+        allowed = E8M0_SCALE_MODES if spec.power_of_two else FLOAT_SCALE_MODES
+        if self.scale_mode not in allowed:
+            raise FormatError(
+                f"scale type {self.scale!r} supports scale_mode {allowed}, got {self.scale_mode!r}"
+            )
+        if self.rounding not in ROUNDINGS:
+            raise FormatError(f"rounding must be one of {ROUNDINGS}, got {self.rounding!r}")
+        if not isinstance(self.tensor_scale, bool):
+            raise FormatError(f"tensor_scale must be a bool, got {self.tensor_scale!r}")
+        if self.tensor_scale and spec.power_of_two:
+            raise FormatError("tensor_scale=True needs a float scale type (e4m3, fp16, bf16, fp32)")
+
+    # -- derived properties -------------------------------------------------
+    @property
+    def scale_spec(self) -> ScaleSpec:
+        return SCALE_SPECS[self.scale]
+
+    @property
+    def element_bits(self) -> int:
+        return self.element.bits
+
+    @property
+    def scale_bits(self) -> int:
+        return self.scale_spec.bits
+
+    @property
+    def bits_per_element(self) -> float:
+        """Element bits plus the block scale's bits spread over the block.
+
+        The per-tensor scale (4 bytes per tensor) is not included; it is in
+        ``packed_nbytes``.
+        """
+        return self.element.bits + self.scale_bits / self.block_size
+
+    def compression_vs(self, bits: int = 16) -> float:
+        """Asymptotic compression ratio against a ``bits``-wide dtype (bf16 by default)."""
+        return bits / self.bits_per_element
+
+    def with_options(self, **changes: object) -> "BlockFormat":
+        """A copy with some fields changed (validated like a new format)."""
+        values = {
+            "name": self.name,
+            "element": self.element,
+            "block_size": self.block_size,
+            "scale": self.scale,
+            "scale_mode": self.scale_mode,
+            "rounding": self.rounding,
+            "tensor_scale": self.tensor_scale,
+        }
+        if "scale" in changes and "scale_mode" not in changes:
+            values["scale_mode"] = None
+        values.update(changes)
+        return BlockFormat(**values)  # type: ignore[arg-type]
+
+    def layout(self, shape: Sequence[int], axis: int = -1) -> "BlockLayout":
+        return block_layout(shape, axis, self.block_size)
+
+    def packed_nbytes(self, shape: Sequence[int], axis: int = -1) -> int:
+        """Exact payload bytes of an encoded tensor: codes + scales (+ tensor scale)."""
+        lay = self.layout(shape, axis)
+        code_bytes = (lay.num_codes * self.element.bits + 7) // 8
+        scale_bytes = lay.num_blocks * self.scale_spec.nbytes
+        tensor_bytes = 4 if self.tensor_scale else 0
+        return code_bytes + scale_bytes + tensor_bytes
+
+    def describe(self) -> str:
+        mode = "" if self.scale_mode == ("floor" if self.scale == "e8m0" else "rceil") else f" {self.scale_mode}"
+        tensor = " +fp32 tensor scale" if self.tensor_scale else ""
+        return f"{self.element} x{self.block_size} {self.scale}{mode}{tensor} {self.rounding}"
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """Geometry of a tensor cut into blocks along one axis.
+
+    ``rows`` is the product of the other dimensions, ``length`` the size of the
+    blocked axis, ``blocks_per_row`` = ceil(length / block_size).
+    """
+
+    shape: tuple[int, ...]
+    axis: int
+    rows: int
+    length: int
+    block_size: int
+
+    @property
+    def blocks_per_row(self) -> int:
+        return -(-self.length // self.block_size)
+
+    @property
+    def padded_length(self) -> int:
+        return self.blocks_per_row * self.block_size
+
+    @property
+    def num_blocks(self) -> int:
+        return self.rows * self.blocks_per_row
+
+    @property
+    def num_codes(self) -> int:
+        return self.num_blocks * self.block_size
+
+    @property
+    def numel(self) -> int:
+        return self.rows * self.length
+
+
+def normalize_axis(axis: int, ndim: int) -> int:
+    """Non-negative axis; a 0-d tensor is treated as shape (1,) with axis 0."""
+    if not isinstance(axis, int) or isinstance(axis, bool):
+        raise FormatError(f"axis must be an int, got {axis!r}")
+    n = max(ndim, 1)
+    if not -n <= axis < n:
+        raise FormatError(f"axis {axis} is out of range for a {ndim}-d tensor")
+    return axis % n
+
+
+def block_layout(shape: Sequence[int], axis: int, block_size: int) -> BlockLayout:
+    dims = tuple(int(d) for d in shape)
+    if any(d < 0 for d in dims):
+        raise FormatError(f"shape {dims} has a negative dimension")
+    ax = normalize_axis(axis, len(dims))
+    if not dims:
+        return BlockLayout((), 0, 1, 1, block_size)
+    length = dims[ax]
+    rows = math.prod(d for i, d in enumerate(dims) if i != ax)
+    return BlockLayout(dims, ax, rows, length, block_size)

@@ -1,0 +1,36 @@
+"""Codecs: the torch reference (the specification) and faster backends behind one dispatch."""
+
+from mxcomm.kernels.api import decode, decode_sum, effective_format, encode, quantize
+from mxcomm.kernels.bitpack import pack_codes, packed_code_bytes, unpack_codes
+from mxcomm.kernels.dispatch import (
+    BACKEND_ENV,
+    CodecBackend,
+    backend_status,
+    register_backend,
+    registered_backends,
+    resolve_backend,
+)
+from mxcomm.kernels.packed import Packed
+from mxcomm.kernels.reference import EncodedBlocks, ReferenceBackend
+
+register_backend("torch", ReferenceBackend)
+
+__all__ = [
+    "BACKEND_ENV",
+    "CodecBackend",
+    "EncodedBlocks",
+    "Packed",
+    "ReferenceBackend",
+    "backend_status",
+    "decode",
+    "decode_sum",
+    "effective_format",
+    "encode",
+    "pack_codes",
+    "packed_code_bytes",
+    "quantize",
+    "register_backend",
+    "registered_backends",
+    "resolve_backend",
+    "unpack_codes",
+]

@@ -1,0 +1,146 @@
+"""Public codec entry points: encode, decode, quantize, decode_sum."""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import torch
+
+from mxcomm.errors import FormatError
+from mxcomm.formats import ROUNDINGS, BlockFormat, block_layout, get_format
+from mxcomm.kernels.dispatch import resolve_backend
+from mxcomm.kernels.packed import INPUT_DTYPES, Packed
+from mxcomm.kernels.reference import EncodedBlocks
+
+log = logging.getLogger("mxcomm.kernels")
+
+
+def effective_format(fmt: str | BlockFormat, rounding: str | None = None, scale_mode: str | None = None) -> BlockFormat:
+    """``fmt`` resolved from the registry, with rounding / scale-mode overrides applied."""
+    base = get_format(fmt)
+    changes: dict[str, object] = {}
+    if rounding is not None:
+        if rounding not in ROUNDINGS:
+            raise FormatError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
+        changes["rounding"] = rounding
+    if scale_mode is not None:
+        changes["scale_mode"] = scale_mode
+    return base.with_options(**changes) if changes else base
+
+
+def _draw_seed(generator: torch.Generator | None) -> int:
+    # One 62-bit seed per encode call; the counter-based hash derives every
+    # element's random word from it (mxcomm.kernels.random).
+    return int(torch.randint(0, 2**62, (1,), generator=generator, device="cpu").item())
+
+
+def _moved_shape(shape: Sequence[int], axis: int) -> list[int]:
+    dims = list(shape)
+    if not dims:
+        return [1]
+    return dims[:axis] + dims[axis + 1 :] + [dims[axis]]
+
+
+def encode(
+    x: torch.Tensor,
+    fmt: str | BlockFormat,
+    *,
+    axis: int = -1,
+    rounding: str | None = None,
+    scale_mode: str | None = None,
+    generator: torch.Generator | None = None,
+    backend: str = "auto",
+) -> Packed:
+    """Encode ``x`` (float32/bfloat16/float16, any shape) in block format ``fmt``.
+
+    Blocks of ``fmt.block_size`` run along ``axis``; ``rounding`` and
+    ``scale_mode`` override the format's. Stochastic rounding draws one seed
+    from ``generator`` (torch's default generator when None).
+    """
+    if not isinstance(x, torch.Tensor):
+        raise FormatError(f"encode takes a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in INPUT_DTYPES:
+        raise FormatError(f"encode takes float32, bfloat16 or float16 tensors, got {x.dtype}")
+    f = effective_format(fmt, rounding, scale_mode)
+    lay = block_layout(x.shape, axis, f.block_size)
+    seed = _draw_seed(generator) if f.rounding == "stochastic" else None
+    be = resolve_backend(backend, x.device)
+    x2d = x.reshape(1, 1) if x.dim() == 0 else x.movedim(lay.axis, -1).reshape(lay.rows, lay.length)
+    parts = be.encode_blocks(x2d, f, seed)
+    log.debug("encode %s %s %s on %s via %s", f.name, tuple(x.shape), x.dtype, x.device, be.name)
+    return Packed(f, x.shape, x.dtype, lay.axis, parts.codes, parts.scales, parts.tensor_scale, be.name)
+
+
+def _parts(p: Packed) -> EncodedBlocks:
+    return EncodedBlocks(p.codes, p.scales, p.tensor_scale)
+
+
+def _out_dtype(dtype: torch.dtype | None, default: torch.dtype) -> torch.dtype:
+    out = default if dtype is None else dtype
+    if out not in INPUT_DTYPES:
+        raise FormatError(f"decode produces float32, bfloat16 or float16, got {out}")
+    return out
+
+
+def _restore(y2d: torch.Tensor, p: Packed) -> torch.Tensor:
+    if len(p.shape) == 0:
+        return y2d.reshape(())
+    moved = y2d.reshape(_moved_shape(p.shape, p.axis))
+    return moved.movedim(-1, p.axis).contiguous()
+
+
+def decode(p: Packed, *, dtype: torch.dtype | None = None, backend: str = "auto") -> torch.Tensor:
+    """Decode ``p`` to a tensor of its original shape (dtype: ``p.dtype`` unless given)."""
+    if not isinstance(p, Packed):
+        raise FormatError(f"decode takes a mxcomm.Packed, got {type(p).__name__}")
+    out = _out_dtype(dtype, p.dtype)
+    lay = p.layout
+    be = resolve_backend(backend, p.device)
+    y2d = be.decode_blocks(_parts(p), p.format, lay.rows, lay.length, out)
+    log.debug("decode %s %s on %s via %s", p.format.name, tuple(p.shape), p.device, be.name)
+    return _restore(y2d, p)
+
+
+def quantize(
+    x: torch.Tensor,
+    fmt: str | BlockFormat,
+    *,
+    axis: int = -1,
+    rounding: str | None = None,
+    scale_mode: str | None = None,
+    generator: torch.Generator | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Fake-quantize: ``decode(encode(x, fmt, ...))`` in ``x``'s dtype."""
+    p = encode(x, fmt, axis=axis, rounding=rounding, scale_mode=scale_mode, generator=generator, backend=backend)
+    return decode(p, backend=backend)
+
+
+def decode_sum(
+    packed_list: Sequence[Packed], *, dtype: torch.dtype | None = None, backend: str = "auto"
+) -> torch.Tensor:
+    """sum_i decode(packed_list[i]), accumulated in float32 in list order, cast once.
+
+    All entries must share format, shape, axis and device. Bit-identical to
+    decoding each to float32 and adding them left to right.
+    """
+    items = list(packed_list)
+    if not items:
+        raise FormatError("decode_sum needs at least one Packed")
+    first = items[0]
+    for i, p in enumerate(items):
+        if not isinstance(p, Packed):
+            raise FormatError(f"decode_sum item {i} is a {type(p).__name__}, not a mxcomm.Packed")
+        if p.format != first.format or p.shape != first.shape or p.axis != first.axis:
+            raise FormatError(
+                f"decode_sum item {i} ({p.format.name}, {tuple(p.shape)}, axis {p.axis}) does not match "
+                f"item 0 ({first.format.name}, {tuple(first.shape)}, axis {first.axis})"
+            )
+        if p.device != first.device:
+            raise FormatError(f"decode_sum item {i} is on {p.device}, item 0 on {first.device}")
+    out = _out_dtype(dtype, first.dtype)
+    lay = first.layout
+    be = resolve_backend(backend, first.device)
+    y2d = be.decode_sum_blocks([_parts(p) for p in items], first.format, lay.rows, lay.length, out)
+    return _restore(y2d, first)

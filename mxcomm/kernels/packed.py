@@ -1,0 +1,162 @@
+"""``Packed``: an encoded tensor (codes bitstream + block scales + optional tensor scale)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mxcomm.errors import FormatError
+from mxcomm.formats import BlockFormat, block_layout
+from mxcomm.kernels.bitpack import packed_code_bytes
+
+SCALE_STORAGE_DTYPES: dict[str, torch.dtype] = {
+    "e8m0": torch.uint8,
+    "e4m3": torch.uint8,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+    "fp32": torch.float32,
+}
+INPUT_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@dataclass(eq=False)
+class Packed:
+    """A tensor encoded in a block format.
+
+    ``codes`` is the flat uint8 LSB-first bitstream of all element codes in
+    block order (blocked axis last, rows row-major, each row padded to whole
+    blocks); ``scales`` has one scale per block in the same order;
+    ``tensor_scale`` is a 0-d float32 tensor for formats with a per-tensor
+    scale (NVFP4), else None. ``format`` is the effective format (with any
+    rounding / scale-mode override applied). ``backend`` names the codec
+    backend that produced it (not serialised).
+    """
+
+    format: BlockFormat
+    shape: torch.Size
+    dtype: torch.dtype
+    axis: int
+    codes: torch.Tensor
+    scales: torch.Tensor
+    tensor_scale: torch.Tensor | None = None
+    backend: str = "torch"
+
+    def __post_init__(self) -> None:
+        self.shape = torch.Size(self.shape)
+        validate_parts(self.format, self.shape, self.axis, self.dtype, self.codes, self.scales, self.tensor_scale)
+
+    @property
+    def layout(self):
+        return block_layout(self.shape, self.axis, self.format.block_size)
+
+    @property
+    def device(self) -> torch.device:
+        return self.codes.device
+
+    @property
+    def nbytes(self) -> int:
+        """Payload bytes: codes + scales (+ 4 for the tensor scale)."""
+        extra = 4 if self.tensor_scale is not None else 0
+        return self.codes.numel() + self.scales.numel() * self.scales.element_size() + extra
+
+    @property
+    def logical_nbytes(self) -> int:
+        """Bytes of the uncompressed tensor in its original dtype."""
+        return self.shape.numel() * torch.empty((), dtype=self.dtype).element_size()
+
+    @property
+    def compression_ratio(self) -> float:
+        return self.logical_nbytes / self.nbytes if self.nbytes else float("nan")
+
+    # -- flat payload (what the collectives send) --------------------------------
+    def payload(self) -> torch.Tensor:
+        """One flat uint8 tensor of exactly ``format.packed_nbytes(shape, axis)`` bytes.
+
+        Layout: codes | scale bytes (native little-endian) | tensor scale (4 bytes).
+        """
+        parts = [self.codes, self.scales.contiguous().view(torch.uint8).reshape(-1)]
+        if self.tensor_scale is not None:
+            parts.append(self.tensor_scale.reshape(1).to(torch.float32).view(torch.uint8))
+        return torch.cat([p.to(self.codes.device) for p in parts])
+
+    @classmethod
+    def from_payload(
+        cls,
+        buf: torch.Tensor,
+        fmt: BlockFormat,
+        shape: tuple[int, ...] | torch.Size,
+        dtype: torch.dtype,
+        axis: int = -1,
+        backend: str = "torch",
+    ) -> "Packed":
+        """Inverse of ``payload()``: views into ``buf`` (no copy when contiguous)."""
+        lay = block_layout(shape, axis, fmt.block_size)
+        code_bytes = packed_code_bytes(lay.num_codes, fmt.element.bits)
+        scale_dtype = SCALE_STORAGE_DTYPES[fmt.scale]
+        scale_bytes = lay.num_blocks * fmt.scale_spec.nbytes
+        expected = fmt.packed_nbytes(shape, axis)
+        if not isinstance(buf, torch.Tensor) or buf.dtype != torch.uint8 or buf.dim() != 1:
+            raise FormatError("payload must be a 1-D uint8 tensor")
+        if buf.numel() != expected:
+            raise FormatError(f"payload has {buf.numel()} bytes, format {fmt.name} needs {expected} for {tuple(shape)}")
+        buf = buf.contiguous()
+        codes = buf[:code_bytes]
+        scales = buf[code_bytes : code_bytes + scale_bytes].view(scale_dtype)
+        tensor_scale = None
+        if fmt.tensor_scale:
+            tensor_scale = buf[code_bytes + scale_bytes :].view(torch.float32).reshape(())
+        return cls(fmt, torch.Size(shape), dtype, lay.axis, codes, scales, tensor_scale, backend)
+
+    # -- self-describing frame -----------------------------------------------------
+    def to_bytes(self) -> bytes:
+        from mxcomm.kernels.wire import packed_to_bytes
+
+        return packed_to_bytes(self)
+
+    @classmethod
+    def from_bytes(cls, data: bytes | bytearray | memoryview) -> "Packed":
+        from mxcomm.kernels.wire import packed_from_bytes
+
+        return packed_from_bytes(data)
+
+    def __repr__(self) -> str:
+        return (
+            f"Packed(format={self.format.name!r}, shape={tuple(self.shape)}, dtype={self.dtype}, axis={self.axis}, "
+            f"nbytes={self.nbytes}, backend={self.backend!r})"
+        )
+
+
+def validate_parts(
+    fmt: BlockFormat,
+    shape: torch.Size,
+    axis: int,
+    dtype: torch.dtype,
+    codes: torch.Tensor,
+    scales: torch.Tensor,
+    tensor_scale: torch.Tensor | None,
+) -> None:
+    """Check that the parts have exactly the sizes and dtypes ``fmt`` implies."""
+    if not isinstance(fmt, BlockFormat):
+        raise FormatError(f"format must be a BlockFormat, got {type(fmt).__name__}")
+    if dtype not in INPUT_DTYPES:
+        raise FormatError(f"dtype must be one of {INPUT_DTYPES}, got {dtype}")
+    lay = block_layout(shape, axis, fmt.block_size)
+    if axis != lay.axis:
+        raise FormatError(f"axis must be normalised (non-negative), got {axis}")
+    need_codes = packed_code_bytes(lay.num_codes, fmt.element.bits)
+    if not isinstance(codes, torch.Tensor) or codes.dtype != torch.uint8 or codes.dim() != 1 or codes.numel() != need_codes:
+        raise FormatError(f"codes must be a 1-D uint8 tensor of {need_codes} bytes")
+    scale_dtype = SCALE_STORAGE_DTYPES[fmt.scale]
+    if (
+        not isinstance(scales, torch.Tensor)
+        or scales.dtype != scale_dtype
+        or scales.dim() != 1
+        or scales.numel() != lay.num_blocks
+    ):
+        raise FormatError(f"scales must be a 1-D {scale_dtype} tensor of {lay.num_blocks} entries")
+    if fmt.tensor_scale:
+        if not isinstance(tensor_scale, torch.Tensor) or tensor_scale.dtype != torch.float32 or tensor_scale.numel() != 1:
+            raise FormatError(f"format {fmt.name} needs a float32 tensor_scale")
+    elif tensor_scale is not None:
+        raise FormatError(f"format {fmt.name} has no tensor scale")
