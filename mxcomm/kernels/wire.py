@@ -1,0 +1,203 @@
+"""The self-describing frame of a Packed tensor (docs/wire-format.md).
+
+All integers little-endian. Layout (version 1):
+
+    magic   4s   b"MXCP"
+    version u16  1
+    flags   u16  0 (reserved, must be 0)
+    -- format description --
+    name_len u8, name (ASCII, [A-Za-z0-9_.-])
+    elem_kind u8 (0 float, 1 int)
+    ebits u8, mbits u8, bias i16, inf u8, nan u8 (0 none, 1 all_ones, 2 ieee)   [int: ebits=bits, rest 0]
+    block_size u32, scale u8, scale_mode u8, rounding u8, tensor_scale u8
+    -- tensor --
+    dtype u8 (0 fp32, 1 bf16, 2 fp16), ndim u8 (<= 32), axis u8, dims u64 * ndim
+    -- section lengths --
+    codes_len u64, scales_len u64, tensor_scale_len u8 (0 or 4)
+    -- payload --
+    codes, scales (native little-endian), tensor scale (float32)
+    crc32 u32   over every byte before it
+
+``packed_from_bytes`` checks the CRC and every field and length against the
+buffer before allocating anything; anything malformed raises FormatError.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import zlib
+
+import torch
+
+from mxcomm.errors import FormatError
+from mxcomm.formats import ROUNDINGS, BlockFormat, FloatElement, IntElement, block_layout
+from mxcomm.formats.block import E8M0_SCALE_MODES, SCALE_SPECS
+from mxcomm.kernels.bitpack import packed_code_bytes
+from mxcomm.kernels.packed import SCALE_STORAGE_DTYPES, Packed
+
+MAGIC = b"MXCP"
+VERSION = 1
+MAX_NDIM = 32
+MAX_DIM = 1 << 48
+
+_NAN_CODES = ("none", "all_ones", "ieee")
+_SCALES = tuple(SCALE_SPECS)
+_SCALE_MODES = E8M0_SCALE_MODES  # "rceil" is among them; float scale types use it
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_PREFIX = struct.Struct("<4sHH")
+_ELEM = struct.Struct("<BBBhBB")
+_BLOCK = struct.Struct("<IBBBB")
+_TENSOR = struct.Struct("<BBB")
+_SECTIONS = struct.Struct("<QQB")
+_CRC = struct.Struct("<I")
+
+
+def packed_to_bytes(p: Packed) -> bytes:
+    fmt = p.format
+    name = fmt.name.encode("ascii")
+    el = fmt.element
+    if isinstance(el, IntElement):
+        elem = _ELEM.pack(1, el.bits, 0, 0, 0, 0)
+    else:
+        elem = _ELEM.pack(0, el.ebits, el.mbits, el.bias, int(el.inf), _NAN_CODES.index(el.nan))
+    codes = p.codes.cpu().contiguous().numpy().tobytes()
+    scales = p.scales.cpu().contiguous().view(torch.uint8).numpy().tobytes()
+    tscale = b"" if p.tensor_scale is None else struct.pack("<f", float(p.tensor_scale))
+    parts = [
+        _PREFIX.pack(MAGIC, VERSION, 0),
+        bytes([len(name)]),
+        name,
+        elem,
+        _BLOCK.pack(
+            fmt.block_size,
+            _SCALES.index(fmt.scale),
+            _SCALE_MODES.index(fmt.scale_mode),
+            ROUNDINGS.index(fmt.rounding),
+            int(fmt.tensor_scale),
+        ),
+        _TENSOR.pack(_DTYPES.index(p.dtype), len(p.shape), p.axis),
+        struct.pack(f"<{len(p.shape)}Q", *p.shape),
+        _SECTIONS.pack(len(codes), len(scales), len(tscale)),
+        codes,
+        scales,
+        tscale,
+    ]
+    body = b"".join(parts)
+    return body + _CRC.pack(zlib.crc32(body))
+
+
+class _Reader:
+    """Bounds-checked cursor over the frame body."""
+
+    def __init__(self, data: memoryview) -> None:
+        self.data = data
+        self.pos = 0
+
+    def take(self, n: int, what: str) -> memoryview:
+        if n < 0 or self.pos + n > len(self.data):
+            raise FormatError(f"frame truncated while reading {what}")
+        out = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def unpack(self, st: struct.Struct, what: str) -> tuple:
+        return st.unpack(self.take(st.size, what))
+
+
+def _enum(values: tuple, index: int, what: str):
+    if not 0 <= index < len(values):
+        raise FormatError(f"frame has an invalid {what} code {index}")
+    return values[index]
+
+
+def packed_from_bytes(data: bytes | bytearray | memoryview) -> Packed:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise FormatError(f"from_bytes takes bytes, got {type(data).__name__}")
+    buf = memoryview(data).cast("B") if isinstance(data, memoryview) else memoryview(data)
+    if len(buf) < _PREFIX.size + _CRC.size:
+        raise FormatError(f"frame of {len(buf)} bytes is too short")
+    magic, version, flags = _PREFIX.unpack(buf[: _PREFIX.size])
+    if magic != MAGIC:
+        raise FormatError(f"not a mxcomm frame (magic {bytes(magic)!r})")
+    if version != VERSION:
+        raise FormatError(f"unsupported frame version {version} (this mxcomm reads {VERSION})")
+    if flags != 0:
+        raise FormatError(f"frame has unknown flags {flags:#x}")
+    body = buf[: len(buf) - _CRC.size]
+    (crc,) = _CRC.unpack(buf[len(buf) - _CRC.size :])
+    if zlib.crc32(body) != crc:
+        raise FormatError("frame CRC32 mismatch: the data is corrupted")
+
+    r = _Reader(body)
+    r.take(_PREFIX.size, "prefix")
+    (name_len,) = r.unpack(struct.Struct("<B"), "name length")
+    try:
+        name = bytes(r.take(name_len, "format name")).decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise FormatError("frame has a non-ASCII format name") from exc
+    kind, p1, p2, bias, inf, nan = r.unpack(_ELEM, "element description")
+    if kind == 0:
+        if inf not in (0, 1):
+            raise FormatError(f"frame has an invalid inf flag {inf}")
+        element: FloatElement | IntElement = FloatElement(
+            p1, p2, bias=bias, inf=bool(inf), nan=_enum(_NAN_CODES, nan, "nan encoding")
+        )
+    elif kind == 1:
+        if (p2, bias, inf, nan) != (0, 0, 0, 0):
+            raise FormatError("frame has non-zero reserved fields in an integer element")
+        element = IntElement(p1)
+    else:
+        raise FormatError(f"frame has an invalid element kind {kind}")
+    block_size, scale, mode, rounding, tscale_flag = r.unpack(_BLOCK, "block description")
+    if tscale_flag not in (0, 1):
+        raise FormatError(f"frame has an invalid tensor-scale flag {tscale_flag}")
+    fmt = BlockFormat(
+        name,
+        element,
+        block_size,
+        _enum(_SCALES, scale, "scale type"),
+        _enum(_SCALE_MODES, mode, "scale mode"),
+        _enum(ROUNDINGS, rounding, "rounding"),
+        tensor_scale=bool(tscale_flag),
+    )
+    dtype_code, ndim, axis = r.unpack(_TENSOR, "tensor description")
+    dtype = _enum(_DTYPES, dtype_code, "dtype")
+    if ndim > MAX_NDIM:
+        raise FormatError(f"frame has {ndim} dimensions (at most {MAX_NDIM})")
+    dims = struct.unpack(f"<{ndim}Q", r.take(8 * ndim, "shape"))
+    if any(d > MAX_DIM for d in dims):
+        raise FormatError(f"frame has an implausible shape {dims}")
+    if axis >= max(ndim, 1):
+        raise FormatError(f"frame axis {axis} is out of range for {ndim} dimensions")
+    codes_len, scales_len, tscale_len = r.unpack(_SECTIONS, "section lengths")
+
+    # Every length must follow from the description before anything is allocated.
+    lay = block_layout(dims, axis, fmt.block_size)
+    want_codes = packed_code_bytes(lay.num_codes, element.bits)
+    want_scales = lay.num_blocks * fmt.scale_spec.nbytes
+    want_tscale = 4 if fmt.tensor_scale else 0
+    if (codes_len, scales_len, tscale_len) != (want_codes, want_scales, want_tscale):
+        raise FormatError(
+            f"frame section lengths ({codes_len}, {scales_len}, {tscale_len}) do not match the description "
+            f"({want_codes}, {want_scales}, {want_tscale})"
+        )
+    if r.pos + codes_len + scales_len + tscale_len != len(body):
+        raise FormatError(
+            f"frame holds {len(body) - r.pos} payload bytes, the description needs {codes_len + scales_len + tscale_len}"
+        )
+    codes = _tensor_from(r.take(codes_len, "codes"), torch.uint8)
+    scales = _tensor_from(r.take(scales_len, "scales"), torch.uint8).view(SCALE_STORAGE_DTYPES[fmt.scale])
+    tensor_scale = None
+    if tscale_len:
+        (value,) = struct.unpack("<f", r.take(4, "tensor scale"))
+        if not (math.isfinite(value) and value > 0):
+            raise FormatError(f"frame has an invalid tensor scale {value}")
+        tensor_scale = torch.tensor(value, dtype=torch.float32)
+    return Packed(fmt, torch.Size(dims), dtype, axis, codes, scales, tensor_scale, "torch")
+
+
+def _tensor_from(view: memoryview, dtype: torch.dtype) -> torch.Tensor:
+    if len(view) == 0:
+        return torch.empty(0, dtype=dtype)
+    return torch.frombuffer(bytearray(view), dtype=dtype)
