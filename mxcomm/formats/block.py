@@ -70,6 +70,9 @@ class BlockFormat:
     element clips) for float scale types, which is the only mode they support.
     ``tensor_scale=True`` adds one float32 per-tensor scale in front of the
     block scales (NVFP4's two-level recipe); only float scale types take it.
+    ``rotation_seed`` (an int) turns on a random Hadamard rotation of every
+    block before it is quantized (see docs/semantics.md, "Rotation"); it needs
+    a power-of-two block size.
     """
 
     name: str
@@ -79,6 +82,7 @@ class BlockFormat:
     scale_mode: ScaleMode | None = None
     rounding: Rounding = "rne"
     tensor_scale: bool = field(default=False, kw_only=True)
+    rotation_seed: int | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
@@ -111,6 +115,15 @@ class BlockFormat:
             raise FormatError(f"tensor_scale must be a bool, got {self.tensor_scale!r}")
         if self.tensor_scale and spec.power_of_two:
             raise FormatError("tensor_scale=True needs a float scale type (e4m3, fp16, bf16, fp32)")
+        if self.rotation_seed is not None:
+            if (
+                not isinstance(self.rotation_seed, int)
+                or isinstance(self.rotation_seed, bool)
+                or not 0 <= self.rotation_seed < 2**64
+            ):
+                raise FormatError(f"rotation_seed must be None or an int in [0, 2**64), got {self.rotation_seed!r}")
+            if self.block_size < 2 or self.block_size & (self.block_size - 1):
+                raise FormatError(f"a rotated format needs a power-of-two block size >= 2, got {self.block_size}")
 
     # -- derived properties -------------------------------------------------
     @property
@@ -148,6 +161,7 @@ class BlockFormat:
             "scale_mode": self.scale_mode,
             "rounding": self.rounding,
             "tensor_scale": self.tensor_scale,
+            "rotation_seed": self.rotation_seed,
         }
         if "scale" in changes and "scale_mode" not in changes:
             values["scale_mode"] = None
@@ -168,7 +182,8 @@ class BlockFormat:
     def describe(self) -> str:
         mode = "" if self.scale_mode == ("floor" if self.scale == "e8m0" else "rceil") else f" {self.scale_mode}"
         tensor = " +fp32 tensor scale" if self.tensor_scale else ""
-        return f"{self.element} x{self.block_size} {self.scale}{mode}{tensor} {self.rounding}"
+        rotation = f" +hadamard(seed={self.rotation_seed})" if self.rotation_seed is not None else ""
+        return f"{self.element} x{self.block_size} {self.scale}{mode}{tensor}{rotation} {self.rounding}"
 
 
 @dataclass(frozen=True)

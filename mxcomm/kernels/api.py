@@ -12,6 +12,7 @@ from mxcomm.formats import ROUNDINGS, BlockFormat, block_layout, get_format
 from mxcomm.kernels.dispatch import resolve_backend
 from mxcomm.kernels.packed import INPUT_DTYPES, Packed
 from mxcomm.kernels.reference import EncodedBlocks
+from mxcomm.kernels.rotation import rotate, unrotate
 
 log = logging.getLogger("mxcomm.kernels")
 
@@ -67,9 +68,20 @@ def encode(
     seed = _draw_seed(generator) if f.rounding == "stochastic" else None
     be = resolve_backend(backend, x.device)
     x2d = x.reshape(1, 1) if x.dim() == 0 else x.movedim(lay.axis, -1).reshape(lay.rows, lay.length)
-    parts = be.encode_blocks(x2d, f, seed)
+    if f.rotation_seed is not None:
+        # Rotation runs here, once for every backend: pad to whole blocks, rotate
+        # in float32, and hand the backend the plain (unrotated) format.
+        padded = x2d.new_zeros((lay.rows, lay.padded_length), dtype=torch.float32)
+        padded[:, : lay.length] = x2d
+        parts = be.encode_blocks(rotate(padded, f.rotation_seed, f.block_size), _plain(f), seed)
+    else:
+        parts = be.encode_blocks(x2d, f, seed)
     log.debug("encode %s %s %s on %s via %s", f.name, tuple(x.shape), x.dtype, x.device, be.name)
     return Packed(f, x.shape, x.dtype, lay.axis, parts.codes, parts.scales, parts.tensor_scale, be.name)
+
+
+def _plain(fmt: BlockFormat) -> BlockFormat:
+    return fmt.with_options(rotation_seed=None)
 
 
 def _parts(p: Packed) -> EncodedBlocks:
@@ -97,7 +109,12 @@ def decode(p: Packed, *, dtype: torch.dtype | None = None, backend: str = "auto"
     out = _out_dtype(dtype, p.dtype)
     lay = p.layout
     be = resolve_backend(backend, p.device)
-    y2d = be.decode_blocks(_parts(p), p.format, lay.rows, lay.length, out)
+    f = p.format
+    if f.rotation_seed is not None:
+        rotated = be.decode_blocks(_parts(p), _plain(f), lay.rows, lay.padded_length, torch.float32)
+        y2d = unrotate(rotated, f.rotation_seed, f.block_size)[:, : lay.length].to(out)
+    else:
+        y2d = be.decode_blocks(_parts(p), f, lay.rows, lay.length, out)
     log.debug("decode %s %s on %s via %s", p.format.name, tuple(p.shape), p.device, be.name)
     return _restore(y2d, p)
 
@@ -142,5 +159,11 @@ def decode_sum(
     out = _out_dtype(dtype, first.dtype)
     lay = first.layout
     be = resolve_backend(backend, first.device)
-    y2d = be.decode_sum_blocks([_parts(p) for p in items], first.format, lay.rows, lay.length, out)
+    f = first.format
+    if f.rotation_seed is not None:
+        # Sum in the rotated domain (linear), un-rotate once.
+        rotated = be.decode_sum_blocks([_parts(p) for p in items], _plain(f), lay.rows, lay.padded_length, torch.float32)
+        y2d = unrotate(rotated, f.rotation_seed, f.block_size)[:, : lay.length].to(out)
+    else:
+        y2d = be.decode_sum_blocks([_parts(p) for p in items], f, lay.rows, lay.length, out)
     return _restore(y2d, first)

@@ -9,7 +9,7 @@ All integers little-endian. Layout (version 1):
     name_len u8, name (ASCII, [A-Za-z0-9_.-])
     elem_kind u8 (0 float, 1 int)
     ebits u8, mbits u8, bias i16, inf u8, nan u8 (0 none, 1 all_ones, 2 ieee)   [int: ebits=bits, rest 0]
-    block_size u32, scale u8, scale_mode u8, rounding u8, tensor_scale u8
+    block_size u32, scale u8, scale_mode u8, rounding u8, tensor_scale u8, rotation u8, rotation_seed u64
     -- tensor --
     dtype u8 (0 fp32, 1 bf16, 2 fp16), ndim u8 (<= 32), axis u8, dims u64 * ndim
     -- section lengths --
@@ -47,7 +47,7 @@ _SCALE_MODES = E8M0_SCALE_MODES  # "rceil" is among them; float scale types use 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _PREFIX = struct.Struct("<4sHH")
 _ELEM = struct.Struct("<BBBhBB")
-_BLOCK = struct.Struct("<IBBBB")
+_BLOCK = struct.Struct("<IBBBBBQ")
 _TENSOR = struct.Struct("<BBB")
 _SECTIONS = struct.Struct("<QQB")
 _CRC = struct.Struct("<I")
@@ -75,6 +75,8 @@ def packed_to_bytes(p: Packed) -> bytes:
             _SCALE_MODES.index(fmt.scale_mode),
             ROUNDINGS.index(fmt.rounding),
             int(fmt.tensor_scale),
+            int(fmt.rotation_seed is not None),
+            fmt.rotation_seed or 0,
         ),
         _TENSOR.pack(_DTYPES.index(p.dtype), len(p.shape), p.axis),
         struct.pack(f"<{len(p.shape)}Q", *p.shape),
@@ -149,9 +151,11 @@ def packed_from_bytes(data: bytes | bytearray | memoryview) -> Packed:
         element = IntElement(p1)
     else:
         raise FormatError(f"frame has an invalid element kind {kind}")
-    block_size, scale, mode, rounding, tscale_flag = r.unpack(_BLOCK, "block description")
+    block_size, scale, mode, rounding, tscale_flag, rot_flag, rot_seed = r.unpack(_BLOCK, "block description")
     if tscale_flag not in (0, 1):
         raise FormatError(f"frame has an invalid tensor-scale flag {tscale_flag}")
+    if rot_flag not in (0, 1) or (rot_flag == 0 and rot_seed != 0):
+        raise FormatError(f"frame has an invalid rotation field ({rot_flag}, {rot_seed})")
     fmt = BlockFormat(
         name,
         element,
@@ -160,6 +164,7 @@ def packed_from_bytes(data: bytes | bytearray | memoryview) -> Packed:
         _enum(_SCALE_MODES, mode, "scale mode"),
         _enum(ROUNDINGS, rounding, "rounding"),
         tensor_scale=bool(tscale_flag),
+        rotation_seed=rot_seed if rot_flag else None,
     )
     dtype_code, ndim, axis = r.unpack(_TENSOR, "tensor description")
     dtype = _enum(_DTYPES, dtype_code, "dtype")

@@ -1,0 +1,102 @@
+"""Bandwidth accounting: ``with mxcomm.track_comm() as stats:`` records every collective call.
+
+Byte counts are per rank and count everything the rank hands to the process
+group for other ranks (descriptor + codes + scales + tensor scales + the
+zero padding of fixed-size slots) or receives from them; the rank's own slot
+of an all-gather or all-to-all never leaves the process and is not counted.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Iterator
+
+
+@dataclass(frozen=True)
+class CommRecord:
+    """One collective call as seen by this rank."""
+
+    op: str  # "all_reduce" | "all_gather" | "reduce_scatter"
+    algorithm: str  # the algorithm actually run: "none" | "allgather" | "two_shot"
+    requested: str  # what the caller asked for (e.g. "auto")
+    format: str  # format name ("" when nothing was encoded)
+    world_size: int
+    numel: int
+    dtype: str
+    logical_bytes: int  # what the uncompressed collective moves from this rank
+    bytes_sent: int
+    bytes_received: int
+    seconds: float
+    segments: int = 1
+    reason: str = ""  # why this algorithm (planner verdict or "requested")
+
+    @property
+    def ratio(self) -> float:
+        return self.logical_bytes / self.bytes_sent if self.bytes_sent else float("inf")
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["ratio"] = self.ratio
+        return d
+
+
+@dataclass
+class CommStats:
+    """The records of one ``track_comm`` block."""
+
+    records: list[CommRecord] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        logical = sum(r.logical_bytes for r in self.records)
+        sent = sum(r.bytes_sent for r in self.records)
+        received = sum(r.bytes_received for r in self.records)
+        algorithms: dict[str, int] = {}
+        for r in self.records:
+            algorithms[r.algorithm] = algorithms.get(r.algorithm, 0) + 1
+        return {
+            "calls": len(self.records),
+            "logical_bytes": logical,
+            "bytes_sent": sent,
+            "bytes_received": received,
+            "ratio": logical / sent if sent else float("inf"),
+            "seconds": sum(r.seconds for r in self.records),
+            "algorithms": algorithms,
+        }
+
+
+_local = threading.local()
+
+
+def _active() -> list[CommStats]:
+    stack = getattr(_local, "stack", None)
+    if stack is None:
+        stack = _local.stack = []
+    return stack
+
+
+@contextmanager
+def track_comm() -> Iterator[CommStats]:
+    """Collect a CommRecord for every mxcomm collective completed in this thread inside the block.
+
+    Blocks nest; an inner block's records also go to the outer ones. An async
+    call is recorded when its handle's ``wait()`` completes.
+    """
+    stats = CommStats()
+    stack = _active()
+    stack.append(stats)
+    try:
+        yield stats
+    finally:
+        stack.remove(stats)
+
+
+def emit(record: CommRecord, trackers: list[CommStats]) -> None:
+    for stats in trackers:
+        stats.records.append(record)
+
+
+def current_trackers() -> list[CommStats]:
+    """The trackers open now (captured at call time, so async waits report to the right block)."""
+    return list(_active())

@@ -1,0 +1,507 @@
+"""Compressed all_gather, reduce_scatter and all_reduce on torch.distributed.
+
+Every call runs in three stages on every rank:
+
+1. the 64-byte descriptor all-gather (``mxcomm.collectives.wire``): every rank
+   checks that all agree, or every rank raises;
+2. ``start``: encode and post the (async) payload exchanges of every pipeline
+   segment;
+3. ``finish``: wait, decode, (two-shot: re-encode and all-gather), write the
+   result. With ``async_op=True`` stage 3 runs in the handle's ``wait()``.
+
+Tensors are encoded flattened (blocks of ``block_size`` consecutive elements
+in memory order), so any shape works and only a tensor's last block is
+padded. Payloads travel as uint8 buffers of sizes every rank computes from
+``fmt.packed_nbytes``; only ``all_gather_into_tensor`` and
+``all_to_all_single`` are used, which gloo and NCCL both provide.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Generator, Sequence
+
+import torch
+import torch.distributed as dist
+
+from mxcomm.collectives.accounting import CommRecord, current_trackers, emit
+from mxcomm.collectives.planner import (
+    DEFAULT_SEGMENT_ELEMS,
+    REQUESTABLE,
+    CostModel,
+    Plan,
+    all_reduce_logical_bytes,
+    chunk_bounds,
+    get_cost_model,
+    payload_nbytes,
+    plan_all_reduce,
+    segment_bounds,
+    two_shot_slot_nbytes,
+)
+from mxcomm.collectives.wire import (
+    DESCRIPTOR_NBYTES,
+    Descriptor,
+    WireDescriptor,
+    algorithm_name,
+    check_descriptors,
+    format_fingerprint,
+)
+from mxcomm.errors import FormatError
+from mxcomm.formats import BlockFormat, get_format
+from mxcomm.kernels import Packed, decode, decode_sum, encode
+from mxcomm.kernels.packed import INPUT_DTYPES
+
+log = logging.getLogger("mxcomm.collectives")
+
+_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
+def all_gather_bytes(out: torch.Tensor, inp: torch.Tensor, group: Any = None, async_op: bool = False):
+    """all_gather_into_tensor under whichever name this torch has."""
+    return _all_gather_single(out, inp, group=group, async_op=async_op)
+
+
+def group_device(group: Any = None) -> torch.device:
+    """Where a group's communication buffers must live (CUDA for NCCL, else CPU)."""
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+class _Wire:
+    """Posts byte exchanges on the group and counts what this rank sends and receives."""
+
+    def __init__(self, group: Any, world_size: int) -> None:
+        self.group = group
+        self.n = world_size
+        self.sent = 0
+        self.received = 0
+
+    def all_gather(self, out: torch.Tensor, inp: torch.Tensor, async_op: bool = True):
+        # Each rank's slot reaches the n-1 others; the own slot is a local copy.
+        self.sent += (self.n - 1) * inp.numel()
+        self.received += (self.n - 1) * inp.numel()
+        return all_gather_bytes(out, inp, self.group, async_op)
+
+    def all_to_all(self, out: torch.Tensor, inp: torch.Tensor, async_op: bool = True):
+        slot = inp.numel() // self.n
+        self.sent += (self.n - 1) * slot
+        self.received += (self.n - 1) * slot
+        return dist.all_to_all_single(out, inp, group=self.group, async_op=async_op)
+
+
+# -- argument checks and the descriptor exchange --------------------------------------------------
+
+
+def _check_tensor(t: Any, what: str) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise FormatError(f"{what} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in INPUT_DTYPES:
+        raise FormatError(f"{what} must be float32, bfloat16 or float16, got {t.dtype}")
+    return t
+
+
+def _exchange_descriptors(desc: Descriptor, group: Any, device: torch.device, n: int, wire: _Wire) -> list:
+    inp = desc.to_tensor(device)
+    out = torch.empty(n * DESCRIPTOR_NBYTES, dtype=torch.uint8, device=device)
+    wire.all_gather(out, inp, async_op=False)
+    raw = out.cpu().numpy().tobytes()
+    return [WireDescriptor.unpack(raw[i * DESCRIPTOR_NBYTES : (i + 1) * DESCRIPTOR_NBYTES]) for i in range(n)]
+
+
+def _agree(
+    desc: Descriptor, local_error: Exception | None, group: Any, device: torch.device, n: int, wire: _Wire
+) -> WireDescriptor:
+    """Exchange descriptors; raise on every rank unless all agree. Returns rank 0's descriptor."""
+    received = _exchange_descriptors(desc, group, device, n, wire)
+    if local_error is not None:
+        raise local_error
+    check_descriptors(received, compare_format=desc.requested != "none")
+    return received[0]
+
+
+def _invalid_descriptor(op: str, requested: str) -> Descriptor:
+    return Descriptor(op, requested if requested in REQUESTABLE else "none", "none", torch.float32, (), b"\0" * 8,
+                      "", 0, invalid=True)
+
+
+# -- jobs and handles --------------------------------------------------------------------------------
+
+
+@dataclass
+class _CallInfo:
+    op: str
+    algorithm: str
+    requested: str
+    fmt_name: str
+    world_size: int
+    numel: int
+    dtype: torch.dtype
+    logical: int
+    segments: int
+    reason: str
+
+
+class _Job:
+    """A started collective: a generator that has posted its first exchanges and yields to wait."""
+
+    def __init__(
+        self,
+        steps: Generator[None, None, None],
+        info: _CallInfo,
+        wire: _Wire,
+        t0: float,
+        result: Callable[[], Any],
+    ) -> None:
+        self._steps = steps
+        self._info = info
+        self._wire = wire
+        self._t0 = t0
+        self._result = result
+        self._trackers = current_trackers()
+        self.done = False
+        next(self._steps, None)  # run up to the first wait point: everything is posted
+
+    def finish(self) -> Any:
+        if not self.done:
+            for _ in self._steps:
+                pass
+            self.done = True
+            i = self._info
+            record = CommRecord(
+                op=i.op,
+                algorithm=i.algorithm,
+                requested=i.requested,
+                format=i.fmt_name,
+                world_size=i.world_size,
+                numel=i.numel,
+                dtype=str(i.dtype).replace("torch.", ""),
+                logical_bytes=i.logical,
+                bytes_sent=self._wire.sent,
+                bytes_received=self._wire.received,
+                seconds=time.perf_counter() - self._t0,
+                segments=i.segments,
+                reason=i.reason,
+            )
+            emit(record, self._trackers)
+        return self._result()
+
+
+class CollectiveHandle:
+    """What ``async_op=True`` returns.
+
+    ``wait()`` completes the collective (waits for the exchanges, decodes, and
+    for two-shot posts and waits for the second exchange) and returns the
+    result: the list of tensors for ``all_gather``, the output tensor
+    otherwise. Because ``wait()`` can post an exchange, ranks must call it at
+    the same point of their sequence of collectives on the group, as they must
+    issue the collectives themselves. ``is_completed()`` is True once
+    ``wait()`` has returned (the result is not written before).
+    """
+
+    def __init__(self, job: _Job) -> None:
+        self._job = job
+
+    def wait(self) -> Any:
+        return self._job.finish()
+
+    def is_completed(self) -> bool:
+        return self._job.done
+
+
+def _run(job: _Job, async_op: bool) -> Any:
+    if async_op:
+        return CollectiveHandle(job)
+    return job.finish()
+
+
+# -- algorithms (generators: post, yield, then wait and decode) ---------------------------------------
+
+
+def _from_slot(buf: torch.Tensor, start: int, fmt: BlockFormat, numel: int, dtype: torch.dtype) -> Packed:
+    return Packed.from_payload(buf[start : start + payload_nbytes(fmt, numel)], fmt, (numel,), dtype)
+
+
+def _one_shot(
+    src: torch.Tensor, dst: torch.Tensor, fmt: BlockFormat, segs: Sequence[tuple[int, int]], rank: int,
+    n: int, wire: _Wire, backend: str,
+) -> Generator[None, None, None]:
+    posted = []
+    for s0, s1 in segs:
+        payload = encode(src[s0:s1], fmt, backend=backend).payload()
+        out = torch.empty(n * payload.numel(), dtype=torch.uint8, device=src.device)
+        posted.append((s0, s1, payload.numel(), out, wire.all_gather(out, payload)))
+    yield
+    for s0, s1, size, out, work in posted:
+        work.wait()
+        shards = [_from_slot(out, r * size, fmt, s1 - s0, src.dtype) for r in range(n)]
+        dst[s0:s1].copy_(decode_sum(shards, dtype=dst.dtype, backend=backend))
+
+
+def _two_shot(
+    src: torch.Tensor, dst: torch.Tensor, fmt: BlockFormat, segs: Sequence[tuple[int, int]], rank: int,
+    n: int, wire: _Wire, backend: str,
+) -> Generator[None, None, None]:
+    device = src.device
+    phase1 = []
+    for s0, s1 in segs:
+        chunks = chunk_bounds(s1 - s0, n, fmt.block_size)
+        slot = two_shot_slot_nbytes(fmt, s1 - s0, n)
+        send = torch.zeros(n * slot, dtype=torch.uint8, device=device)
+        for c, (a, b) in enumerate(chunks):
+            if b > a:
+                payload = encode(src[s0 + a : s0 + b], fmt, backend=backend).payload()
+                send[c * slot : c * slot + payload.numel()] = payload
+        recv = torch.empty(n * slot, dtype=torch.uint8, device=device)
+        phase1.append((s0, chunks, slot, recv, wire.all_to_all(recv, send)))
+    yield
+    phase2 = []
+    for s0, chunks, slot, recv, work in phase1:
+        work.wait()
+        a, b = chunks[rank]
+        own = torch.zeros(slot, dtype=torch.uint8, device=device)
+        if b > a:
+            parts = [_from_slot(recv, j * slot, fmt, b - a, src.dtype) for j in range(n)]
+            # The owner sums in fp32 and re-encodes; it then uses the decoded re-encoded
+            # chunk like every other rank, which is what makes all ranks bitwise equal.
+            reduced = decode_sum(parts, dtype=torch.float32, backend=backend)
+            payload = encode(reduced, fmt, backend=backend).payload()
+            own[: payload.numel()] = payload
+        out = torch.empty(n * slot, dtype=torch.uint8, device=device)
+        phase2.append((s0, chunks, slot, out, wire.all_gather(out, own)))
+    for s0, chunks, slot, out, work in phase2:
+        work.wait()
+        for c, (a, b) in enumerate(chunks):
+            if b > a:
+                p = _from_slot(out, c * slot, fmt, b - a, torch.float32)
+                dst[s0 + a : s0 + b].copy_(decode(p, dtype=dst.dtype, backend=backend))
+
+
+def _plain(tensor: torch.Tensor, group: Any) -> Generator[None, None, None]:
+    work = dist.all_reduce(tensor, group=group, async_op=True)
+    yield
+    work.wait()
+
+
+# -- public API ------------------------------------------------------------------------------------
+
+
+def all_reduce(
+    tensor: torch.Tensor,
+    fmt: str | BlockFormat | None,
+    *,
+    group: Any = None,
+    algorithm: str = "auto",
+    async_op: bool = False,
+    model: CostModel | None = None,
+    backend: str = "auto",
+) -> CollectiveHandle | None:
+    """In-place SUM all-reduce of ``tensor`` over ``group``, compressed in ``fmt``.
+
+    ``algorithm``: ``"allgather"`` (one-shot), ``"two_shot"``, ``"none"``
+    (plain ``dist.all_reduce``; ``fmt`` may then be None) or ``"auto"`` (the
+    planner, with ``model`` or the group's installed ``CostModel``; rank 0's
+    choice is used by all ranks). Every rank ends with bitwise-identical
+    values. Returns None, or a ``CollectiveHandle`` with ``async_op=True``.
+    Raises ``FormatError`` for invalid arguments and ``CollectiveMismatchError``
+    when ranks disagree (on every rank; nothing hangs).
+    """
+    t0 = time.perf_counter()
+    n = dist.get_world_size(group)
+    rank = dist.get_rank(group)
+    wire = _Wire(group, n)
+    local_error: FormatError | None = None
+    f: BlockFormat | None = None
+    plan: Plan | None = None
+    try:
+        _check_tensor(tensor, "all_reduce tensor")
+        if algorithm not in REQUESTABLE:
+            raise FormatError(f"algorithm must be one of {REQUESTABLE}, got {algorithm!r}")
+        if fmt is None and algorithm != "none":
+            raise FormatError("fmt is required unless algorithm='none'")
+        f = get_format(fmt) if fmt is not None else None
+        numel, esize = tensor.numel(), tensor.element_size()
+        if algorithm == "auto":
+            assert f is not None
+            plan = plan_all_reduce(model or get_cost_model(group), f, numel, esize, n)
+        else:
+            plan = Plan(algorithm, DEFAULT_SEGMENT_ELEMS, "requested", {})
+        desc = Descriptor(
+            "all_reduce", algorithm, plan.algorithm, tensor.dtype, tuple(tensor.shape),
+            format_fingerprint(f) if f is not None else b"\0" * 8, f.name if f is not None else "",
+            plan.segment_elems,
+        )
+    except FormatError as e:
+        local_error = e
+        desc = _invalid_descriptor("all_reduce", algorithm if isinstance(algorithm, str) else "none")
+    device = tensor.device if isinstance(tensor, torch.Tensor) else group_device(group)
+    agreed = _agree(desc, local_error, group, device, n, wire)
+    assert plan is not None
+    chosen = algorithm_name(agreed.planned)
+    reason = plan.reason
+    if chosen != plan.algorithm:
+        reason = f"rank 0 chose {chosen} (this rank's model chose {plan.algorithm}: {plan.reason})"
+    log.debug(
+        "all_reduce rank %d/%d numel=%d %s fmt=%s requested=%s -> %s; %s",
+        rank, n, tensor.numel(), tensor.dtype, f.name if f else None, algorithm, chosen, reason,
+    )
+    work = tensor if tensor.is_contiguous() else tensor.contiguous()
+    flat = work.view(-1)
+    segs = segment_bounds(flat.numel(), agreed.segment_elems)
+    if chosen == "none":
+        steps = _plain(work, group)
+        # What a bandwidth-optimal ring all-reduce moves; the backend's own algorithm may differ.
+        logical = all_reduce_logical_bytes(tensor.numel(), tensor.element_size(), n)
+        wire.sent += logical
+        wire.received += logical
+    else:
+        assert f is not None
+        # The result is written segment by segment after all of them were encoded: no input is read late.
+        algo = _one_shot if chosen == "allgather" else _two_shot
+        steps = algo(flat, flat, f, segs, rank, n, wire, backend)
+
+    def result() -> torch.Tensor:
+        if work is not tensor:
+            tensor.copy_(work)
+        return tensor
+
+    info = _CallInfo(
+        "all_reduce", chosen, algorithm, f.name if (f is not None and chosen != "none") else "", n,
+        tensor.numel(), tensor.dtype, all_reduce_logical_bytes(tensor.numel(), tensor.element_size(), n),
+        len(segs) if chosen != "none" else 1, reason,
+    )
+    job = _Job(steps, info, wire, t0, result)
+    handle = _run(job, async_op)
+    return handle if async_op else None
+
+
+def all_gather(
+    tensor: torch.Tensor,
+    fmt: str | BlockFormat,
+    *,
+    group: Any = None,
+    async_op: bool = False,
+    backend: str = "auto",
+) -> list[torch.Tensor] | CollectiveHandle:
+    """Every rank's ``tensor``, encoded in ``fmt``, exchanged and decoded: a list indexed by rank.
+
+    Every rank (including the owner of an entry) gets the decoded bytes, so the
+    lists are bitwise identical on all ranks. With ``async_op=True`` returns a
+    handle whose ``wait()`` returns the list.
+    """
+    t0 = time.perf_counter()
+    n = dist.get_world_size(group)
+    rank = dist.get_rank(group)
+    wire = _Wire(group, n)
+    local_error: FormatError | None = None
+    try:
+        _check_tensor(tensor, "all_gather tensor")
+        f = get_format(fmt)
+        desc = Descriptor("all_gather", "allgather", "allgather", tensor.dtype, tuple(tensor.shape),
+                          format_fingerprint(f), f.name, 0)
+    except FormatError as e:
+        local_error = e
+        desc = _invalid_descriptor("all_gather", "allgather")
+    device = tensor.device if isinstance(tensor, torch.Tensor) else group_device(group)
+    _agree(desc, local_error, group, device, n, wire)
+    src = tensor.reshape(-1)
+    numel = src.numel()
+    outputs: list[torch.Tensor] = []
+
+    def steps() -> Generator[None, None, None]:
+        size = payload_nbytes(f, numel)
+        payload = (
+            encode(src, f, backend=backend).payload() if numel else torch.empty(0, dtype=torch.uint8, device=device)
+        )
+        out = torch.empty(n * size, dtype=torch.uint8, device=device)
+        work = wire.all_gather(out, payload)
+        yield
+        work.wait()
+        for r in range(n):
+            if numel:
+                y = decode(_from_slot(out, r * size, f, numel, tensor.dtype), backend=backend)
+            else:
+                y = torch.empty(0, dtype=tensor.dtype, device=device)
+            outputs.append(y.view(tensor.shape))
+
+    info = _CallInfo("all_gather", "allgather", "allgather", f.name, n, numel, tensor.dtype,
+                     (n - 1) * numel * tensor.element_size(), 1, "requested")
+    log.debug("all_gather rank %d/%d numel=%d %s fmt=%s", rank, n, numel, tensor.dtype, f.name)
+    return _run(_Job(steps(), info, wire, t0, lambda: outputs), async_op)
+
+
+def reduce_scatter(
+    output: torch.Tensor,
+    input: torch.Tensor | Sequence[torch.Tensor],
+    fmt: str | BlockFormat,
+    *,
+    group: Any = None,
+    async_op: bool = False,
+    backend: str = "auto",
+) -> CollectiveHandle | None:
+    """SUM reduce-scatter: rank r's ``output`` = sum over ranks of their chunk r, compressed in ``fmt``.
+
+    ``input`` is a tensor of ``world_size * output.numel()`` elements (chunk r
+    = the r-th contiguous slice of its flattened view, as in
+    ``dist.reduce_scatter_tensor``) or a list of ``world_size`` tensors of
+    ``output.numel()`` elements each (as in ``dist.reduce_scatter``). Each
+    rank encodes its n chunks, they are exchanged with one all-to-all, and the
+    owner decodes and sums its chunk in fp32 in rank order (its own chunk
+    decoded from its encoding too).
+    """
+    t0 = time.perf_counter()
+    n = dist.get_world_size(group)
+    rank = dist.get_rank(group)
+    wire = _Wire(group, n)
+    local_error: FormatError | None = None
+    chunks: list[torch.Tensor] = []
+    try:
+        _check_tensor(output, "reduce_scatter output")
+        f = get_format(fmt)
+        m = output.numel()
+        if isinstance(input, torch.Tensor):
+            _check_tensor(input, "reduce_scatter input")
+            if input.numel() != n * m:
+                raise FormatError(
+                    f"reduce_scatter input has {input.numel()} elements; world size {n} x output {m} = {n * m} needed"
+                )
+            flat_in = input.reshape(-1)
+            chunks = [flat_in[r * m : (r + 1) * m] for r in range(n)]
+        else:
+            chunks = [_check_tensor(c, "reduce_scatter input item").reshape(-1) for c in input]
+            if len(chunks) != n or any(c.numel() != m for c in chunks):
+                raise FormatError(
+                    f"reduce_scatter input list must hold {n} tensors of {m} elements, got "
+                    f"{[c.numel() for c in chunks]}"
+                )
+        if any(c.dtype != output.dtype for c in chunks):
+            raise FormatError(f"reduce_scatter input dtype must equal the output's ({output.dtype})")
+        desc = Descriptor("reduce_scatter", "two_shot", "two_shot", output.dtype, tuple(output.shape),
+                          format_fingerprint(f), f.name, 0)
+    except FormatError as e:
+        local_error = e
+        desc = _invalid_descriptor("reduce_scatter", "two_shot")
+    device = output.device if isinstance(output, torch.Tensor) else group_device(group)
+    _agree(desc, local_error, group, device, n, wire)
+
+    def steps() -> Generator[None, None, None]:
+        size = payload_nbytes(f, m)
+        send = torch.empty(n * size, dtype=torch.uint8, device=device)
+        if m:
+            for r, c in enumerate(chunks):
+                send[r * size : (r + 1) * size] = encode(c, f, backend=backend).payload()
+        recv = torch.empty(n * size, dtype=torch.uint8, device=device)
+        work = wire.all_to_all(recv, send)
+        yield
+        work.wait()
+        if m:
+            parts = [_from_slot(recv, j * size, f, m, output.dtype) for j in range(n)]
+            output.copy_(decode_sum(parts, dtype=output.dtype, backend=backend).view(output.shape))
+
+    info = _CallInfo("reduce_scatter", "two_shot", "two_shot", f.name, n, m, output.dtype,
+                     (n - 1) * m * output.element_size(), 1, "requested")
+    log.debug("reduce_scatter rank %d/%d numel=%d %s fmt=%s", rank, n, m, output.dtype, f.name)
+    handle = _run(_Job(steps(), info, wire, t0, lambda: output), async_op)
+    return handle if async_op else None

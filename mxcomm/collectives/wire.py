@@ -1,0 +1,181 @@
+"""The descriptor every rank sends before the payload of a compressed collective.
+
+Payload buffers have fixed sizes computed locally from ``fmt.packed_nbytes``,
+so ranks that disagree on format, dtype or shape would post exchanges of
+different sizes, which can hang or return garbage. Every collective therefore
+starts with an all-gather of one fixed-size descriptor per rank; each rank
+checks all of them and, on any disagreement, every rank raises the same
+``CollectiveMismatchError`` before a single payload byte is exchanged. All
+ranks have then made the same sequence of process-group calls, so the group
+stays usable.
+
+Layout (64 bytes, little-endian)::
+
+    magic 4s "MXC1" | version B | op B | requested algorithm B | planned algorithm B
+    dtype B | ndim B | flags H | format fingerprint 8s | numel Q | shape crc32 I
+    segment elements Q | format name 16s (truncated, for messages) | reserved 4x
+
+A rank whose own arguments are invalid (unknown format, unsupported dtype,
+wrong sizes) still sends a descriptor, flagged ``FLAG_INVALID``: it then raises
+its own ``FormatError`` and every other rank a ``CollectiveMismatchError``
+naming it, instead of leaving them blocked in the exchange.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from mxcomm.errors import CollectiveMismatchError, FormatError
+from mxcomm.formats import BlockFormat
+
+MAGIC = b"MXC1"
+VERSION = 1
+DESCRIPTOR_NBYTES = 64
+_STRUCT = struct.Struct("<4sBBBBBBH8sQIQ16s4x")
+assert _STRUCT.size == DESCRIPTOR_NBYTES
+
+OPS: dict[str, int] = {"all_reduce": 1, "all_gather": 2, "reduce_scatter": 3}
+ALGORITHMS: dict[str, int] = {"none": 0, "allgather": 1, "two_shot": 2, "auto": 3}
+FLAG_INVALID = 1
+DTYPES: dict[torch.dtype, int] = {torch.float32: 1, torch.bfloat16: 2, torch.float16: 3}
+_OP_NAMES = {v: k for k, v in OPS.items()}
+_ALG_NAMES = {v: k for k, v in ALGORITHMS.items()}
+_DTYPE_NAMES = {v: str(k).replace("torch.", "") for k, v in DTYPES.items()}
+
+
+def format_fingerprint(fmt: BlockFormat) -> bytes:
+    """8 bytes that identify what a format encodes, independent of its registered name.
+
+    Two formats with equal fingerprints produce identical payloads for the same
+    input, so a renamed copy of a format is not a mismatch.
+    """
+    canonical = repr(
+        (fmt.element, fmt.block_size, fmt.scale, fmt.scale_mode, fmt.rounding, fmt.tensor_scale)
+    )
+    return hashlib.blake2b(canonical.encode(), digest_size=8).digest()
+
+
+def shape_crc(shape: Sequence[int]) -> int:
+    dims = struct.pack(f"<{len(shape)}q", *shape)
+    return zlib.crc32(struct.pack("<B", len(shape)) + dims)
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """What one rank is about to do, as sent on the wire."""
+
+    op: str
+    requested: str
+    planned: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    fingerprint: bytes
+    format_name: str
+    segment_elems: int
+    invalid: bool = False
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    def pack(self) -> bytes:
+        return _STRUCT.pack(
+            MAGIC,
+            VERSION,
+            OPS[self.op],
+            ALGORITHMS.get(self.requested, 255),
+            ALGORITHMS.get(self.planned, 255),
+            DTYPES.get(self.dtype, 0),
+            min(len(self.shape), 255),
+            FLAG_INVALID if self.invalid else 0,
+            self.fingerprint,
+            self.numel,
+            shape_crc(self.shape),
+            self.segment_elems,
+            self.format_name.encode()[:16],
+        )
+
+    def to_tensor(self, device: torch.device) -> torch.Tensor:
+        return torch.frombuffer(bytearray(self.pack()), dtype=torch.uint8).to(device)
+
+
+@dataclass(frozen=True)
+class WireDescriptor:
+    """A descriptor as received: the fields that can be compared (shape only as numel + crc)."""
+
+    version: int
+    op: int
+    requested: int
+    planned: int
+    dtype: int
+    ndim: int
+    flags: int
+    fingerprint: bytes
+    numel: int
+    shape_crc: int
+    segment_elems: int
+    format_name: str
+
+    @classmethod
+    def unpack(cls, data: bytes) -> "WireDescriptor":
+        if len(data) != DESCRIPTOR_NBYTES:
+            raise FormatError(f"descriptor must be {DESCRIPTOR_NBYTES} bytes, got {len(data)}")
+        (magic, version, op, req, planned, dtype, ndim, flags, fp, numel, crc, seg, name) = _STRUCT.unpack(data)
+        if magic != MAGIC:
+            # Not an mxcomm descriptor at all: the peer is running a different collective.
+            raise CollectiveMismatchError(
+                f"received bytes {magic!r} where an mxcomm collective descriptor was expected: "
+                "ranks are not running the same collective call"
+            )
+        return cls(version, op, req, planned, dtype, ndim, flags, fp, numel, crc, seg,
+                   name.rstrip(b"\0").decode(errors="replace"))
+
+    def describe(self) -> str:
+        return (
+            f"op={_OP_NAMES.get(self.op, self.op)} algorithm={_ALG_NAMES.get(self.requested, self.requested)} "
+            f"format={self.format_name}#{self.fingerprint.hex()} dtype={_DTYPE_NAMES.get(self.dtype, self.dtype)} "
+            f"ndim={self.ndim} numel={self.numel} shape_crc={self.shape_crc:08x}"
+        )
+
+
+def check_descriptors(received: list[WireDescriptor], *, compare_format: bool) -> None:
+    """Raise CollectiveMismatchError unless every rank's descriptor agrees with rank 0's.
+
+    Every rank runs this on the same list, so every rank reaches the same verdict.
+    """
+    invalid = [r for r, d in enumerate(received) if d.flags & FLAG_INVALID]
+    if invalid:
+        raise CollectiveMismatchError(
+            f"rank(s) {invalid} rejected their arguments to this collective (see the FormatError raised "
+            "there); no payload was exchanged"
+        )
+    ref = received[0]
+    fields = ["version", "op", "requested", "dtype", "ndim", "numel", "shape_crc"]
+    if compare_format:
+        fields.append("fingerprint")
+    bad = []
+    for rank, d in enumerate(received[1:], start=1):
+        diff = [f for f in fields if getattr(d, f) != getattr(ref, f)]
+        if diff:
+            bad.append((rank, diff, d))
+    if bad:
+        lines = [f"  rank 0: {ref.describe()}"]
+        for rank, diff, d in bad:
+            lines.append(f"  rank {rank}: {d.describe()}  (differs in {', '.join(diff)})")
+        raise CollectiveMismatchError(
+            "ranks disagree on a compressed collective; nothing was exchanged beyond the descriptors:\n"
+            + "\n".join(lines)
+        )
+
+
+def algorithm_name(code: int) -> str:
+    return _ALG_NAMES[code]

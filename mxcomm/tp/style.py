@@ -1,0 +1,245 @@
+"""A row-parallel ``ParallelStyle`` whose output all-reduce is compressed.
+
+PyTorch's :class:`~torch.distributed.tensor.parallel.RowwiseParallel` shards a
+``Linear`` along its input features; every rank then holds a *partial* output
+(a ``Partial`` DTensor) and the style's output hook redistributes it to
+``Replicate``, which is a plain all-reduce. :class:`CompressedRowwiseParallel`
+keeps the weight sharding and input handling of ``RowwiseParallel`` unchanged
+and replaces only that output reduction: it takes the local partial tensor and
+sums it across the mesh with :func:`mxcomm.collectives.all_reduce` in a block
+format. Every rank gets a bitwise-identical result (a property of the
+collective), so the output is a genuine ``Replicate`` DTensor.
+
+The communication settings live on the parallelized module (attribute
+``mxcomm_comm``, a :class:`RowwiseComm`) and are read on every forward, so they
+can be changed without re-sharding (:func:`mxcomm.tp.set_comm_format`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Union
+
+import torch
+import torch.nn as nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import DTensor, Replicate
+from torch.distributed.tensor.parallel import RowwiseParallel
+from torch.distributed.tensor.placement_types import Partial, Placement
+
+from mxcomm.collectives import all_reduce
+from mxcomm.errors import FormatError, MxcommError
+from mxcomm.formats import BlockFormat, get_format
+
+#: Attribute name under which a parallelized module carries its :class:`RowwiseComm`.
+COMM_ATTR = "mxcomm_comm"
+
+#: Algorithms accepted by :func:`mxcomm.collectives.all_reduce`.
+ALGORITHMS: tuple[str, ...] = ("auto", "allgather", "two_shot", "none")
+
+_COMM_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
+
+FormatLike = Union[str, BlockFormat]
+
+
+class TPPlanError(MxcommError, ValueError):
+    """A tensor-parallel style or plan was given arguments it cannot honour."""
+
+
+def resolve_format(fmt: FormatLike | None) -> BlockFormat | None:
+    """``None`` / ``"none"`` mean "no compression"; anything else must name a registered format."""
+    if fmt is None or (isinstance(fmt, str) and fmt.lower() == "none"):
+        return None
+    if isinstance(fmt, BlockFormat):
+        return fmt
+    if isinstance(fmt, str):
+        return get_format(fmt)
+    raise FormatError(f"format must be a BlockFormat, a registered format name or None, got {fmt!r}")
+
+
+@dataclass
+class RowwiseComm:
+    """How one row-parallel module reduces its partial output.
+
+    ``fmt is None`` (or ``algorithm == "none"``) runs the uncompressed
+    ``algorithm="none"`` path of :func:`mxcomm.collectives.all_reduce` — still
+    through mxcomm, so it shows up in :func:`mxcomm.track_comm` with ratio 1.
+    ``comm_dtype`` casts the partial sum before it is communicated (and the
+    result back to the compute dtype afterwards); ``None`` keeps the compute
+    dtype. The evaluation runs an fp32 model with a bf16 wire, the usual
+    inference setting the paper compares against.
+    """
+
+    fmt: BlockFormat | None
+    algorithm: str = "auto"
+    comm_dtype: torch.dtype | None = None
+
+    def __post_init__(self) -> None:
+        self.fmt = resolve_format(self.fmt)
+        if self.algorithm not in ALGORITHMS:
+            raise TPPlanError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
+        if self.comm_dtype is not None and self.comm_dtype not in _COMM_DTYPES:
+            raise TPPlanError(f"comm_dtype must be one of {_COMM_DTYPES} or None, got {self.comm_dtype!r}")
+
+    @property
+    def compressed(self) -> bool:
+        return self.fmt is not None and self.algorithm != "none"
+
+    def describe(self) -> str:
+        if not self.compressed:
+            return "none"
+        assert self.fmt is not None
+        return f"{self.fmt.name}[{self.fmt.rounding}]/{self.algorithm}"
+
+
+class _ReduceToReplicate(torch.autograd.Function):
+    """Sum the partial outputs of all ranks through mxcomm.
+
+    The backward pass is the identity: each rank's partial contributes with
+    weight one to the replicated sum, so the gradient of a partial is the
+    (replicated) gradient of the output. Quantization is treated as a
+    straight-through estimator, the usual choice for compressed TP training.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, partial_out: torch.Tensor, comm: RowwiseComm, group: Any) -> torch.Tensor:
+        wire_dtype = comm.comm_dtype or partial_out.dtype
+        # all_reduce works in place; never overwrite a tensor autograd may still need.
+        buf = partial_out.detach().to(dtype=wire_dtype, copy=True, memory_format=torch.contiguous_format)
+        if comm.compressed:
+            all_reduce(buf, comm.fmt, group=group, algorithm=comm.algorithm)
+        else:
+            all_reduce(buf, None, group=group, algorithm="none")
+        return buf if buf.dtype == partial_out.dtype else buf.to(partial_out.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        return grad_out, None, None
+
+
+def reduce_partial(partial_out: torch.Tensor, comm: RowwiseComm, group: Any) -> torch.Tensor:
+    """Sum ``partial_out`` over ``group`` as ``comm`` says (autograd: identity backward)."""
+    return _ReduceToReplicate.apply(partial_out, comm, group)
+
+
+class CompressedRowwiseParallel(RowwiseParallel):
+    """``RowwiseParallel`` with an mxcomm-compressed output all-reduce.
+
+    Use it with :func:`torch.distributed.tensor.parallel.parallelize_module`
+    exactly like PyTorch's own styles::
+
+        parallelize_module(mlp, tp_mesh, {"w1": ColwiseParallel(),
+                                          "w2": CompressedRowwiseParallel("mxfp8_e4m3")})
+
+    Args:
+        fmt: block format (object or registered name) for the all-reduce, or
+            ``None`` / ``"none"`` for mxcomm's uncompressed path.
+        algorithm: ``"auto"`` (mxcomm's planner), ``"allgather"`` (one-shot),
+            ``"two_shot"`` or ``"none"``; passed to :func:`mxcomm.all_reduce`.
+        comm_dtype: dtype the partial sums travel in (``None``: the compute dtype).
+        input_layouts, use_local_output: as for ``RowwiseParallel``.
+        output_layouts: only ``Replicate()`` (the default) is supported; a
+            sharded output would need a compressed reduce-scatter.
+
+    Linear and Embedding modules are supported, like ``RowwiseParallel``.
+    """
+
+    def __init__(
+        self,
+        fmt: FormatLike | None,
+        *,
+        algorithm: str = "auto",
+        comm_dtype: torch.dtype | None = None,
+        input_layouts: Placement | None = None,
+        output_layouts: Placement | None = None,
+        use_local_output: bool = True,
+    ) -> None:
+        super().__init__(
+            input_layouts=input_layouts, output_layouts=output_layouts, use_local_output=use_local_output
+        )
+        if self.output_layouts != (Replicate(),):
+            raise TPPlanError(
+                f"CompressedRowwiseParallel only produces a Replicate() output, got {output_layouts!r}"
+            )
+        self.comm = RowwiseComm(resolve_format(fmt), algorithm, comm_dtype)
+
+    # RowwiseParallel._apply binds ``self._prepare_output_fn`` with
+    # (output_layouts, use_local_output); overriding it as an instance method
+    # keeps the parent's partitioning and input preparation untouched.
+    def _prepare_output_fn(  # type: ignore[override]
+        self,
+        output_layouts: tuple[Placement, ...],
+        use_local_output: bool,
+        mod: nn.Module,
+        outputs: Any,
+        device_mesh: DeviceMesh,
+    ) -> Any:
+        if not isinstance(outputs, DTensor):
+            raise TPPlanError(
+                f"{type(mod).__name__} under CompressedRowwiseParallel returned {type(outputs).__name__}, "
+                "expected a DTensor"
+            )
+        placements = outputs.placements
+        if len(placements) != 1 or not (isinstance(placements[0], Partial) and placements[0].reduce_op == "sum"):
+            raise TPPlanError(
+                f"CompressedRowwiseParallel expected a Partial(sum) output, got placements {placements}"
+            )
+        comm: RowwiseComm = getattr(mod, COMM_ATTR)
+        reduced = reduce_partial(outputs.to_local(), comm, device_mesh.get_group())
+        if use_local_output:
+            return reduced
+        return DTensor.from_local(reduced, device_mesh, output_layouts, run_check=False)
+
+    def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
+        if device_mesh.ndim != 1:
+            raise TPPlanError(f"CompressedRowwiseParallel needs a 1-D device mesh, got {device_mesh.ndim}-D")
+        out = super()._apply(module, device_mesh)
+        # One settings object per module, so that later per-module changes stay local.
+        setattr(module, COMM_ATTR, RowwiseComm(self.comm.fmt, self.comm.algorithm, self.comm.comm_dtype))
+        return out
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(fmt={self.comm.fmt.name if self.comm.fmt else None!r}, "
+            f"algorithm={self.comm.algorithm!r}, comm_dtype={self.comm.comm_dtype}, "
+            f"input_layouts={self.input_layouts}, use_local_output={self.use_local_output})"
+        )
+
+
+def compressed_modules(model: nn.Module) -> dict[str, RowwiseComm]:
+    """Name -> settings of every module parallelized with :class:`CompressedRowwiseParallel`."""
+    return {name: getattr(mod, COMM_ATTR) for name, mod in model.named_modules() if hasattr(mod, COMM_ATTR)}
+
+
+def set_comm_format(
+    model: nn.Module,
+    fmt: FormatLike | None,
+    *,
+    algorithm: str | None = None,
+    comm_dtype: torch.dtype | None | str = "keep",
+    names: Any = None,
+) -> int:
+    """Change the all-reduce format of already parallelized modules, without re-sharding.
+
+    ``names`` (an iterable of module names) restricts the change; by default
+    every :class:`CompressedRowwiseParallel` module in ``model`` changes.
+    ``algorithm=None`` and ``comm_dtype="keep"`` leave those settings as they
+    are. Returns the number of modules changed; raises :class:`TPPlanError`
+    when ``names`` lists a module that is not compressed row-parallel.
+    """
+    targets = compressed_modules(model)
+    if names is not None:
+        wanted = list(names)
+        missing = [n for n in wanted if n not in targets]
+        if missing:
+            raise TPPlanError(f"not CompressedRowwiseParallel modules: {missing}")
+        targets = {n: targets[n] for n in wanted}
+    new_fmt = resolve_format(fmt)
+    for comm in targets.values():
+        updated = RowwiseComm(
+            new_fmt,
+            comm.algorithm if algorithm is None else algorithm,
+            comm.comm_dtype if isinstance(comm_dtype, str) and comm_dtype == "keep" else comm_dtype,  # type: ignore[arg-type]
+        )
+        comm.fmt, comm.algorithm, comm.comm_dtype = updated.fmt, updated.algorithm, updated.comm_dtype
+    return len(targets)
