@@ -1,9 +1,9 @@
 """Format model: element types, block formats, the registry and the built-ins."""
 
 from mxcomm.formats.block import (
+    E4M3_NAN,
     E8M0_BIAS,
     E8M0_NAN,
-    E4M3_NAN,
     ROUNDINGS,
     SCALE_SPECS,
     BlockFormat,
@@ -13,7 +13,7 @@ from mxcomm.formats.block import (
     normalize_axis,
 )
 from mxcomm.formats.builtins import CUSTOM_FORMATS, NVFP4, OCP_FORMATS, custom_name, register_builtins
-from mxcomm.formats.element import Element, FloatElement, IntElement, code_values, cached_code_values
+from mxcomm.formats.element import Element, FloatElement, IntElement, cached_code_values, code_values
 from mxcomm.formats.registry import (
     get_format,
     list_aliases,

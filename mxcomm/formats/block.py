@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Literal
 
 from mxcomm.errors import FormatError
 from mxcomm.formats.element import Element, FloatElement, IntElement
@@ -151,7 +152,7 @@ class BlockFormat:
         """Asymptotic compression ratio against a ``bits``-wide dtype (bf16 by default)."""
         return bits / self.bits_per_element
 
-    def with_options(self, **changes: object) -> "BlockFormat":
+    def with_options(self, **changes: object) -> BlockFormat:
         """A copy with some fields changed (validated like a new format)."""
         values = {
             "name": self.name,
@@ -168,7 +169,7 @@ class BlockFormat:
         values.update(changes)
         return BlockFormat(**values)  # type: ignore[arg-type]
 
-    def layout(self, shape: Sequence[int], axis: int = -1) -> "BlockLayout":
+    def layout(self, shape: Sequence[int], axis: int = -1) -> BlockLayout:
         return block_layout(shape, axis, self.block_size)
 
     def packed_nbytes(self, shape: Sequence[int], axis: int = -1) -> int:

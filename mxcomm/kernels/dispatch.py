@@ -20,7 +20,8 @@ import logging
 import os
 import threading
 import warnings
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import torch
 

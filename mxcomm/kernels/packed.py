@@ -89,7 +89,7 @@ class Packed:
         dtype: torch.dtype,
         axis: int = -1,
         backend: str = "torch",
-    ) -> "Packed":
+    ) -> Packed:
         """Inverse of ``payload()``: views into ``buf`` (no copy when contiguous)."""
         lay = block_layout(shape, axis, fmt.block_size)
         code_bytes = packed_code_bytes(lay.num_codes, fmt.element.bits)
@@ -115,7 +115,7 @@ class Packed:
         return packed_to_bytes(self)
 
     @classmethod
-    def from_bytes(cls, data: bytes | bytearray | memoryview) -> "Packed":
+    def from_bytes(cls, data: bytes | bytearray | memoryview) -> Packed:
         from mxcomm.kernels.wire import packed_from_bytes
 
         return packed_from_bytes(data)
