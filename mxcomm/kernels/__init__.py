@@ -15,6 +15,17 @@ from mxcomm.kernels.reference import EncodedBlocks, ReferenceBackend
 
 register_backend("torch", ReferenceBackend)
 
+
+def _load_triton_backend() -> CodecBackend:
+    # Imports Triton only when the backend is first used (an ImportError becomes
+    # the reason reported by backend_status / BackendUnavailableError).
+    from mxcomm.kernels.triton_backend import load
+
+    return load()
+
+
+register_backend("triton", _load_triton_backend)
+
 __all__ = [
     "BACKEND_ENV",
     "CodecBackend",

@@ -1,0 +1,436 @@
+"""The Triton codec backend: launches the kernels of ``triton_kernels.py``.
+
+Loaded lazily by the dispatch (``register_backend("triton", ...)`` in
+``mxcomm/kernels/__init__.py``); importing this module imports Triton.
+
+Where it runs (``TritonBackend.availability``):
+
+* CUDA tensors: whenever Triton imports (compiled kernels);
+* CPU tensors: only under Triton's interpreter, i.e. when ``TRITON_INTERPRET=1``
+  was set before the kernels were first loaded (that is how CI tests the
+  kernels without a GPU). Otherwise an explicit ``backend="triton"`` raises
+  ``BackendUnavailableError`` with the reason.
+
+Every format parameter becomes a ``tl.constexpr`` (``format_constexprs``), so
+each format compiles to its own specialised kernel of one generic family.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from typing import Any
+
+import torch
+import triton
+
+from mxcomm.errors import FormatError
+from mxcomm.formats import BlockFormat, IntElement
+from mxcomm.formats.element import cached_code_values
+from mxcomm.kernels import triton_kernels as K
+from mxcomm.kernels.bitpack import packed_code_bytes
+from mxcomm.kernels.packed import SCALE_STORAGE_DTYPES
+from mxcomm.kernels.random import MASK32, seed_key
+from mxcomm.kernels.reference import SCALE_SPECS_FP32, EncodedBlocks, round_up_to_scale
+
+# Elements per program (encode and decode tiles, encode streaming chunks).
+TILE = 2048
+NUM_WARPS = 4
+# No fused multiply-add anywhere: decode_sum's products and sums are rounded separately,
+# exactly like the reference.
+LAUNCH_OPTIONS: dict[str, Any] = {"num_warps": NUM_WARPS, "enable_fp_fusion": False}
+
+_IN_KIND = {torch.float32: K.IN_FP32, torch.bfloat16: K.IN_BF16, torch.float16: K.IN_FP16}
+_OUT_KIND = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+_BITS_VIEW = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
+_SCALE_KIND = {"e8m0": K.SC_E8M0, "e4m3": K.SC_E4M3, "fp16": K.SC_FP16, "bf16": K.SC_BF16, "fp32": K.SC_FP32}
+_SCALE_BITS_VIEW = {
+    "e8m0": torch.uint8,
+    "e4m3": torch.uint8,
+    "fp16": torch.int16,
+    "bf16": torch.int16,
+    "fp32": torch.int32,
+}
+# The NaN scale bit patterns the reference stores (torch's float64 NaN cast to the type).
+_SCALE_NAN = {"e8m0": 0xFF, "e4m3": 0x7F, "fp16": 0x7E00, "bf16": 0x7FC0, "fp32": 0x7FC00000}
+_SCALE_MODE = {"floor": K.MODE_FLOOR, "ceil": K.MODE_CEIL, "rceil": K.MODE_RCEIL, "even": K.MODE_EVEN}
+_ROUNDING = {"rne": K.RND_RNE, "away": K.RND_AWAY, "zero": K.RND_ZERO, "stochastic": K.RND_STOCHASTIC}
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def _is_pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def _grid_code(value: float, mbits: int, emin: int) -> int:
+    """Code of an exactly representable value >= 0 on a minifloat grid (see reference.float_grid_round)."""
+    if value == 0:
+        return 0
+    binade = max(math.frexp(value)[1] - 1, emin)
+    q = math.ldexp(value, mbits - binade)
+    assert q == int(q), (value, mbits, emin)
+    return ((binade - emin) << mbits) + int(q)
+
+
+def _fp32_exact(v: float) -> float:
+    """``v``, checked to be exactly a float32 (Triton materialises float constants as float32)."""
+    if float(torch.tensor(v, dtype=torch.float32)) != v:
+        raise FormatError(f"{v!r} is not exactly representable in float32")
+    return v
+
+
+@functools.cache
+def format_constexprs(fmt: BlockFormat) -> dict[str, Any]:
+    """The compile-time constants that specialise the kernels for ``fmt`` (element, scale, rounding)."""
+    elem = fmt.element
+    spec = fmt.scale_spec
+    is_int = isinstance(elem, IntElement)
+    bits = elem.bits
+    mn = elem.max_normal
+    mn_exp = math.frexp(mn)[1] - 1
+    mn_sig24 = math.ldexp(mn, 23 - mn_exp)
+    assert mn_sig24 == int(mn_sig24)
+    p = elem.precision_bits
+    c: dict[str, Any] = {
+        "IS_INT": is_int,
+        "BITS": bits,
+        "BPOW": _next_pow2(bits),
+        "MBITS": 0 if is_int else elem.mbits,
+        "EMIN": 0 if is_int else elem.emin,
+        "EMAX": elem.emax,
+        "MAXMAG": 0 if is_int else elem.max_code_magnitude,
+        "KMAX": elem.kmax if is_int else 0,
+        "MAX_NORMAL": _fp32_exact(mn),
+        "SCALE_KIND": _SCALE_KIND[fmt.scale],
+        "SCALE_MODE": _SCALE_MODE[fmt.scale_mode],
+        "MN_EXP": mn_exp,
+        "MN_SIG24": int(mn_sig24),
+        # sig >= 2 - 2**-(p+1), in units of 2**-23 (reference.e8m0_exponent, mode "even")
+        "EVEN_SIG24": (1 << 24) - (1 << (22 - p)),
+        "SMBITS": 0,
+        "SEMIN": 0,
+        "SBIAS": 0,
+        "SMAXCODE": 0,
+        "SNAN": _SCALE_NAN[fmt.scale],
+        "TENSOR_SCALE": fmt.tensor_scale,
+        "ROUNDING": _ROUNDING[fmt.rounding],
+    }
+    if not spec.power_of_two:
+        c.update(
+            SMBITS=spec.mbits,
+            SEMIN=1 - spec.bias,
+            SBIAS=spec.bias,
+            SMAXCODE=_grid_code(spec.max_value, spec.mbits, 1 - spec.bias),
+        )
+    return c
+
+
+@functools.cache
+def encode_tiling(block_size: int, bits: int) -> dict[str, Any]:
+    """Tile shape of the encoder for a block size (see triton_kernels.encode_kernel)."""
+    if _is_pow2(block_size) and block_size <= TILE:
+        nb = TILE // block_size
+        return {"BS": block_size, "NB": nb, "FUSED": True, "NB1": nb, "KC": block_size, "CH": 8}
+    # Blocks per byte-aligned group: a program must start and end on a byte boundary.
+    group = 8 // math.gcd(block_size * bits, 8)
+    bsp = _next_pow2(block_size)
+    if bsp <= TILE:
+        kc, nb1 = bsp, TILE // bsp
+    else:
+        kc, nb1 = TILE, 1
+    nb = max(group, nb1)
+    ch = max(8, min(TILE, _next_pow2(nb * block_size)))
+    return {"BS": block_size, "NB": nb, "FUSED": False, "NB1": nb1, "KC": kc, "CH": ch}
+
+
+@functools.cache
+def decode_tiling(block_size: int) -> dict[str, Any]:
+    bsp = _next_pow2(block_size)
+    if bsp <= TILE:
+        return {"BS": block_size, "NB": TILE // bsp, "KC": bsp}
+    return {"BS": block_size, "NB": 1, "KC": TILE}
+
+
+def _int32(v: int) -> int:
+    """A uint32 as the int32 with the same bits (keeps the kernel argument type fixed)."""
+    v &= MASK32
+    return v - (1 << 32) if v >= 1 << 31 else v
+
+
+def _shard_base(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """A base tensor and the element stride between shards, without a copy when possible.
+
+    Shards that are equally spaced views of one buffer (what an all-gather
+    produces) are read in place; anything else is stacked.
+    """
+    first = tensors[0]
+    if len(tensors) == 1:
+        return first, 0
+    esz = first.element_size()
+    same_buffer = all(
+        t.dtype == first.dtype
+        and t.numel() == first.numel()
+        and t.device == first.device
+        and t.is_contiguous()
+        and t.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
+        for t in tensors
+    )
+    if same_buffer:
+        steps = {b.data_ptr() - a.data_ptr() for a, b in zip(tensors, tensors[1:])}
+        if len(steps) == 1:
+            step = steps.pop()
+            if step % esz == 0:
+                return first, step // esz
+    return torch.stack([t.reshape(-1) for t in tensors]), first.numel()
+
+
+def encode_launch(
+    x_bits: torch.Tensor,
+    codes: torch.Tensor,
+    scales: torch.Tensor,
+    ts: torch.Tensor,
+    fmt: BlockFormat,
+    in_kind: int,
+    key: int = 0,
+    seed_lo: int = 0,
+    seed_hi: int = 0,
+) -> tuple[tuple[int], list[Any], dict[str, Any]]:
+    """Grid, positional arguments and constexprs of ``encode_kernel`` (also used to compile it ahead of time)."""
+    rows, length = x_bits.shape
+    bs = fmt.block_size
+    nbpr = -(-length // bs)
+    total_blocks = rows * nbpr
+    tiling = encode_tiling(bs, fmt.element.bits)
+    grid = (triton.cdiv(total_blocks, tiling["NB"]),)
+    args = [
+        x_bits,
+        codes,
+        scales.view(_SCALE_BITS_VIEW[fmt.scale]),
+        ts,
+        x_bits.stride(0),
+        x_bits.stride(1),
+        length,
+        nbpr,
+        total_blocks,
+        codes.numel(),
+        key,
+        seed_lo,
+        seed_hi,
+    ]
+    constexprs = {
+        "IN_KIND": in_kind,
+        "LARGE_INDEX": total_blocks * bs > (1 << 32),
+        "CONTIG": length % bs == 0
+        and (x_bits.stride(1) == 1 or length == 1)
+        and (x_bits.stride(0) == length or rows == 1),
+        **format_constexprs(fmt),
+        **tiling,
+    }
+    return grid, args, constexprs
+
+
+def decode_launch(
+    codes: torch.Tensor,
+    scales: torch.Tensor,
+    ts: torch.Tensor,
+    table: torch.Tensor,
+    out: torch.Tensor,
+    n_shards: int,
+    code_stride: int,
+    scale_stride: int,
+    fmt: BlockFormat,
+) -> tuple[tuple[int], list[Any], dict[str, Any]]:
+    """Grid, positional arguments and constexprs of ``decode_kernel``."""
+    rows, length = out.shape
+    bs = fmt.block_size
+    nbpr = -(-length // bs)
+    total_blocks = rows * nbpr
+    tiling = decode_tiling(bs)
+    grid = (triton.cdiv(total_blocks, tiling["NB"]),)
+    args = [
+        codes,
+        scales.view(_SCALE_BITS_VIEW[fmt.scale]),
+        ts,
+        table,
+        out.view(torch.int16) if out.dtype == torch.bfloat16 else out,
+        n_shards,
+        code_stride,
+        scale_stride,
+        length,
+        nbpr,
+        total_blocks,
+        packed_code_bytes(total_blocks * bs, fmt.element.bits),
+    ]
+    constexprs = {
+        "BITS": fmt.element.bits,
+        "SCALE_KIND": _SCALE_KIND[fmt.scale],
+        "TENSOR_SCALE": fmt.tensor_scale,
+        "OUT_KIND": _OUT_KIND[out.dtype],
+        "CONTIG": length % bs == 0,
+        **tiling,
+    }
+    return grid, args, constexprs
+
+
+class TritonBackend:
+    """mxcomm's Triton kernels as a dispatch backend."""
+
+    name = "triton"
+
+    def __init__(self) -> None:
+        from triton.runtime.interpreter import InterpretedFunction
+
+        # Triton decides at import whether @triton.jit functions are interpreted.
+        self.interpreted = isinstance(K.encode_kernel, InterpretedFunction)
+        self._tables: dict[tuple[Any, torch.device], torch.Tensor] = {}
+
+    # -- availability ----------------------------------------------------------------
+    def availability(self, device: torch.device) -> str | None:
+        device = torch.device(device)
+        if device.type == "cuda":
+            if not self.interpreted and not torch.cuda.is_available():
+                return "torch.cuda is not available"
+            return None
+        if device.type == "cpu":
+            if os.environ.get("TRITON_INTERPRET") != "1":
+                return "Triton runs on CPU tensors only in its interpreter: set TRITON_INTERPRET=1 before first use"
+            if not self.interpreted:
+                return (
+                    "TRITON_INTERPRET=1 was set after mxcomm's Triton kernels had been loaded in compiled mode; "
+                    "set it before first use"
+                )
+            return None
+        return f"Triton kernels run on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), not on {device.type}"
+
+    # -- encode ----------------------------------------------------------------------
+    def encode_blocks(self, x2d: torch.Tensor, fmt: BlockFormat, seed: int | None) -> EncodedBlocks:
+        if x2d.dim() != 2 or x2d.dtype not in _IN_KIND:
+            raise FormatError(f"encode_blocks takes a 2-D float32/bfloat16/float16 tensor, got {x2d.dtype} {x2d.dim()}-D")
+        rows, length = x2d.shape
+        bs = fmt.block_size
+        bits = fmt.element.bits
+        nbpr = -(-length // bs)
+        total_blocks = rows * nbpr
+        total_codes = total_blocks * bs
+        n_code_bytes = packed_code_bytes(total_codes, bits)
+        dev = x2d.device
+        codes = torch.empty(n_code_bytes, dtype=torch.uint8, device=dev)
+        scales = torch.empty(total_blocks, dtype=SCALE_STORAGE_DTYPES[fmt.scale], device=dev)
+        tensor_scale = None
+        if total_blocks == 0:
+            if fmt.tensor_scale:
+                tensor_scale = torch.ones((), dtype=torch.float32, device=dev)
+            return EncodedBlocks(codes, scales, tensor_scale)
+        x_bits = x2d.view(_BITS_VIEW[x2d.dtype])
+        in_kind = _IN_KIND[x2d.dtype]
+        if fmt.tensor_scale:
+            tensor_scale = self._tensor_scale(x_bits, in_kind, fmt)
+        if fmt.rounding == "stochastic":
+            if seed is None:
+                raise FormatError("stochastic rounding needs a seed")
+            key, seed_lo, seed_hi = _int32(seed_key(seed, 0)), _int32(seed), _int32(seed >> 32)
+        else:
+            key = seed_lo = seed_hi = 0
+        grid, args, constexprs = encode_launch(
+            x_bits, codes, scales, tensor_scale if tensor_scale is not None else codes, fmt, in_kind, key, seed_lo, seed_hi
+        )
+        with _on_device(dev):
+            K.encode_kernel[grid](*args, **constexprs, **LAUNCH_OPTIONS)
+        return EncodedBlocks(codes, scales, tensor_scale)
+
+    def _tensor_scale(self, x_bits: torch.Tensor, in_kind: int, fmt: BlockFormat) -> torch.Tensor:
+        """S = amax / (max_normal * scale_max) rounded up to float32 (1 for an all-zero tensor).
+
+        The amax is a kernel; the rounding of the one scalar reuses the
+        reference's exact float64 helper (no host synchronisation).
+        """
+        rows, length = x_bits.shape
+        tr, tc = 16, 128
+        n_col_tiles = triton.cdiv(length, tc)
+        n_prog = triton.cdiv(rows, tr) * n_col_tiles
+        parts = torch.empty(n_prog, dtype=torch.int32, device=x_bits.device)
+        with _on_device(x_bits.device):
+            K.amax_kernel[(n_prog,)](
+                x_bits, parts, x_bits.stride(0), x_bits.stride(1), rows, length, n_col_tiles,
+                IN_KIND=in_kind, TR=tr, TC=tc, **LAUNCH_OPTIONS,
+            )
+        amax = parts.amax().view(torch.float32).to(torch.float64)
+        q = amax / (fmt.element.max_normal * fmt.scale_spec.max_value)
+        s = round_up_to_scale(q.reshape(1), SCALE_SPECS_FP32)[0].to(torch.float32)
+        return torch.where(amax > 0, s, torch.ones_like(s))
+
+    # -- decode ----------------------------------------------------------------------
+    def decode_blocks(
+        self, parts: EncodedBlocks, fmt: BlockFormat, rows: int, length: int, dtype: torch.dtype
+    ) -> torch.Tensor:
+        return self.decode_sum_blocks([parts], fmt, rows, length, dtype)
+
+    def decode_sum_blocks(
+        self, parts: list[EncodedBlocks], fmt: BlockFormat, rows: int, length: int, dtype: torch.dtype
+    ) -> torch.Tensor:
+        if not parts:
+            raise FormatError("decode_sum needs at least one encoded tensor")
+        bs = fmt.block_size
+        bits = fmt.element.bits
+        nbpr = -(-length // bs) if length else 0
+        total_blocks = rows * nbpr
+        n_code_bytes = packed_code_bytes(total_blocks * bs, bits)
+        dev = parts[0].codes.device
+        for i, p in enumerate(parts):
+            if p.codes.numel() != n_code_bytes or p.scales.numel() != total_blocks or p.codes.device != dev:
+                raise FormatError(
+                    f"encoded part {i} has {p.codes.numel()} code bytes / {p.scales.numel()} scales on "
+                    f"{p.codes.device}; ({rows}, {length}) in {fmt.name} needs {n_code_bytes} / {total_blocks} on {dev}"
+                )
+            if fmt.tensor_scale and p.tensor_scale is None:
+                raise FormatError(f"encoded part {i} lacks the tensor scale of {fmt.name}")
+        out = torch.empty((rows, length), dtype=dtype, device=dev)
+        if dtype not in _OUT_KIND:
+            raise FormatError(f"decode produces float32, bfloat16 or float16, got {dtype}")
+        if out.numel() == 0:
+            return out
+        codes, code_stride = _shard_base([p.codes for p in parts])
+        scales, scale_stride = _shard_base([p.scales for p in parts])
+        if fmt.tensor_scale:
+            ts = torch.stack([p.tensor_scale.reshape(()).to(torch.float32) for p in parts])
+        else:
+            ts = codes  # unused pointer
+        grid, args, constexprs = decode_launch(
+            codes, scales, ts, self._table(fmt, dev), out, len(parts), code_stride, scale_stride, fmt
+        )
+        with _on_device(dev):
+            K.decode_kernel[grid](*args, **constexprs, **LAUNCH_OPTIONS)
+        return out
+
+    def _table(self, fmt: BlockFormat, device: torch.device) -> torch.Tensor:
+        """float32 value of every element code (the reference's code table), cached per device."""
+        key = (fmt.element, device)
+        table = self._tables.get(key)
+        if table is None:
+            table = torch.tensor(cached_code_values(fmt.element), dtype=torch.float32, device=device)
+            self._tables[key] = table
+        return table
+
+
+class _on_device:
+    """``torch.cuda.device(dev)`` for CUDA tensors (Triton launches on the current device)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self._ctx = torch.cuda.device(device) if device.type == "cuda" else None
+
+    def __enter__(self) -> None:
+        if self._ctx is not None:
+            self._ctx.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._ctx is not None:
+            self._ctx.__exit__(*exc)
+
+
+def load() -> TritonBackend:
+    """Loader registered with the dispatch (imports Triton)."""
+    return TritonBackend()
