@@ -11,7 +11,7 @@ from mxcomm.errors import FormatError
 from mxcomm.formats import ROUNDINGS, BlockFormat, block_layout, get_format
 from mxcomm.kernels.dispatch import resolve_backend
 from mxcomm.kernels.packed import INPUT_DTYPES, Packed
-from mxcomm.kernels.reference import EncodedBlocks
+from mxcomm.kernels.reference import EncodedBlocks, saturating_cast
 from mxcomm.kernels.rotation import rotate, unrotate
 
 log = logging.getLogger("mxcomm.kernels")
@@ -33,6 +33,8 @@ def effective_format(fmt: str | BlockFormat, rounding: str | None = None, scale_
 def _draw_seed(generator: torch.Generator | None) -> int:
     # One 62-bit seed per encode call; the counter-based hash derives every
     # element's random word from it (mxcomm.kernels.random).
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise FormatError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     return int(torch.randint(0, 2**62, (1,), generator=generator, device="cpu").item())
 
 
@@ -112,7 +114,7 @@ def decode(p: Packed, *, dtype: torch.dtype | None = None, backend: str = "auto"
     f = p.format
     if f.rotation_seed is not None:
         rotated = be.decode_blocks(_parts(p), _plain(f), lay.rows, lay.padded_length, torch.float32)
-        y2d = unrotate(rotated, f.rotation_seed, f.block_size)[:, : lay.length].to(out)
+        y2d = saturating_cast(unrotate(rotated, f.rotation_seed, f.block_size)[:, : lay.length], out)
     else:
         y2d = be.decode_blocks(_parts(p), f, lay.rows, lay.length, out)
     log.debug("decode %s %s on %s via %s", p.format.name, tuple(p.shape), p.device, be.name)
@@ -142,7 +144,10 @@ def decode_sum(
     All entries must share format, shape, axis and device. Bit-identical to
     decoding each to float32 and adding them left to right.
     """
-    items = list(packed_list)
+    try:
+        items = list(packed_list)
+    except TypeError:  # e.g. a single Packed instead of a list of them
+        raise FormatError(f"decode_sum takes a sequence of mxcomm.Packed, got {type(packed_list).__name__}") from None
     if not items:
         raise FormatError("decode_sum needs at least one Packed")
     first = items[0]
@@ -163,7 +168,7 @@ def decode_sum(
     if f.rotation_seed is not None:
         # Sum in the rotated domain (linear), un-rotate once.
         rotated = be.decode_sum_blocks([_parts(p) for p in items], _plain(f), lay.rows, lay.padded_length, torch.float32)
-        y2d = unrotate(rotated, f.rotation_seed, f.block_size)[:, : lay.length].to(out)
+        y2d = saturating_cast(unrotate(rotated, f.rotation_seed, f.block_size)[:, : lay.length], out)
     else:
         y2d = be.decode_sum_blocks([_parts(p) for p in items], f, lay.rows, lay.length, out)
     return _restore(y2d, first)

@@ -102,10 +102,10 @@ class Packed:
             raise FormatError(f"payload has {buf.numel()} bytes, format {fmt.name} needs {expected} for {tuple(shape)}")
         buf = buf.contiguous()
         codes = buf[:code_bytes]
-        scales = buf[code_bytes : code_bytes + scale_bytes].view(scale_dtype)
+        scales = _bytes_as(buf[code_bytes : code_bytes + scale_bytes], scale_dtype)
         tensor_scale = None
         if fmt.tensor_scale:
-            tensor_scale = buf[code_bytes + scale_bytes :].view(torch.float32).reshape(())
+            tensor_scale = _bytes_as(buf[code_bytes + scale_bytes :], torch.float32).reshape(())
         return cls(fmt, torch.Size(shape), dtype, lay.axis, codes, scales, tensor_scale, backend)
 
     # -- self-describing frame -----------------------------------------------------
@@ -125,6 +125,16 @@ class Packed:
             f"Packed(format={self.format.name!r}, shape={tuple(self.shape)}, dtype={self.dtype}, axis={self.axis}, "
             f"nbytes={self.nbytes}, backend={self.backend!r})"
         )
+
+
+def _bytes_as(section: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """View uint8 bytes as ``dtype``; a section not aligned to the dtype's size is copied first
+    (torch can only reinterpret at an aligned storage offset, e.g. NVFP4's tensor scale after
+    9 bytes per block)."""
+    size = torch.empty((), dtype=dtype).element_size()
+    if section.storage_offset() % size:
+        section = section.clone()
+    return section.view(dtype)
 
 
 def validate_parts(

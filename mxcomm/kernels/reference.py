@@ -157,6 +157,21 @@ def e4m3_values(codes: torch.Tensor) -> torch.Tensor:
 
 
 _SCALE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+# The quiet NaN every backend writes for a NaN block's float scale. (torch's own
+# float->bf16 cast writes 0x7FC0 or 0xFFFF depending on vectorisation, so the
+# bytes are set explicitly.)
+CANONICAL_NAN_BITS = {torch.float16: 0x7E00, torch.bfloat16: 0x7FC0, torch.float32: 0x7FC00000}
+_INT_VIEW = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32}
+
+
+def canonical_nan_where(scales: torch.Tensor, nan_block: torch.Tensor) -> torch.Tensor:
+    """``scales`` with the canonical quiet NaN bit pattern at the NaN blocks."""
+    bits = scales.view(_INT_VIEW[scales.dtype]).clone()
+    nan_bits = CANONICAL_NAN_BITS[scales.dtype]
+    if nan_bits >= 1 << 31:  # pragma: no cover - all patterns above are positive
+        nan_bits -= 1 << 32
+    bits[nan_block] = nan_bits
+    return bits.view(scales.dtype)
 
 
 def _tensor_scale(amax: torch.Tensor, fmt: BlockFormat) -> torch.Tensor:
@@ -216,14 +231,15 @@ def encode_blocks(x2d: torch.Tensor, fmt: BlockFormat, seed: int | None = None) 
             effective = block_scale.to(torch.float32)  # exact: on the scale grid
         # The element value is the float32 quotient x / X (IEEE division, RNE).
         x32 = torch.where(finite, blocks, torch.zeros_like(blocks)).to(torch.float32)
-        divisor = torch.where(positive, effective, torch.ones_like(effective)).unsqueeze(1)
-        scaled = torch.where(positive.unsqueeze(1), x32 / divisor, torch.zeros_like(x32)).to(torch.float64)
+        # s * S can underflow float32 to 0 (tiny blocks of a tiny tensor): such a block decodes
+        # to 0 whatever its codes, so they are 0 rather than the codes of x / 0.
+        usable = positive & (effective > 0)
+        divisor = torch.where(usable, effective, torch.ones_like(effective)).unsqueeze(1)
+        scaled = torch.where(usable.unsqueeze(1), x32 / divisor, torch.zeros_like(x32)).to(torch.float64)
         if fmt.scale == "e4m3":
             stored_scales = torch.where(nan_block, torch.full_like(amax, E4M3_NAN, dtype=torch.uint8), e4m3_codes(block_scale))
         else:
-            stored_scales = torch.where(nan_block, torch.full_like(block_scale, math.nan), block_scale).to(
-                _SCALE_DTYPES[fmt.scale]
-            )
+            stored_scales = canonical_nan_where(block_scale.to(_SCALE_DTYPES[fmt.scale]), nan_block)
 
     codes = element_codes(scaled.reshape(-1), elem, fmt.rounding, seed)
     codes = torch.where(nan_block.repeat_interleave(fmt.block_size), torch.zeros_like(codes), codes)
@@ -273,12 +289,30 @@ def decode_blocks_fp32(
     table = torch.tensor(cached_code_values(fmt.element), dtype=torch.float32, device=codes.device)
     values = table[idx].view(rows * nblocks, bs)
     x = block_scale_fp32(scales, tensor_scale, fmt).unsqueeze(1)
-    out = (values * x).view(rows, nblocks * bs)
+    product = values * x
+    # A finite element times a finite scale can exceed float32's range (ceil/rceil/even
+    # scale modes round the scale up): saturate, so a finite input never decodes to inf.
+    product = torch.where(values.isinf(), product, product.clamp(-_FP32_MAX, _FP32_MAX))
+    out = product.view(rows, nblocks * bs)
     return out[:, :length]
 
 
+_FP32_MAX = torch.finfo(torch.float32).max
+
+
+def saturating_cast(y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Cast float32 ``y`` to ``dtype`` (round to nearest even), finite values saturating at +-max.
+
+    fp16 outputs in particular overflow long before float32 does: a value
+    quantized with a rounded-up scale may lie just above the dtype's largest
+    finite value. Inf and NaN pass through unchanged.
+    """
+    big = torch.finfo(dtype).max
+    return torch.where(y.isfinite(), y.clamp(-big, big), y).to(dtype)
+
+
 def decode_blocks(parts: EncodedBlocks, fmt: BlockFormat, rows: int, length: int, dtype: torch.dtype) -> torch.Tensor:
-    return decode_blocks_fp32(parts.codes, parts.scales, parts.tensor_scale, fmt, rows, length).to(dtype)
+    return saturating_cast(decode_blocks_fp32(parts.codes, parts.scales, parts.tensor_scale, fmt, rows, length), dtype)
 
 
 def decode_sum_blocks(
@@ -288,7 +322,7 @@ def decode_sum_blocks(
     acc = decode_blocks_fp32(parts[0].codes, parts[0].scales, parts[0].tensor_scale, fmt, rows, length).clone()
     for p in parts[1:]:
         acc += decode_blocks_fp32(p.codes, p.scales, p.tensor_scale, fmt, rows, length)
-    return acc.to(dtype)
+    return saturating_cast(acc, dtype)
 
 
 class ReferenceBackend:

@@ -116,7 +116,11 @@ def _enum(values: tuple, index: int, what: str):
 def packed_from_bytes(data: bytes | bytearray | memoryview) -> Packed:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise FormatError(f"from_bytes takes bytes, got {type(data).__name__}")
-    buf = memoryview(data).cast("B") if isinstance(data, memoryview) else memoryview(data)
+    buf = memoryview(data)
+    if not buf.c_contiguous:
+        buf = memoryview(buf.tobytes())
+    if buf.format != "B" or buf.ndim != 1:
+        buf = buf.cast("B")
     if len(buf) < _PREFIX.size + _CRC.size:
         raise FormatError(f"frame of {len(buf)} bytes is too short")
     magic, version, flags = _PREFIX.unpack(buf[: _PREFIX.size])
