@@ -9,9 +9,9 @@ of an all-gather or all-to-all never leaves the process and is not counted.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Iterator
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class CommRecord:
         return d
 
 
-@dataclass
+@dataclass(eq=False)
 class CommStats:
     """The records of one ``track_comm`` block."""
 
@@ -89,7 +89,8 @@ def track_comm() -> Iterator[CommStats]:
     try:
         yield stats
     finally:
-        stack.remove(stats)
+        # by identity: two blocks holding equal records are still different blocks
+        stack[:] = [s for s in stack if s is not stats]
 
 
 def emit(record: CommRecord, trackers: list[CommStats]) -> None:

@@ -2,8 +2,8 @@
 
 Every call runs in three stages on every rank:
 
-1. the 64-byte descriptor all-gather (``mxcomm.collectives.wire``): every rank
-   checks that all agree, or every rank raises;
+1. the 64-byte descriptor all-gather (``mxcomm.collectives.wire``; skipped with
+   ``verify=False``): every rank checks that all agree, or every rank raises;
 2. ``start``: encode and post the (async) payload exchanges of every pipeline
    segment;
 3. ``finish``: wait, decode, (two-shot: re-encode and all-gather), write the
@@ -13,15 +13,17 @@ Tensors are encoded flattened (blocks of ``block_size`` consecutive elements
 in memory order), so any shape works and only a tensor's last block is
 padded. Payloads travel as uint8 buffers of sizes every rank computes from
 ``fmt.packed_nbytes``; only ``all_gather_into_tensor`` and
-``all_to_all_single`` are used, which gloo and NCCL both provide.
+``all_to_all_single`` are used (plus ``all_reduce`` for ``none``), which gloo
+and NCCL both provide.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -41,6 +43,7 @@ from mxcomm.collectives.planner import (
     two_shot_slot_nbytes,
 )
 from mxcomm.collectives.wire import (
+    ALGORITHMS,
     DESCRIPTOR_NBYTES,
     Descriptor,
     WireDescriptor,
@@ -48,9 +51,9 @@ from mxcomm.collectives.wire import (
     check_descriptors,
     format_fingerprint,
 )
-from mxcomm.errors import FormatError
+from mxcomm.errors import FormatError, MxcommError
 from mxcomm.formats import BlockFormat, get_format
-from mxcomm.kernels import Packed, decode, decode_sum, encode
+from mxcomm.kernels import Packed, decode, decode_sum, encode, resolve_backend
 from mxcomm.kernels.packed import INPUT_DTYPES
 
 log = logging.getLogger("mxcomm.collectives")
@@ -112,9 +115,19 @@ def _exchange_descriptors(desc: Descriptor, group: Any, device: torch.device, n:
 
 
 def _agree(
-    desc: Descriptor, local_error: Exception | None, group: Any, device: torch.device, n: int, wire: _Wire
+    desc: Descriptor, local_error: Exception | None, group: Any, device: torch.device, n: int, wire: _Wire,
+    verify: bool,
 ) -> WireDescriptor:
-    """Exchange descriptors; raise on every rank unless all agree. Returns rank 0's descriptor."""
+    """Exchange descriptors; raise on every rank unless all agree. Returns rank 0's descriptor.
+
+    With ``verify=False`` nothing is exchanged and the local descriptor is used:
+    the caller vouches that all ranks agree (a disagreement is then undefined
+    behaviour: wrong results or a hang, as with plain torch.distributed).
+    """
+    if not verify:
+        if local_error is not None:
+            raise local_error
+        return WireDescriptor.unpack(desc.pack())
     received = _exchange_descriptors(desc, group, device, n, wire)
     if local_error is not None:
         raise local_error
@@ -123,7 +136,7 @@ def _agree(
 
 
 def _invalid_descriptor(op: str, requested: str) -> Descriptor:
-    return Descriptor(op, requested if requested in REQUESTABLE else "none", "none", torch.float32, (), b"\0" * 8,
+    return Descriptor(op, requested if requested in ALGORITHMS else "none", "none", torch.float32, (), b"\0" * 8,
                       "", 0, invalid=True)
 
 
@@ -221,6 +234,7 @@ def _run(job: _Job, async_op: bool) -> Any:
 
 
 def _from_slot(buf: torch.Tensor, start: int, fmt: BlockFormat, numel: int, dtype: torch.dtype) -> Packed:
+    """The Packed whose payload sits at ``buf[start:]`` (a view; no copy)."""
     return Packed.from_payload(buf[start : start + payload_nbytes(fmt, numel)], fmt, (numel,), dtype)
 
 
@@ -251,26 +265,34 @@ def _two_shot(
         slot = two_shot_slot_nbytes(fmt, s1 - s0, n)
         send = torch.zeros(n * slot, dtype=torch.uint8, device=device)
         for c, (a, b) in enumerate(chunks):
-            if b > a:
+            if b > a and c != rank:
                 payload = encode(src[s0 + a : s0 + b], fmt, backend=backend).payload()
                 send[c * slot : c * slot + payload.numel()] = payload
+        # The owner's own chunk never leaves the rank, so it enters the sum exactly (a copy:
+        # the tensor is overwritten in place later and may be touched before an async wait).
+        a, b = chunks[rank]
+        own = src[s0 + a : s0 + b].clone()
         recv = torch.empty(n * slot, dtype=torch.uint8, device=device)
-        phase1.append((s0, chunks, slot, recv, wire.all_to_all(recv, send)))
+        phase1.append((s0, chunks, slot, own, recv, wire.all_to_all(recv, send)))
     yield
     phase2 = []
-    for s0, chunks, slot, recv, work in phase1:
+    for s0, chunks, slot, own, recv, work in phase1:
         work.wait()
         a, b = chunks[rank]
-        own = torch.zeros(slot, dtype=torch.uint8, device=device)
+        reencoded = torch.zeros(slot, dtype=torch.uint8, device=device)
         if b > a:
-            parts = [_from_slot(recv, j * slot, fmt, b - a, src.dtype) for j in range(n)]
-            # The owner sums in fp32 and re-encodes; it then uses the decoded re-encoded
-            # chunk like every other rank, which is what makes all ranks bitwise equal.
-            reduced = decode_sum(parts, dtype=torch.float32, backend=backend)
+            parts = [_from_slot(recv, j * slot, fmt, b - a, src.dtype) for j in range(n) if j != rank]
+            # fp32: the other ranks' chunks in rank order, then the own one. The owner then
+            # re-encodes and, like every other rank, uses the decoded re-encoded chunk:
+            # that is what makes all ranks bitwise equal.
+            if parts:
+                reduced = decode_sum(parts, dtype=torch.float32, backend=backend).add_(own)  # exact widening
+            else:
+                reduced = own.to(torch.float32)
             payload = encode(reduced, fmt, backend=backend).payload()
-            own[: payload.numel()] = payload
+            reencoded[: payload.numel()] = payload
         out = torch.empty(n * slot, dtype=torch.uint8, device=device)
-        phase2.append((s0, chunks, slot, out, wire.all_gather(out, own)))
+        phase2.append((s0, chunks, slot, out, wire.all_gather(out, reencoded)))
     for s0, chunks, slot, out, work in phase2:
         work.wait()
         for c, (a, b) in enumerate(chunks):
@@ -296,7 +318,9 @@ def all_reduce(
     algorithm: str = "auto",
     async_op: bool = False,
     model: CostModel | None = None,
+    segment_elems: int | None = None,
     backend: str = "auto",
+    verify: bool = True,
 ) -> CollectiveHandle | None:
     """In-place SUM all-reduce of ``tensor`` over ``group``, compressed in ``fmt``.
 
@@ -304,7 +328,14 @@ def all_reduce(
     (plain ``dist.all_reduce``; ``fmt`` may then be None) or ``"auto"`` (the
     planner, with ``model`` or the group's installed ``CostModel``; rank 0's
     choice is used by all ranks). Every rank ends with bitwise-identical
-    values. Returns None, or a ``CollectiveHandle`` with ``async_op=True``.
+    values. ``segment_elems`` overrides the pipeline segment length (rounded
+    up to whole blocks; rank 0's value is used). ``backend`` selects the codec
+    backend. ``verify=False`` skips the descriptor exchange (one small
+    all-gather per call): the caller vouches that every rank passes the same
+    shape, dtype, format and algorithm, and for ``auto`` the same model (as
+    ``calibrate`` installs); a disagreement then is undefined, as with plain
+    ``torch.distributed``. Returns None, or a ``CollectiveHandle`` with
+    ``async_op=True``.
     Raises ``FormatError`` for invalid arguments and ``CollectiveMismatchError``
     when ranks disagree (on every rank; nothing hangs).
     """
@@ -312,7 +343,7 @@ def all_reduce(
     n = dist.get_world_size(group)
     rank = dist.get_rank(group)
     wire = _Wire(group, n)
-    local_error: FormatError | None = None
+    local_error: MxcommError | None = None
     f: BlockFormat | None = None
     plan: Plan | None = None
     try:
@@ -322,22 +353,31 @@ def all_reduce(
         if fmt is None and algorithm != "none":
             raise FormatError("fmt is required unless algorithm='none'")
         f = get_format(fmt) if fmt is not None else None
+        if f is not None and algorithm != "none":
+            resolve_backend(backend, tensor.device)  # an unusable backend fails here, on every rank
         numel, esize = tensor.numel(), tensor.element_size()
         if algorithm == "auto":
             assert f is not None
             plan = plan_all_reduce(model or get_cost_model(group), f, numel, esize, n)
         else:
             plan = Plan(algorithm, DEFAULT_SEGMENT_ELEMS, "requested", {})
+        if segment_elems is not None:
+            if not isinstance(segment_elems, int) or isinstance(segment_elems, bool) or segment_elems < 1:
+                raise FormatError(f"segment_elems must be a positive int, got {segment_elems!r}")
+            plan = replace(plan, segment_elems=segment_elems)
+        if f is not None:
+            # segments start on block boundaries, so they cut no block in two
+            plan = replace(plan, segment_elems=-(-plan.segment_elems // f.block_size) * f.block_size)
         desc = Descriptor(
             "all_reduce", algorithm, plan.algorithm, tensor.dtype, tuple(tensor.shape),
             format_fingerprint(f) if f is not None else b"\0" * 8, f.name if f is not None else "",
             plan.segment_elems,
         )
-    except FormatError as e:
+    except MxcommError as e:
         local_error = e
         desc = _invalid_descriptor("all_reduce", algorithm if isinstance(algorithm, str) else "none")
     device = tensor.device if isinstance(tensor, torch.Tensor) else group_device(group)
-    agreed = _agree(desc, local_error, group, device, n, wire)
+    agreed = _agree(desc, local_error, group, device, n, wire, verify)
     assert plan is not None
     chosen = algorithm_name(agreed.planned)
     reason = plan.reason
@@ -384,6 +424,7 @@ def all_gather(
     group: Any = None,
     async_op: bool = False,
     backend: str = "auto",
+    verify: bool = True,
 ) -> list[torch.Tensor] | CollectiveHandle:
     """Every rank's ``tensor``, encoded in ``fmt``, exchanged and decoded: a list indexed by rank.
 
@@ -395,17 +436,18 @@ def all_gather(
     n = dist.get_world_size(group)
     rank = dist.get_rank(group)
     wire = _Wire(group, n)
-    local_error: FormatError | None = None
+    local_error: MxcommError | None = None
     try:
         _check_tensor(tensor, "all_gather tensor")
         f = get_format(fmt)
+        resolve_backend(backend, tensor.device)
         desc = Descriptor("all_gather", "allgather", "allgather", tensor.dtype, tuple(tensor.shape),
                           format_fingerprint(f), f.name, 0)
-    except FormatError as e:
+    except MxcommError as e:
         local_error = e
         desc = _invalid_descriptor("all_gather", "allgather")
     device = tensor.device if isinstance(tensor, torch.Tensor) else group_device(group)
-    _agree(desc, local_error, group, device, n, wire)
+    _agree(desc, local_error, group, device, n, wire, verify)
     src = tensor.reshape(-1)
     numel = src.numel()
     outputs: list[torch.Tensor] = []
@@ -440,6 +482,7 @@ def reduce_scatter(
     group: Any = None,
     async_op: bool = False,
     backend: str = "auto",
+    verify: bool = True,
 ) -> CollectiveHandle | None:
     """SUM reduce-scatter: rank r's ``output`` = sum over ranks of their chunk r, compressed in ``fmt``.
 
@@ -447,19 +490,20 @@ def reduce_scatter(
     = the r-th contiguous slice of its flattened view, as in
     ``dist.reduce_scatter_tensor``) or a list of ``world_size`` tensors of
     ``output.numel()`` elements each (as in ``dist.reduce_scatter``). Each
-    rank encodes its n chunks, they are exchanged with one all-to-all, and the
-    owner decodes and sums its chunk in fp32 in rank order (its own chunk
-    decoded from its encoding too).
+    rank encodes the n-1 chunks other ranks own, they are exchanged with one
+    all-to-all, and the owner decodes them and sums them in fp32 (rank order),
+    adds its own chunk exactly (it never left the rank) and casts once.
     """
     t0 = time.perf_counter()
     n = dist.get_world_size(group)
     rank = dist.get_rank(group)
     wire = _Wire(group, n)
-    local_error: FormatError | None = None
+    local_error: MxcommError | None = None
     chunks: list[torch.Tensor] = []
     try:
         _check_tensor(output, "reduce_scatter output")
         f = get_format(fmt)
+        resolve_backend(backend, output.device)
         m = output.numel()
         if isinstance(input, torch.Tensor):
             _check_tensor(input, "reduce_scatter input")
@@ -478,29 +522,35 @@ def reduce_scatter(
                 )
         if any(c.dtype != output.dtype for c in chunks):
             raise FormatError(f"reduce_scatter input dtype must equal the output's ({output.dtype})")
-        desc = Descriptor("reduce_scatter", "two_shot", "two_shot", output.dtype, tuple(output.shape),
+        desc = Descriptor("reduce_scatter", "all_to_all", "all_to_all", output.dtype, tuple(output.shape),
                           format_fingerprint(f), f.name, 0)
-    except FormatError as e:
+    except MxcommError as e:
         local_error = e
-        desc = _invalid_descriptor("reduce_scatter", "two_shot")
+        desc = _invalid_descriptor("reduce_scatter", "all_to_all")
     device = output.device if isinstance(output, torch.Tensor) else group_device(group)
-    _agree(desc, local_error, group, device, n, wire)
+    _agree(desc, local_error, group, device, n, wire, verify)
 
     def steps() -> Generator[None, None, None]:
         size = payload_nbytes(f, m)
-        send = torch.empty(n * size, dtype=torch.uint8, device=device)
+        send = torch.zeros(n * size, dtype=torch.uint8, device=device)
         if m:
             for r, c in enumerate(chunks):
-                send[r * size : (r + 1) * size] = encode(c, f, backend=backend).payload()
+                if r != rank:
+                    send[r * size : (r + 1) * size] = encode(c, f, backend=backend).payload()
+        own = chunks[rank].clone()  # never leaves the rank: summed exactly
         recv = torch.empty(n * size, dtype=torch.uint8, device=device)
         work = wire.all_to_all(recv, send)
         yield
         work.wait()
         if m:
-            parts = [_from_slot(recv, j * size, f, m, output.dtype) for j in range(n)]
-            output.copy_(decode_sum(parts, dtype=output.dtype, backend=backend).view(output.shape))
+            parts = [_from_slot(recv, j * size, f, m, output.dtype) for j in range(n) if j != rank]
+            if parts:
+                total = decode_sum(parts, dtype=torch.float32, backend=backend).add_(own)  # exact widening
+            else:
+                total = own.to(torch.float32)
+            output.copy_(total.view(output.shape))
 
-    info = _CallInfo("reduce_scatter", "two_shot", "two_shot", f.name, n, m, output.dtype,
+    info = _CallInfo("reduce_scatter", "all_to_all", "all_to_all", f.name, n, m, output.dtype,
                      (n - 1) * m * output.element_size(), 1, "requested")
     log.debug("reduce_scatter rank %d/%d numel=%d %s fmt=%s", rank, n, m, output.dtype, f.name)
     handle = _run(_Job(steps(), info, wire, t0, lambda: output), async_op)

@@ -6,13 +6,15 @@ a different exchange than the one that runs.
 
 Model (one rank's view; every rank sends at the same time, so ``beta`` is
 seconds per byte *per rank* under that load -- on a shared link it already
-includes the sharing):
+includes the sharing; ``alpha`` is the latency of one collective call, see
+``CostModel``):
 
-* ``none``      ring all-reduce: ``2(n-1) alpha + 2(n-1)/n S beta``
+* ``none``      ring all-reduce: ``alpha + 2(n-1)/n S beta``
 * ``allgather`` encode once, all-gather, decode n shards:
-  ``(n-1) alpha + (n-1) P beta + enc(N) + dec(n N)``
-* ``two_shot``  all-to-all of n encoded chunks, decode-sum, re-encode, all-gather:
-  ``2(n-1) alpha + 2(n-1) P_chunk beta + enc(N) + dec(N) + enc(N/n) + dec(N)``
+  ``alpha + (n-1) P beta + enc(N) + dec(n N)``
+* ``two_shot``  all-to-all of the n-1 chunks other ranks own, decode-sum plus the
+  own chunk, re-encode, all-gather: ``2 alpha + 2(n-1) P_chunk beta
+  + enc((n-1)N/n) + dec((n-1)N/n) + enc(N/n) + dec(N)``
 
 with ``S`` the logical bytes, ``N`` the element count, ``P`` the packed bytes
 (``fmt.packed_nbytes``). Every algorithm, ``none`` included, is preceded by
@@ -26,17 +28,17 @@ decode cannot overlap anything).
 from __future__ import annotations
 
 import logging
-import math
+import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Sequence
 
 import torch
 import torch.distributed as dist
 
+from mxcomm.collectives.wire import DESCRIPTOR_NBYTES
 from mxcomm.errors import FormatError
 from mxcomm.formats import BlockFormat, get_format
-from mxcomm.collectives.wire import DESCRIPTOR_NBYTES
 
 log = logging.getLogger("mxcomm.collectives")
 
@@ -44,9 +46,11 @@ ALGORITHMS = ("none", "allgather", "two_shot")
 REQUESTABLE = ("auto", *ALGORITHMS)
 
 # Pipeline segment (elements) for large compressed all-reduces. Big enough that
-# per-call codec overhead and per-exchange latency stay small, small enough
-# that a 16 MiB bf16 message is cut into a few pieces that overlap.
-DEFAULT_SEGMENT_ELEMS = 1 << 21
+# per-call codec overhead stays small, small enough that a 16 MiB bf16 message
+# is cut into pieces whose transfers overlap the codec work of the others
+# (1M and 2M elements measured alike at 1 Gbit/s; 8M, i.e. no pipelining, was
+# 1.3-1.8x slower: docs/performance.md).
+DEFAULT_SEGMENT_ELEMS = 1 << 20
 
 
 # -- exact wire bytes ------------------------------------------------------------------------------
@@ -152,7 +156,10 @@ class CodecCost:
 class CostModel:
     """Constants of the planner's alpha-beta model.
 
-    ``alpha``: seconds per step of a collective; ``beta``: seconds per byte one
+    ``alpha``: latency of one collective call (not of one ring step: on gloo
+    over loopback a tiny all-reduce, 2(n-1) ring steps, and a tiny all-gather,
+    n-1 steps, take the same time within noise -- the cost is waking the ranks
+    up, not the steps; docs/collectives.md); ``beta``: seconds per byte one
     rank sends while all ranks send; ``codec``: per-format codec costs (by
     format name) with ``default_codec`` for the rest; ``min_gain``: a
     compressed algorithm is chosen only if it is predicted at least this
@@ -163,7 +170,7 @@ class CostModel:
 
     alpha: float = 50e-6
     beta: float = 8 / 10e9
-    default_codec: CodecCost = field(default_factory=lambda: CodecCost(2e-9 * 4, 2e-9 * 2))
+    default_codec: CodecCost = field(default_factory=lambda: CodecCost(6e-9, 6e-9, 100e-6))
     codec: dict[str, CodecCost] = field(default_factory=dict)
     min_gain: float = 0.1
     source: str = "default"
@@ -171,7 +178,7 @@ class CostModel:
     def codec_for(self, fmt: BlockFormat) -> CodecCost:
         return self.codec.get(fmt.name, self.default_codec)
 
-    def with_codec(self, fmt: BlockFormat | str, cost: CodecCost) -> "CostModel":
+    def with_codec(self, fmt: BlockFormat | str, cost: CodecCost) -> CostModel:
         name = get_format(fmt).name
         return replace(self, codec={**self.codec, name: cost})
 
@@ -192,16 +199,19 @@ class CostModel:
         comm = (wire.sent - (n - 1) * DESCRIPTOR_NBYTES) * self.beta
         segments = max(1, len(segment_bounds(numel, segment_elems)))
         if algorithm == "none":
-            return 2 * (n - 1) * self.alpha + comm
+            return self.alpha + comm
         cc = self.codec_for(fmt)
+        # Segments are posted back to back, so their latencies overlap: one per phase.
         if algorithm == "allgather":
-            latency = segments * (n - 1) * self.alpha
+            latency = self.alpha
             codec = cc.encode(numel, segments) + cc.decode(n * numel, segments)
         elif algorithm == "two_shot":
-            latency = segments * 2 * (n - 1) * self.alpha
+            latency = 2 * self.alpha
+            # the own chunk is neither encoded nor decoded in the first exchange
+            others = numel - numel // n
             codec = (
-                cc.encode(numel, n * segments)
-                + cc.decode(numel, segments)
+                cc.encode(others, (n - 1) * segments)
+                + cc.decode(others, segments)
                 + cc.encode(-(-numel // n), segments)
                 + cc.decode(numel, n * segments)
             )
@@ -272,12 +282,13 @@ def get_cost_model(group: object = None) -> CostModel:
 
 
 def _timed(fn, reps: int) -> float:
-    best = math.inf
+    # the median, like the link probes: the planner should price typical, not best-case, costs
+    times = []
     for _ in range(reps):
         t0 = time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def _agree_max(values: Sequence[float], group: object, device: torch.device) -> list[float]:
@@ -295,9 +306,9 @@ def measure_codec(
     numel: int = 1 << 20,
     device: torch.device | str = "cpu",
     backend: str = "auto",
-    reps: int = 3,
+    reps: int = 5,
 ) -> CodecCost:
-    """Time encode / decode_sum of this process's codec for ``fmt`` (best of ``reps``)."""
+    """Time encode / decode_sum of this process's codec for ``fmt`` (median of ``reps``)."""
     from mxcomm.kernels import Packed, decode_sum, encode
 
     f = get_format(fmt)
@@ -329,15 +340,17 @@ def calibrate(
     min_gain: float = 0.1,
     install: bool = True,
     max_probe_bytes: int = 8 << 20,
+    codec_probe_elems: int = 1 << 20,
 ) -> CostModel:
     """Measure alpha, beta and the codec costs on the live group; every rank gets the same model.
 
     Collective: every rank of ``group`` must call it. alpha and beta come from
     timing uint8 all-gathers of a tiny and a large buffer (the large one grows
-    until it takes ~50 ms or reaches ``max_probe_bytes`` per rank); codec costs
-    are timed on all ranks at once (they share the CPU the way a collective
-    does). Each constant is the maximum over ranks. With ``install`` the model
-    becomes the one ``auto`` uses for ``group``.
+    until it takes ~50 ms or reaches ``max_probe_bytes`` per rank; each time is
+    a median). Codec costs, on ``codec_probe_elems`` elements, are timed on all
+    ranks at once, since they share the CPU the way a collective does. Each
+    constant is the maximum over ranks. With ``install`` the model becomes the
+    one ``auto`` uses for ``group``.
     """
     from mxcomm.collectives.ops import all_gather_bytes, group_device
 
@@ -346,30 +359,34 @@ def calibrate(
     fmts = [get_format(f) for f in formats]
 
     def gather_time(nbytes: int, reps: int) -> float:
+        # median of individually timed all-gathers: robust to the odd scheduling hiccup
         inp = torch.zeros(nbytes, dtype=torch.uint8, device=device)
         out = torch.empty(n * nbytes, dtype=torch.uint8, device=device)
         all_gather_bytes(out, inp, group)  # warm up connections and buffers
         dist.barrier(group=group)
-        t0 = time.perf_counter()
+        times = []
         for _ in range(reps):
+            t0 = time.perf_counter()
             all_gather_bytes(out, inp, group)
-        return (time.perf_counter() - t0) / reps
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
 
     small_b = 64
-    t_small = gather_time(small_b, 7)
+    t_small = gather_time(small_b, 9)
     big_b = 256 << 10
     t_big = gather_time(big_b, 3)
     while t_big < 0.05 and big_b < max_probe_bytes:
         big_b = min(big_b * 4, max_probe_bytes)
         t_big = gather_time(big_b, 3)
-    steps = max(n - 1, 1)
-    beta = max((t_big - t_small) / (steps * (big_b - small_b)), 1e-13)
-    alpha = max((t_small - steps * small_b * beta) / steps, 0.0)
+    # t(B) = alpha + (n-1) B beta for an all-gather of B bytes per rank
+    sent = max(n - 1, 1)
+    beta = max((t_big - t_small) / (sent * (big_b - small_b)), 1e-13)
+    alpha = max(t_small - sent * small_b * beta, 0.0)
 
     local: list[float] = [alpha, beta]
     for f in fmts:
         dist.barrier(group=group)
-        c = measure_codec(f, dtype=dtype, device=device, backend=backend)
+        c = measure_codec(f, dtype=dtype, numel=codec_probe_elems, device=device, backend=backend)
         local += [c.encode_s_per_elem, c.decode_s_per_elem, c.call_s]
     agreed = _agree_max(local, group, device)
     codec = {}

@@ -13,21 +13,23 @@ Layout (64 bytes, little-endian)::
 
     magic 4s "MXC1" | version B | op B | requested algorithm B | planned algorithm B
     dtype B | ndim B | flags H | format fingerprint 8s | numel Q | shape crc32 I
-    segment elements Q | format name 16s (truncated, for messages) | reserved 4x
+    segment elements Q | format name 16s (truncated, for messages) | reserved 8x
 
 A rank whose own arguments are invalid (unknown format, unsupported dtype,
-wrong sizes) still sends a descriptor, flagged ``FLAG_INVALID``: it then raises
-its own ``FormatError`` and every other rank a ``CollectiveMismatchError``
+wrong sizes, an unusable codec backend) still sends a descriptor, flagged
+``FLAG_INVALID``: it then raises its own error (``FormatError``,
+``BackendUnavailableError``) and every other rank a ``CollectiveMismatchError``
 naming it, instead of leaving them blocked in the exchange.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -37,11 +39,11 @@ from mxcomm.formats import BlockFormat
 MAGIC = b"MXC1"
 VERSION = 1
 DESCRIPTOR_NBYTES = 64
-_STRUCT = struct.Struct("<4sBBBBBBH8sQIQ16s4x")
+_STRUCT = struct.Struct("<4sBBBBBBH8sQIQ16s8x")
 assert _STRUCT.size == DESCRIPTOR_NBYTES
 
 OPS: dict[str, int] = {"all_reduce": 1, "all_gather": 2, "reduce_scatter": 3}
-ALGORITHMS: dict[str, int] = {"none": 0, "allgather": 1, "two_shot": 2, "auto": 3}
+ALGORITHMS: dict[str, int] = {"none": 0, "allgather": 1, "two_shot": 2, "auto": 3, "all_to_all": 4}
 FLAG_INVALID = 1
 DTYPES: dict[torch.dtype, int] = {torch.float32: 1, torch.bfloat16: 2, torch.float16: 3}
 _OP_NAMES = {v: k for k, v in OPS.items()}
@@ -55,9 +57,8 @@ def format_fingerprint(fmt: BlockFormat) -> bytes:
     Two formats with equal fingerprints produce identical payloads for the same
     input, so a renamed copy of a format is not a mismatch.
     """
-    canonical = repr(
-        (fmt.element, fmt.block_size, fmt.scale, fmt.scale_mode, fmt.rounding, fmt.tensor_scale)
-    )
+    # every field but the name (so options added to BlockFormat later are covered too)
+    canonical = repr([(f.name, getattr(fmt, f.name)) for f in dataclasses.fields(fmt) if f.name != "name"])
     return hashlib.blake2b(canonical.encode(), digest_size=8).digest()
 
 
@@ -126,7 +127,7 @@ class WireDescriptor:
     format_name: str
 
     @classmethod
-    def unpack(cls, data: bytes) -> "WireDescriptor":
+    def unpack(cls, data: bytes) -> WireDescriptor:
         if len(data) != DESCRIPTOR_NBYTES:
             raise FormatError(f"descriptor must be {DESCRIPTOR_NBYTES} bytes, got {len(data)}")
         (magic, version, op, req, planned, dtype, ndim, flags, fp, numel, crc, seg, name) = _STRUCT.unpack(data)
@@ -155,8 +156,8 @@ def check_descriptors(received: list[WireDescriptor], *, compare_format: bool) -
     invalid = [r for r, d in enumerate(received) if d.flags & FLAG_INVALID]
     if invalid:
         raise CollectiveMismatchError(
-            f"rank(s) {invalid} rejected their arguments to this collective (see the FormatError raised "
-            "there); no payload was exchanged"
+            f"rank(s) {invalid} rejected their arguments to this collective (see the error raised there); "
+            "no payload was exchanged"
         )
     ref = received[0]
     fields = ["version", "op", "requested", "dtype", "ndim", "numel", "shape_crc"]

@@ -1,0 +1,306 @@
+"""Compressed collectives on real gloo ranks (2, 3 and 4 processes).
+
+One spawned job per world size runs every scenario (tests/collectives/_scenarios.py);
+the tests below check its results against the codec primitives, the
+format's error bound and the byte formulas.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mxcomm
+from mxcomm.collectives import plan_all_reduce
+from tests.collectives import reference as ref
+from tests.collectives._harness import run_world
+from tests.collectives._scenarios import (
+    FAST_LINK,
+    SLOW_LINK,
+    all_reduce_cases,
+    gather_cases,
+    make_input,
+    scatter_cases,
+)
+
+pytestmark = pytest.mark.multiprocess
+
+
+@pytest.fixture(scope="module", params=[2, 3, 4], ids=lambda n: f"world{n}")
+def world(request) -> list[dict]:
+    return run_world(request.param, "main")
+
+
+def _bits(t: torch.Tensor) -> bytes:
+    return t.detach().contiguous().view(torch.uint8).numpy().tobytes()
+
+
+def _same_on_all_ranks(world: list[dict], key: str, field: str = "out") -> torch.Tensor:
+    first = world[0][key][field]
+    for r, res in enumerate(world[1:], start=1):
+        other = res[key][field]
+        if isinstance(first, list):
+            assert [_bits(t) for t in other] == [_bits(t) for t in first], f"{key}: rank {r} differs from rank 0"
+        else:
+            assert _bits(other) == _bits(first), f"{key}: rank {r} differs from rank 0"
+    return first
+
+
+def _inputs(seed: int, n: int, shape, dtype) -> list[torch.Tensor]:
+    return [make_input(seed, r, shape, dtype) for r in range(n)]
+
+
+# -- all_reduce -----------------------------------------------------------------------------------
+
+
+def test_all_reduce_bitwise_identical_and_as_defined(world):
+    n = len(world)
+    for c in all_reduce_cases(n):
+        out = _same_on_all_ranks(world, c["key"])
+        fmt = mxcomm.get_format(c["fmt"])
+        xs = _inputs(c["seed"], n, c["shape"], c["dtype"])
+        expect = (ref.one_shot if c["alg"] == "allgather" else ref.two_shot)(xs, fmt, c["seg"])
+        assert out.shape == xs[0].shape and out.dtype == xs[0].dtype
+        assert _bits(out) == _bits(expect), f"{c['key']}: differs from the algorithm's definition"
+
+
+def test_all_reduce_error_within_format_bound(world):
+    n = len(world)
+    for c in all_reduce_cases(n):
+        out = world[0][c["key"]]["out"].reshape(-1).to(torch.float64)
+        fmt = mxcomm.get_format(c["fmt"])
+        xs = [x.reshape(-1) for x in _inputs(c["seed"], n, c["shape"], c["dtype"])]
+        exact = torch.stack([x.to(torch.float64) for x in xs]).sum(0)
+        per_rank = sum(ref.quantization_bound(x, fmt) for x in xs)
+        mags = sum(x.to(torch.float64).abs() for x in xs) + per_rank
+        accumulate = n * 2.0**-24 * mags
+        bound = per_rank + accumulate
+        if c["alg"] == "two_shot":
+            bound = bound + ref.quantization_bound(exact.abs() + bound, fmt)
+        bound = bound + ref.unit_roundoff(c["dtype"]) * (exact.abs() + bound)
+        err = (out - exact).abs()
+        assert bool((err <= bound).all()), f"{c['key']}: max excess {float((err - bound).max()):.3g}"
+        # the bound is not vacuous: the typical error is well inside it and the result is not garbage
+        if exact.numel() > 100:
+            assert float(err.mean()) < 0.5 * float(bound.mean())
+            assert float((out - exact).norm()) < 0.5 * float(exact.norm())
+
+
+def test_all_reduce_accounting_equals_formulas(world):
+    n = len(world)
+    for c in all_reduce_cases(n):
+        fmt = mxcomm.get_format(c["fmt"])
+        numel = 1
+        for d in c["shape"]:
+            numel *= d
+        esize = torch.empty((), dtype=c["dtype"]).element_size()
+        segs = ref.segments(numel, c["seg"], fmt.block_size)
+        if c["alg"] == "allgather":
+            wire = (n - 1) * (ref.DESCRIPTOR + sum(ref.packed(fmt, b - a) for a, b in segs))
+        else:
+            slots = [ref.packed(fmt, ref.chunks(b - a, n, fmt.block_size)[0][1]) for a, b in segs]
+            wire = (n - 1) * ref.DESCRIPTOR + sum(2 * (n - 1) * s for s in slots)
+        logical = 2 * (n - 1) * numel * esize // n
+        for res in world:
+            (rec,) = res[c["key"]]["records"]
+            assert rec["op"] == "all_reduce" and rec["algorithm"] == c["alg"] and rec["requested"] == c["alg"]
+            assert rec["format"] == fmt.name and rec["world_size"] == n
+            assert rec["logical_bytes"] == logical
+            assert rec["bytes_sent"] == wire and rec["bytes_received"] == wire, c["key"]
+            assert rec["segments"] == len(segs)
+            assert rec["ratio"] == (logical / wire) and rec["seconds"] > 0
+
+
+def test_two_shot_compresses_about_as_the_format_says(world):
+    # large enough that the descriptor is negligible: ratio ~ 2(n-1)/n S / (2(n-1)/n P)
+    n = len(world)
+    key = next(c["key"] for c in all_reduce_cases(n) if c["fmt"] == "mxfp4_e2m1" and c["shape"] == (5000,)
+               and c["alg"] == "two_shot")
+    rec = world[0][key]["records"][0]
+    assert 2.5 < rec["ratio"] < 16 / 4.25
+
+
+def test_non_contiguous_input_is_reduced_in_place(world):
+    _same_on_all_ranks(world, "noncontig", "view")
+    for res in world:
+        assert _bits(res["noncontig"]["view"].contiguous()) == _bits(res["noncontig"]["contiguous"])
+
+
+def test_none_is_dist_all_reduce(world):
+    n = len(world)
+    for i in range(3):
+        for res in world:
+            entry = res[f"none{i}"]
+            assert _bits(entry["out"]) == _bits(entry["dist"])
+            (rec,) = entry["records"]
+            numel, esize = entry["out"].numel(), entry["out"].element_size()
+            logical = 2 * (n - 1) * numel * esize // n
+            assert rec["algorithm"] == "none" and rec["format"] == ""
+            assert rec["bytes_sent"] == (n - 1) * ref.DESCRIPTOR + logical
+        _same_on_all_ranks(world, f"none{i}")
+
+
+@pytest.mark.parametrize("alg", ["allgather", "two_shot", "none"])
+def test_verify_false_skips_only_the_descriptor(world, alg):
+    n = len(world)
+    for res in world:
+        e = res[f"noverify:{alg}"]
+        assert _bits(e["out"]) == _bits(e["unverified"])
+        checked, unchecked = e["records"]
+        assert unchecked["algorithm"] == checked["algorithm"] == alg
+        assert unchecked["bytes_sent"] == checked["bytes_sent"] - (n - 1) * ref.DESCRIPTOR
+        assert unchecked["bytes_received"] == checked["bytes_received"] - (n - 1) * ref.DESCRIPTOR
+
+
+# -- all_gather / reduce_scatter -------------------------------------------------------------------
+
+
+def test_all_gather(world):
+    n = len(world)
+    for c in gather_cases():
+        out = _same_on_all_ranks(world, c["key"])
+        fmt = mxcomm.get_format(c["fmt"])
+        xs = _inputs(c["seed"], n, c["shape"], c["dtype"])
+        assert len(out) == n
+        for r, x in enumerate(xs):
+            expect = mxcomm.quantize(x.reshape(-1), fmt).view(x.shape) if x.numel() else x
+            assert out[r].shape == x.shape and out[r].dtype == x.dtype
+            assert _bits(out[r]) == _bits(expect), f"{c['key']} entry {r}"
+        numel, esize = xs[0].numel(), xs[0].element_size()
+        (rec,) = world[0][c["key"]]["records"]
+        assert rec["op"] == "all_gather" and rec["logical_bytes"] == (n - 1) * numel * esize
+        assert rec["bytes_sent"] == rec["bytes_received"] == (n - 1) * (ref.DESCRIPTOR + ref.packed(fmt, numel))
+
+
+def test_reduce_scatter(world):
+    n = len(world)
+    for c in scatter_cases():
+        fmt = mxcomm.get_format(c["fmt"])
+        m = 1
+        for d in c["out_shape"]:
+            m *= d
+        xs = [x.reshape(-1) for x in _inputs(c["seed"], n, (n * m,), c["dtype"])]
+        for r, res in enumerate(world):
+            out = res[c["key"]]["out"]
+            expect = ref.own_exact_sum([x[r * m : (r + 1) * m] for x in xs], r, fmt).to(c["dtype"])
+            expect = expect.view(c["out_shape"])
+            assert _bits(out) == _bits(expect), f"{c['key']} rank {r}"
+            exact = sum(x[r * m : (r + 1) * m].to(torch.float64) for x in xs)
+            bound = sum(ref.quantization_bound(x[r * m : (r + 1) * m], fmt) for x in xs)
+            bound = bound * (1 + 1e-5) + ref.unit_roundoff(c["dtype"]) * (exact.abs() + bound)
+            assert bool(((out.reshape(-1).to(torch.float64) - exact).abs() <= bound).all())
+            (rec,) = res[c["key"]]["records"]
+            assert rec["op"] == "reduce_scatter" and rec["algorithm"] == "all_to_all"
+            assert rec["logical_bytes"] == (n - 1) * m * out.element_size()
+            assert rec["bytes_sent"] == (n - 1) * (ref.DESCRIPTOR + ref.packed(fmt, m))
+
+
+# -- async ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("alg", ["allgather", "two_shot", "none"])
+def test_async_all_reduce(world, alg):
+    for res in world:
+        e = res[f"async:{alg}"]
+        assert _bits(e["a"]) == _bits(e["a_sync"]) and _bits(e["b"]) == _bits(e["b_sync"])
+        assert e["before"] == (False, False, 0)  # nothing recorded or marked complete before wait()
+        assert e["after"] == (True, True, 2)
+        assert e["returned_self"]
+
+
+def test_async_all_gather_and_reduce_scatter(world):
+    for res in world:
+        g = res["async:all_gather"]
+        assert [_bits(t) for t in g["out"]] == [_bits(t) for t in g["sync"]]
+        s = res["async:reduce_scatter"]
+        assert _bits(s["out"]) == _bits(s["sync"])
+
+
+# -- mismatches ------------------------------------------------------------------------------------
+
+_MISMATCH = ["shape", "shape_same_numel", "format", "dtype", "algorithm", "none_shape", "gather_shape",
+             "scatter_format"]
+_ONE_BAD_RANK = {  # case: (bad rank, what it raises)
+    "bad_dtype_one_rank": (-1, "FormatError"),
+    "unknown_format_one_rank": (-1, "FormatError"),
+    "scatter_bad_size_one_rank": (0, "FormatError"),
+    "bad_backend_one_rank": (-1, "BackendUnavailableError"),
+}
+
+
+def test_mismatch_raises_on_every_rank(world):
+    for name in _MISMATCH:
+        for r, res in enumerate(world):
+            err = res[f"mismatch:{name}"]["error"]
+            assert err.get("type") == "CollectiveMismatchError", f"{name} on rank {r}: {err}"
+            assert "disagree" in err["message"]
+
+
+def test_invalid_arguments_on_one_rank_raise_everywhere(world):
+    n = len(world)
+    for name, (bad, raised) in _ONE_BAD_RANK.items():
+        bad = bad % n
+        for r, res in enumerate(world):
+            err = res[f"mismatch:{name}"]["error"]
+            expected = raised if r == bad else "CollectiveMismatchError"
+            assert err.get("type") == expected, f"{name} on rank {r}: {err}"
+            if r != bad:
+                assert f"[{bad}]" in err["message"]
+    for res in world:
+        assert res["mismatch:bad_algorithm_everywhere"]["error"]["type"] == "FormatError"
+
+
+def test_group_still_works_after_every_failure(world):
+    n = len(world)
+    fmt = mxcomm.get_format("mxfp8_e4m3")
+    expect = ref.two_shot(_inputs(800, n, (64,), torch.bfloat16), fmt, None)
+    for name in [*_MISMATCH, *_ONE_BAD_RANK, "bad_algorithm_everywhere"]:
+        out = _same_on_all_ranks(world, f"mismatch:{name}", "after")
+        assert _bits(out) == _bits(expect), name
+
+
+def test_renamed_copy_of_a_format_is_not_a_mismatch(world):
+    for res in world:
+        assert res["renamed_format"]["error"] == {"ok": True}
+    _same_on_all_ranks(world, "renamed_format")
+
+
+# -- planner ----------------------------------------------------------------------------------------
+
+
+def test_auto_follows_the_model(world):
+    n = len(world)
+    fmt = mxcomm.get_format("mxfp4_e2m1")
+    for mname, model in (("slow", SLOW_LINK), ("fast", FAST_LINK)):
+        for sname, numel in (("tiny", 16), ("large", 1 << 16)):
+            plan = plan_all_reduce(model, fmt, numel, 2, n)
+            for res in world:
+                (rec,) = res[f"auto:{mname}:{sname}"]["records"]
+                assert rec["requested"] == "auto" and rec["algorithm"] == plan.algorithm
+                assert "model (given)" in rec["reason"]
+            _same_on_all_ranks(world, f"auto:{mname}:{sname}")
+    # the cases were chosen so that both outcomes occur
+    assert plan_all_reduce(SLOW_LINK, fmt, 1 << 16, 2, n).algorithm != "none"
+    assert plan_all_reduce(FAST_LINK, fmt, 1 << 16, 2, n).algorithm == "none"
+    assert plan_all_reduce(SLOW_LINK, fmt, 16, 2, n).algorithm == "none"
+
+
+def test_auto_uses_rank0_plan_everywhere(world):
+    n = len(world)
+    fmt = mxcomm.get_format("mxfp4_e2m1")
+    expected = plan_all_reduce(SLOW_LINK, fmt, 1 << 16, 2, n).algorithm
+    for r, res in enumerate(world):
+        (rec,) = res["auto:rank0_wins"]["records"]
+        assert rec["algorithm"] == expected
+        if r:
+            assert "rank 0 chose" in rec["reason"]
+    _same_on_all_ranks(world, "auto:rank0_wins")
+
+
+def test_calibrate_gives_one_model_to_all_ranks(world):
+    cal = [res["calibrated"] for res in world]
+    assert all(c == cal[0] for c in cal)
+    assert cal[0]["source"] == "calibrated" and cal[0]["alpha"] >= 0 and cal[0]["beta"] > 0
+    assert cal[0]["codec"]["mxfp4_e2m1"]["encode_s_per_elem"] > 0
+    algs = {res["auto:calibrated"]["records"][0]["algorithm"] for res in world}
+    assert len(algs) == 1
