@@ -26,6 +26,17 @@ def _load_triton_backend() -> CodecBackend:
 
 register_backend("triton", _load_triton_backend)
 
+
+def _load_cpu_backend() -> CodecBackend:
+    # Builds (or loads the cached) native CPU codec on first use; a missing compiler becomes
+    # the reason reported by availability (auto then falls back to the reference, with a warning).
+    from mxcomm.kernels.cpu_backend import load
+
+    return load()
+
+
+register_backend("cpu", _load_cpu_backend)
+
 __all__ = [
     "BACKEND_ENV",
     "CodecBackend",

@@ -1,0 +1,1165 @@
+// mxcomm fast CPU codec: the numerics of mxcomm/kernels/reference.py in integer arithmetic.
+//
+// Compiled at first use by mxcomm/kernels/cpu_backend.py (with the system C++ compiler), loaded
+// with ctypes, cached on disk. No torch headers: the kernels see raw pointers, the Python side
+// owns the tensors and the threading (one call per range of blocks; ctypes releases the GIL
+// during a call). Loops are written with GCC/Clang vector extensions (8 lanes; AVX2 where the
+// build enables it), with a few AVX2/F16C intrinsics behind #if.
+//
+// Exactness. Every element is held as m * 2**E with an integer m < 2**24 (the input's fp32 bit
+// pattern, or the fp32 quotient x / X for float scale types), so rounding onto an element grid
+// is an integer right shift of m plus an exact round/sticky decision -- the same decisions the
+// reference makes in float64. Round-to-nearest-even may instead use the FPU's own rounding
+// where that is provably the same (element_codes_rne_fpu). Nothing here may be compiled with
+// fast-math or FMA contraction: decode rounds every product and every sum separately, as the
+// reference does.
+
+#include <cmath>
+#include <cstdint>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+
+#define MX_ABI_VERSION 6
+
+#if defined(__GNUC__)
+#define MX_INLINE inline __attribute__((always_inline))
+#define MX_RESTRICT __restrict__
+#else
+#define MX_INLINE inline
+#define MX_RESTRICT
+#endif
+
+static_assert(sizeof(float) == 4 && sizeof(double) == 8, "IEEE float/double expected");
+
+namespace {
+
+enum { DT_FP32 = 0, DT_BF16 = 1, DT_FP16 = 2 };
+enum { RND_RNE = 0, RND_AWAY = 1, RND_ZERO = 2, RND_STOCHASTIC = 3 };
+enum { SC_E8M0 = 0, SC_E4M3 = 1, SC_FP16 = 2, SC_BF16 = 3, SC_FP32 = 4 };
+enum { MODE_FLOOR = 0, MODE_CEIL = 1, MODE_RCEIL = 2, MODE_EVEN = 3 };
+
+// Mirrored field by field by CpuFormat in cpu_backend.py.
+struct Format {
+    int32_t bits;         // element code width
+    int32_t is_int;       // IntElement: two's complement codes
+    int32_t grid_mbits;   // trailing mantissa bits of the rounding grid (int: bits - 1)
+    int32_t grid_emin;    // binade of the subnormals (int: 1, so every value is "subnormal")
+    int32_t max_code;     // largest finite magnitude code (int: kmax)
+    int32_t emax;         // element emax (e8m0 scale modes)
+    int32_t block_size;
+    int32_t scale_kind;
+    int32_t scale_mode;
+    int32_t rounding;
+    int32_t rceil_exp;    // floor(log2(max_normal))
+    int32_t rceil_frac;   // fraction bits (units of 2**-23) of max_normal's significand
+    int32_t even_frac;    // "even" mode: significand fraction >= this carries into the next binade
+    int32_t s_mbits;      // float scale types: grid of the stored scale
+    int32_t s_emin;
+    int32_t has_tensor_scale;
+    double s_max;         // largest finite scale
+    double max_normal;    // element max_normal
+    uint32_t scale_nan;   // stored bit pattern of a NaN block's scale
+    int32_t table_has_inf;  // some element code decodes to +-inf (decode skips the saturation otherwise)
+    int32_t float_rne;      // rne encodes may round with the FPU (element_codes_rne_fpu)
+    float table_max;        // largest finite |element value|
+    int32_t reserved;
+};
+
+MX_INLINE uint32_t f2u(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    return u;
+}
+
+MX_INLINE float u2f(uint32_t u) {
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+
+// -- 8-lane vectors (GCC/Clang vector extensions; plain SSE/NEON/scalar code where AVX2 is absent)
+constexpr int W = 8;
+typedef int32_t vi32 __attribute__((vector_size(32)));
+typedef uint32_t vu32 __attribute__((vector_size(32)));
+typedef float vf32 __attribute__((vector_size(32)));
+typedef int64_t vi64 __attribute__((vector_size(64)));
+typedef uint16_t vu16 __attribute__((vector_size(16)));
+typedef uint8_t vu8 __attribute__((vector_size(8)));
+
+MX_INLINE vi32 splat(int32_t v) { return vi32{} + v; }
+MX_INLINE vi32 vmin(vi32 a, vi32 b) { return a < b ? a : b; }
+MX_INLINE vi32 vmax(vi32 a, vi32 b) { return a > b ? a : b; }
+
+// -- input: fp32 bit patterns of 8 elements --------------------------------------------------
+template <int DT>
+MX_INLINE vu32 load8(const void* p, int64_t i);
+
+template <>
+MX_INLINE vu32 load8<DT_FP32>(const void* p, int64_t i) {
+    vu32 v;
+    std::memcpy(&v, static_cast<const uint32_t*>(p) + i, sizeof(v));
+    return v;
+}
+
+template <>
+MX_INLINE vu32 load8<DT_BF16>(const void* p, int64_t i) {
+    vu16 h;
+    std::memcpy(&h, static_cast<const uint16_t*>(p) + i, sizeof(h));
+    return __builtin_convertvector(h, vu32) << 16;
+}
+
+// fp16 bit patterns (low 16 bits of each lane) to fp32 bit patterns, exactly
+MX_INLINE vu32 fp16_to_fp32_bits(vi32 h) {
+#if defined(__F16C__) && defined(__AVX2__)
+    const __m128i h16 = _mm_packus_epi32(_mm256_castsi256_si128((__m256i)(h & 0xFFFF)),
+                                         _mm256_extracti128_si256((__m256i)(h & 0xFFFF), 1));
+    return (vu32)_mm256_cvtph_ps(h16);
+#endif
+    const vi32 sign = (h & 0x8000) << 16;
+    const vi32 e = (h >> 10) & 0x1F;
+    const vi32 m = h & 0x3FF;
+    const vi32 normal = ((e + 112) << 23) | (m << 13);
+    const vi32 special = splat(0x7F800000) | (m << 13);
+    // subnormal: m * 2**-24, exact in float32 (and normal there)
+    const vi32 sub = (vi32)(__builtin_convertvector(m, vf32) * 5.9604644775390625e-08f);
+    const vi32 mag = e == 0 ? sub : (e == 31 ? special : normal);
+    return (vu32)(sign | mag);
+}
+
+template <>
+MX_INLINE vu32 load8<DT_FP16>(const void* p, int64_t i) {
+#if defined(__F16C__) && defined(__AVX2__)
+    return (vu32)_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(p) + i)));
+#else
+    vu16 h16;
+    std::memcpy(&h16, static_cast<const uint16_t*>(p) + i, sizeof(h16));
+    return fp16_to_fp32_bits(__builtin_convertvector(h16, vi32));
+#endif
+}
+
+// Elements [i, i + 16) as fp32 bit patterns: even = elements i, i+2, ..., odd = i+1, i+3, ...
+// (lane l of both holds the pair that shares code byte l of 4-bit codes).
+template <int DT>
+MX_INLINE void load16_pairs(const void* p, int64_t i, vu32& even, vu32& odd) {
+    if constexpr (DT == DT_FP32) {
+        const vu32 a = load8<DT_FP32>(p, i), b = load8<DT_FP32>(p, i + W);
+#if defined(__clang__)
+        even = __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14);
+        odd = __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15);
+#else
+        even = __builtin_shuffle(a, b, vu32{0, 2, 4, 6, 8, 10, 12, 14});
+        odd = __builtin_shuffle(a, b, vu32{1, 3, 5, 7, 9, 11, 13, 15});
+#endif
+    } else {
+        vu32 w;  // two 16-bit elements per word, the even one in the low half (little-endian)
+        std::memcpy(&w, static_cast<const uint16_t*>(p) + i, sizeof(w));
+        if constexpr (DT == DT_BF16) {
+            even = w << 16;
+            odd = w & 0xFFFF0000u;
+        } else {
+            even = fp16_to_fp32_bits((vi32)(w & 0xFFFFu));
+            odd = fp16_to_fp32_bits((vi32)(w >> 16));
+        }
+    }
+}
+
+// 8 lanes < 256 -> 8 bytes
+MX_INLINE void store_bytes8(uint8_t* out, vi32 v) {
+    const vu8 b = __builtin_convertvector(__builtin_convertvector(v, vu16), vu8);
+    std::memcpy(out, &b, sizeof(b));
+}
+
+// 8 lanes < 65536 -> 8 little-endian 16-bit words
+MX_INLINE void store_words8(uint8_t* out, vi32 v) {
+    const vu16 h = __builtin_convertvector(v, vu16);
+    std::memcpy(out, &h, sizeof(h));
+}
+
+// Elements [i, i + n) with n < 8, zero-filled.
+template <int DT>
+MX_INLINE vu32 load_tail(const void* p, int64_t i, int32_t n) {
+    uint32_t tmp[W] = {0, 0, 0, 0, 0, 0, 0, 0};
+    const size_t esize = DT == DT_FP32 ? 4 : 2;
+    std::memcpy(tmp, static_cast<const char*>(p) + i * int64_t(esize), size_t(n) * esize);
+    return load8<DT>(tmp, 0);
+}
+
+// -- output conversions (round to nearest even; finite values saturate, like saturating_cast) --
+MX_INLINE vu32 to_bf16(vf32 y) {
+    vi32 u = (vi32)y;
+    const vi32 a = u & 0x7FFFFFFF;
+    u = (a < 0x7F800000) & (a > 0x7F7F0000) ? (u & splat(int32_t(0x80000000u))) | 0x7F7F0000 : u;
+    const vu32 uu = (vu32)u;
+    const vu32 r = (uu + 0x7FFFu + ((uu >> 16) & 1u)) >> 16;
+    const vu32 nan = ((uu >> 16) & 0x8000u) | 0x7FC0u;
+    return a > 0x7F800000 ? nan : r;
+}
+
+MX_INLINE vu32 to_fp16(vf32 y) {
+#if defined(__F16C__) && defined(__AVX2__)
+    // clamp finite values to +-65504 first, then the hardware conversion rounds to nearest even
+    const __m256 big = _mm256_set1_ps(65504.0f);
+    const __m256 c = _mm256_max_ps(_mm256_sub_ps(_mm256_setzero_ps(), big), _mm256_min_ps(big, (__m256)y));
+    const __m256 magnitude = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), (__m256)y);
+    const __m256 keep = _mm256_cmp_ps(magnitude, _mm256_set1_ps(INFINITY), _CMP_NLT_UQ);  // inf, NaN: as is
+    const __m128i h = _mm256_cvtps_ph(_mm256_blendv_ps(c, (__m256)y, keep), _MM_FROUND_TO_NEAREST_INT);
+    return (vu32)_mm256_cvtepu16_epi32(h);
+#endif
+    const vi32 u = (vi32)y;
+    const vi32 sign = (vi32)(((vu32)u >> 16) & 0x8000u);
+    const vi32 a = u & 0x7FFFFFFF;
+    const vi32 r = a - 0x38000000;
+    const vi32 normal = (r + 0xFFF + ((r >> 13) & 1)) >> 13;
+    // subnormal fp16: |y| * 2**24 < 1024 is exact in float32; adding and removing 2**23 rounds
+    // it to an integer, nearest even
+    const vf32 scaled = (vf32)a * 16777216.0f;
+    const vi32 sub = __builtin_convertvector((scaled + 8388608.0f) - 8388608.0f, vi32);
+    vi32 mag = a >= 0x38800000 ? normal : sub;
+    mag = a >= 0x477FE000 ? splat(0x7BFF) : mag;  // >= 65504: saturate at the fp16 max
+    mag = a == 0x7F800000 ? splat(0x7C00) : mag;
+    mag = a > 0x7F800000 ? splat(0x7E00) : mag;
+    return (vu32)(sign | mag);
+}
+
+template <int ODT>
+MX_INLINE void store8(void* out, int64_t i, vf32 y);
+
+// Round to nearest even for values known finite and within the bf16 range.
+MX_INLINE vu32 to_bf16_in_range(vf32 y) {
+    const vu32 u = (vu32)y;
+    return (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+}
+
+template <int ODT>
+MX_INLINE void store8_in_range(void* out, int64_t i, vf32 y) {
+    if constexpr (ODT == DT_BF16) {
+        const vu16 h = __builtin_convertvector(to_bf16_in_range(y), vu16);
+        std::memcpy(static_cast<uint16_t*>(out) + i, &h, sizeof(h));
+    } else {
+        store8<ODT>(out, i, y);
+    }
+}
+
+template <int ODT>
+MX_INLINE void store8(void* out, int64_t i, vf32 y) {
+    if constexpr (ODT == DT_FP32) {
+        std::memcpy(static_cast<float*>(out) + i, &y, sizeof(y));
+    } else {
+        const vu16 h = __builtin_convertvector(ODT == DT_BF16 ? to_bf16(y) : to_fp16(y), vu16);
+        std::memcpy(static_cast<uint16_t*>(out) + i, &h, sizeof(h));
+    }
+}
+
+// The first n < 8 lanes of y.
+template <int ODT>
+MX_INLINE void store_tail(void* out, int64_t i, vf32 y, int32_t n) {
+    if constexpr (ODT == DT_FP32) {
+        std::memcpy(static_cast<float*>(out) + i, &y, size_t(n) * 4);
+    } else {
+        const vu16 h = __builtin_convertvector(ODT == DT_BF16 ? to_bf16(y) : to_fp16(y), vu16);
+        std::memcpy(static_cast<uint16_t*>(out) + i, &h, size_t(n) * 2);
+    }
+}
+
+// -- counter-based random words (mxcomm/kernels/random.py) ------------------------------------
+MX_INLINE uint32_t mix32(uint32_t x) {
+    x ^= x >> 16;
+    x *= 0x7FEB352Du;
+    x ^= x >> 15;
+    x *= 0x846CA68Bu;
+    return x ^ (x >> 16);
+}
+
+MX_INLINE vu32 mix32(vu32 x) {
+    x ^= x >> 16;
+    x *= 0x7FEB352Du;
+    x ^= x >> 15;
+    x *= 0x846CA68Bu;
+    return x ^ (x >> 16);
+}
+
+MX_INLINE uint32_t seed_key(uint64_t seed, uint32_t index_hi) {
+    const uint32_t lo = uint32_t(seed), hi = uint32_t(seed >> 32);
+    return mix32(lo ^ mix32(hi ^ index_hi));
+}
+
+// -- element rounding ------------------------------------------------------------------------
+struct Grid {
+    int32_t mbits, emin, max_code, bits, is_int;
+    // negative codes: (code ^ neg_xor) + neg_add -- sign bit set (float), two's complement (int)
+    int32_t neg_xor, neg_add;
+    Grid(int32_t mbits_, int32_t emin_, int32_t max_code_, int32_t bits_, int32_t is_int_)
+        : mbits(mbits_), emin(emin_), max_code(max_code_), bits(bits_), is_int(is_int_),
+          neg_xor(is_int_ ? (1 << bits_) - 1 : 0), neg_add(is_int_ ? 1 : 1 << (bits_ - 1)) {}
+};
+
+// Codes of negative inputs (sign bit of sign_src set) with a non-zero magnitude code; -0 is +0.
+MX_INLINE vi32 apply_sign(vi32 code, vu32 sign_src, const Grid& g) {
+    if (!g.is_int) {  // the input's sign bit moved to the code's, where the code is not 0
+        return code | ((vi32)((sign_src >> 31) << (g.bits - 1)) & (code > 0));
+    }
+    const vi32 neg = ((vi32)sign_src < 0) & (code > 0);
+    return neg ? (code ^ g.neg_xor) + g.neg_add : code;
+}
+
+// Codes of the values bits(u) * 2**-e on the element grid (saturating; +0 for zero).
+// NORM=false skips normalising subnormal inputs: exact whenever -126 - e <= emin (a subnormal
+// input then lies in the grid's subnormal binade, where only its scaled mantissa matters).
+template <int RND, bool NORM>
+MX_INLINE vi32 element_codes(vu32 u, int32_t e, const Grid& g, vu32 rand_bits) {
+    const vi32 a = (vi32)(u & 0x7FFFFFFFu);
+    const vi32 ef = a >> 23;
+    const vi32 mraw = (a & 0x7FFFFF) | ((ef != 0) & 0x800000);
+    vi32 mn, F;  // value = mn * 2**(F - 23); F = floor(log2(value)) for normalised mn
+    if constexpr (NORM) {
+        // normalise through an exact int -> float conversion (mraw < 2**24): no count-leading-zeros
+        const vi32 fb = (vi32)__builtin_convertvector(mraw, vf32);
+        mn = (mraw != 0) & ((fb & 0x7FFFFF) | 0x800000);
+        F = (fb >> 23) + vmax(ef, splat(1)) - (277 + e);
+    } else {
+        mn = mraw;
+        F = vmax(ef, splat(1)) - (127 + e);
+    }
+    const vi32 binade = vmax(F, splat(g.emin));
+    const vi32 r = binade - F + (23 - g.mbits);  // right shift onto the grid, >= 13
+    vi32 q;
+    if constexpr (RND == RND_STOCHASTIC) {
+        // round up iff frac * 2**32 > rand_bits, frac = rem / 2**r (an exact integer comparison)
+        const vi32 rc = vmin(r, splat(56));
+        const vi64 rc64 = __builtin_convertvector(rc, vi64);
+        const vi64 m64 = __builtin_convertvector(mn, vi64);
+        const vi64 rem = m64 & (((vi64{} + 1) << rc64) - 1);
+        const vi64 lhs = rem << (rc64 <= 32 ? 32 - rc64 : vi64{});
+        const vi64 rhs = __builtin_convertvector(rand_bits, vi64) << (rc64 > 32 ? rc64 - 32 : vi64{});
+        q = __builtin_convertvector(m64 >> rc64, vi32) - __builtin_convertvector(lhs > rhs, vi32);
+    } else {
+        const vi32 rc = vmin(r, splat(25));  // mn < 2**24: a shift of 25 rounds everything to 0
+        const vi32 half = splat(1) << (rc - 1);
+        if constexpr (RND == RND_RNE) {
+            q = (mn + half - 1 + ((mn >> rc) & 1)) >> rc;
+        } else if constexpr (RND == RND_AWAY) {
+            q = (mn + half) >> rc;
+        } else {
+            q = mn >> rc;
+        }
+    }
+    const vi32 code = vmin(((binade - g.emin) << g.mbits) + q, splat(g.max_code));
+    return apply_sign(code, u, g);
+}
+
+// Round to nearest even with the FPU: adding C = 2**(binade + 23 - mbits) to v >= 0 rounds v to
+// a multiple of the grid step 2**(binade - mbits) (the ulp of C), and bits(v + C) - bits(C) is
+// the rounded value in steps. Exact whenever v is the exact value to round (float scale types:
+// the quotient x / X is by definition a float32) or a float32 product x * 2**-e that can only be
+// inexact below 2**-126 <= step/2 (Format.float_rne, checked by the Python side), and C stays
+// finite. ``vabs`` is v >= 0; the sign comes from ``sign_src``.
+MX_INLINE vi32 element_codes_rne_fpu(vf32 vabs, vu32 sign_src, const Grid& g) {
+    const vi32 emin_bits = splat((g.emin + 127) << 23);
+    const vi32 cb = vmax((vi32)vabs & 0x7F800000, emin_bits) + ((23 - g.mbits) << 23);
+    const vi32 ub = (vi32)(vabs + (vf32)cb);
+    // (binade - emin) << mbits + (ub - cb); cb has no mantissa bits, so (cb >> 23) << mbits is
+    // cb >> (23 - mbits)
+    const vi32 code = vmin((cb >> (23 - g.mbits)) + (ub - cb) - ((150 - g.mbits + g.emin) << g.mbits),
+                           splat(g.max_code));
+    return apply_sign(code, sign_src, g);
+}
+
+// -- block scales ----------------------------------------------------------------------------
+MX_INLINE int32_t e8m0_exponent(uint32_t amax, const Format& f) {
+    if (amax == 0) return -127;
+    int32_t flog;
+    int32_t frac;
+    const uint32_t ef = amax >> 23;
+    if (ef != 0) {
+        flog = int32_t(ef) - 127;
+        frac = int32_t(amax & 0x7FFFFFu);
+    } else {
+        const int l = 31 - __builtin_clz(amax);
+        flog = l - 149;
+        frac = int32_t((amax << (23 - l)) & 0x7FFFFFu);
+    }
+    int32_t e;
+    switch (f.scale_mode) {
+        case MODE_FLOOR:
+            e = flog - f.emax;
+            break;
+        case MODE_CEIL:
+            e = flog + (frac != 0 ? 1 : 0) - f.emax;
+            break;
+        case MODE_RCEIL:
+            e = flog - f.rceil_exp + (frac > f.rceil_frac ? 1 : 0);
+            break;
+        default:
+            e = flog + (frac >= f.even_frac ? 1 : 0) - f.emax;
+            break;
+    }
+    return e < -127 ? -127 : (e > 127 ? 127 : e);
+}
+
+MX_INLINE uint64_t d2u(double d) {
+    uint64_t u;
+    std::memcpy(&u, &d, 8);
+    return u;
+}
+
+MX_INLINE double pow2d(int32_t n) {  // 2**n for -1022 <= n <= 1023, exact
+    const uint64_t u = uint64_t(n + 1023) << 52;
+    double d;
+    std::memcpy(&d, &u, 8);
+    return d;
+}
+
+// Smallest value of the grid (mbits, emin) >= q, clamped to maxv (reference.round_up_to_scale);
+// q is a positive normal double.
+MX_INLINE double round_up_grid(double q, int32_t mbits, int32_t emin, double maxv) {
+    const uint64_t bits = d2u(q);
+    const int32_t ex = int32_t((bits >> 52) & 0x7FF) - 1023;  // floor(log2(q))
+    const int32_t binade = ex > emin ? ex : emin;
+    const uint64_t mant = (bits & ((uint64_t(1) << 52) - 1)) | (uint64_t(1) << 52);
+    const int32_t shift = 52 - mbits + (binade - ex);  // q / step = mant / 2**shift, shift >= 29
+    uint64_t steps = 1;                                // q below one step rounds up to one step
+    if (shift < 64) steps = (mant >> shift) + ((mant & ((uint64_t(1) << shift) - 1)) != 0 ? 1 : 0);
+    const double value = double(steps) * pow2d(binade - mbits);
+    return value < maxv ? value : maxv;
+}
+
+// Code of an exactly representable value v >= 0 on the grid (mbits, emin): the storage bit pattern.
+MX_INLINE uint32_t exact_grid_code(double v, int32_t mbits, int32_t emin) {
+    if (v == 0.0) return 0;
+    const uint64_t bits = d2u(v);
+    const int32_t ex = int32_t((bits >> 52) & 0x7FF) - 1023;
+    const int32_t binade = ex > emin ? ex : emin;
+    const uint64_t mant = (bits & ((uint64_t(1) << 52) - 1)) | (uint64_t(1) << 52);
+    return (uint32_t(binade - emin) << mbits) + uint32_t(mant >> (52 - mbits + (binade - ex)));
+}
+
+MX_INLINE void store_scale(void* scales, int64_t k, int32_t scale_kind, uint32_t pattern) {
+    if (scale_kind == SC_E8M0 || scale_kind == SC_E4M3) {
+        static_cast<uint8_t*>(scales)[k] = uint8_t(pattern);
+    } else if (scale_kind == SC_FP32) {
+        static_cast<uint32_t*>(scales)[k] = pattern;
+    } else {
+        static_cast<uint16_t*>(scales)[k] = uint16_t(pattern);
+    }
+}
+
+MX_INLINE float fp16_bits_to_float(uint32_t h) {
+    const uint16_t tmp[W] = {uint16_t(h), 0, 0, 0, 0, 0, 0, 0};
+    return u2f(load8<DT_FP16>(tmp, 0)[0]);
+}
+
+// The float32 multiplier X of block k (reference.block_scale_fp32).
+MX_INLINE float block_multiplier(const void* scales, int64_t k, const Format& f, float tensor_scale) {
+    float x;
+    switch (f.scale_kind) {
+        case SC_E8M0: {
+            const uint32_t c = static_cast<const uint8_t*>(scales)[k];
+            if (c == 0xFF) return std::numeric_limits<float>::quiet_NaN();
+            return c == 0 ? u2f(0x00400000u) : u2f(c << 23);  // 2**(c - 127), exact
+        }
+        case SC_E4M3: {
+            const uint32_t c = static_cast<const uint8_t*>(scales)[k];
+            if (c >= 0x7F) return std::numeric_limits<float>::quiet_NaN();
+            const uint32_t ef = c >> 3, m = c & 7;
+            // (8 + m) * 2**(ef - 10) for ef >= 1, else m * 2**-9 (both exact)
+            x = ef ? u2f(((ef + 120) << 23) | (m << 20)) : float(m) * 0.001953125f;
+            break;
+        }
+        case SC_FP16:
+            x = fp16_bits_to_float(static_cast<const uint16_t*>(scales)[k]);
+            break;
+        case SC_BF16:
+            x = u2f(uint32_t(static_cast<const uint16_t*>(scales)[k]) << 16);
+            break;
+        default:
+            x = static_cast<const float*>(scales)[k];
+            break;
+    }
+    if (f.has_tensor_scale) x = float(double(x) * double(tensor_scale));
+    return x;
+}
+
+// -- code stream -------------------------------------------------------------------------------
+// LSB-first bitstream (mxcomm/kernels/bitpack.py). A call covers whole blocks starting at a
+// byte boundary; blocks whose codes fill whole bytes are packed with fixed patterns.
+struct BitWriter {
+    uint8_t* out;
+    uint64_t acc = 0;
+    int32_t nacc = 0;
+    MX_INLINE void put(uint32_t code, int32_t bits) {
+        acc |= uint64_t(code) << nacc;
+        nacc += bits;
+        while (nacc >= 8) {
+            *out++ = uint8_t(acc);
+            acc >>= 8;
+            nacc -= 8;
+        }
+    }
+    MX_INLINE void flush() {
+        if (nacc > 0) *out++ = uint8_t(acc);
+        acc = 0;
+        nacc = 0;
+    }
+};
+
+struct BitReader {
+    const uint8_t* in;
+    uint64_t acc = 0;
+    int32_t nacc = 0;
+    MX_INLINE uint32_t get(int32_t bits) {
+        while (nacc < bits) {
+            acc |= uint64_t(*in++) << nacc;
+            nacc += 8;
+        }
+        const uint32_t code = uint32_t(acc & ((uint64_t(1) << bits) - 1));
+        acc >>= bits;
+        nacc -= bits;
+        return code;
+    }
+};
+
+// Pack n codes (n * bits a multiple of 8 when aligned) into out; returns bytes written.
+MX_INLINE void pack_block(const uint16_t* MX_RESTRICT codes, int32_t n, int32_t bits, uint8_t* MX_RESTRICT out) {
+    if (bits == 8) {
+        for (int32_t j = 0; j < n; ++j) out[j] = uint8_t(codes[j]);
+    } else if (bits == 4) {
+        for (int32_t j = 0; j < n / 2; ++j) out[j] = uint8_t(codes[2 * j] | (codes[2 * j + 1] << 4));
+    } else if (bits == 2 && n % 4 == 0) {
+        for (int32_t j = 0; j < n / 4; ++j)
+            out[j] = uint8_t(codes[4 * j] | (codes[4 * j + 1] << 2) | (codes[4 * j + 2] << 4) | (codes[4 * j + 3] << 6));
+    } else if (bits < 8 && n % 8 == 0) {
+        for (int32_t g = 0; g < n / 8; ++g) {
+            uint64_t w = 0;
+            for (int32_t k = 0; k < 8; ++k) w |= uint64_t(codes[8 * g + k]) << (k * bits);
+            for (int32_t k = 0; k < bits; ++k) out[g * bits + k] = uint8_t(w >> (8 * k));
+        }
+    } else {
+        BitWriter bw{out};
+        for (int32_t j = 0; j < n; ++j) bw.put(codes[j], bits);
+        bw.flush();
+    }
+}
+
+MX_INLINE void unpack_block(const uint8_t* MX_RESTRICT in, int32_t n, int32_t bits, uint16_t* MX_RESTRICT codes) {
+    if (bits == 8) {
+        for (int32_t j = 0; j < n; ++j) codes[j] = in[j];
+    } else if (bits == 4) {
+        for (int32_t j = 0; j < n / 2; ++j) {
+            codes[2 * j] = in[j] & 0xF;
+            codes[2 * j + 1] = in[j] >> 4;
+        }
+    } else if (bits < 8 && n % 8 == 0) {
+        const uint32_t mask = (1u << bits) - 1;
+        for (int32_t g = 0; g < n / 8; ++g) {
+            uint64_t w = 0;
+            for (int32_t k = 0; k < bits; ++k) w |= uint64_t(in[g * bits + k]) << (8 * k);
+            for (int32_t k = 0; k < 8; ++k) codes[8 * g + k] = uint16_t((w >> (k * bits)) & mask);
+        }
+    } else {
+        BitReader br{in};
+        for (int32_t j = 0; j < n; ++j) codes[j] = uint16_t(br.get(bits));
+    }
+}
+
+// Walks blocks [b0, b1) of a (rows, length) tensor cut into blocks_per_row blocks per row.
+struct BlockCursor {
+    int64_t length, bpr, bs, row, col;
+    BlockCursor(int64_t length_, int64_t bpr_, int64_t bs_, int64_t b0)
+        : length(length_), bpr(bpr_), bs(bs_), row(bpr_ ? b0 / bpr_ : 0), col(bpr_ ? b0 % bpr_ : 0) {}
+    MX_INLINE int64_t offset() const { return row * length + col * bs; }
+    MX_INLINE int32_t valid() const {
+        const int64_t left = length - col * bs;
+        return int32_t(left < bs ? left : bs);
+    }
+    MX_INLINE void next() {
+        if (++col == bpr) {
+            col = 0;
+            ++row;
+        }
+    }
+};
+
+MX_INLINE int32_t hmax(vi32 v) {
+#if defined(__AVX2__)
+    __m256i m = (__m256i)v;
+    __m128i h = _mm_max_epi32(_mm256_castsi256_si128(m), _mm256_extracti128_si256(m, 1));
+    h = _mm_max_epi32(h, _mm_shuffle_epi32(h, 0x4E));
+    h = _mm_max_epi32(h, _mm_shuffle_epi32(h, 0xB1));
+    return _mm_cvtsi128_si32(h);
+#else
+    int32_t best = v[0];
+    for (int l = 1; l < W; ++l) best = v[l] > best ? v[l] : best;
+    return best;
+#endif
+}
+
+template <int DT>
+MX_INLINE void block_amax(const void* x, int64_t off, int32_t n, uint32_t* amax_all, uint32_t* amax_finite) {
+    vi32 all = {}, fin = {};
+    for (int32_t j = 0; j < n; j += W) {
+        const vu32 u = n - j >= W ? load8<DT>(x, off + j) : load_tail<DT>(x, off + j, n - j);
+        const vi32 a = (vi32)(u & 0x7FFFFFFFu);
+        all = vmax(all, a);
+        fin = vmax(fin, a < 0x7F800000 ? a : vi32{});
+    }
+    *amax_all = uint32_t(hmax(all));
+    *amax_finite = uint32_t(hmax(fin));
+}
+
+// Codes leave the vector registers either straight into the stream (8-bit codes, or 4-bit
+// codes two per byte; blocks of whole vectors) or through a per-block buffer (every width).
+enum { PACK_BUFFER = 0, PACK_NIBBLES = 4, PACK_BYTES = 8 };
+
+typedef uint8_t vu8x4 __attribute__((vector_size(4)));
+typedef uint64_t vu64x4 __attribute__((vector_size(32)));
+
+MX_INLINE void put_codes(uint8_t* out, int32_t j, vi32 c, int pack, uint16_t* cbuf) {
+    if (pack == PACK_BYTES) {
+        store_bytes8(out + j, c);
+    } else if (pack == PACK_NIBBLES) {
+        const vu64x4 w = (vu64x4)c;  // lane i: code 2i (low word) and code 2i+1 (high word)
+        const vu8x4 b = __builtin_convertvector((w & 0xFu) | ((w >> 28) & 0xF0u), vu8x4);
+        std::memcpy(out + j / 2, &b, sizeof(b));
+    } else {
+        const vu16 c16 = __builtin_convertvector(c, vu16);
+        std::memcpy(cbuf + j, &c16, sizeof(c16));
+    }
+}
+
+template <int DT, int RND, bool NORM, int PACK>
+MX_INLINE void block_codes(const void* x, int64_t off, int32_t n, int32_t e, bool pow2, float divisor, const Grid& g,
+                           uint64_t seed, uint64_t base, uint8_t* out, uint16_t* cbuf) {
+    const vu32 lane = {0, 1, 2, 3, 4, 5, 6, 7};
+    // stochastic rounding: the random word of element index i = k * bs + j
+    const bool one_key = (base >> 32) == ((base + uint64_t(n) - 1) >> 32);
+    const uint32_t key = RND == RND_STOCHASTIC ? seed_key(seed, uint32_t(base >> 32)) : 0u;
+    for (int32_t j = 0; j < n; j += W) {
+        vu32 u = n - j >= W ? load8<DT>(x, off + j) : load_tail<DT>(x, off + j, n - j);
+        vu32 rand_bits = {};
+        if constexpr (RND == RND_STOCHASTIC) {
+            if (one_key) {
+                rand_bits = mix32(key ^ (uint32_t(base) + uint32_t(j) + lane));
+            } else {  // a block straddling element index h * 2**32
+                for (int l = 0; l < W; ++l) {
+                    const uint64_t idx = base + uint64_t(j + l);
+                    rand_bits[l] = mix32(seed_key(seed, uint32_t(idx >> 32)) ^ uint32_t(idx));
+                }
+            }
+        }
+        if (!pow2) u = (vu32)((vf32)u / divisor);  // the float32 quotient x / X (IEEE division)
+        put_codes(out, j, element_codes<RND, NORM>(u, pow2 ? e : 0, g, rand_bits), PACK, cbuf);
+    }
+}
+
+typedef uint16_t vu16x16 __attribute__((vector_size(32)));
+
+MX_INLINE uint32_t hmax16(vu16x16 v) {
+#if defined(__AVX2__)
+    const __m256i m = (__m256i)v;
+    const __m128i h = _mm_max_epu16(_mm256_castsi256_si128(m), _mm256_extracti128_si256(m, 1));
+    // max = ~min(~h): one phminposuw instead of a shuffle tree
+    return 0xFFFFu & ~uint32_t(_mm_cvtsi128_si32(_mm_minpos_epu16(_mm_xor_si128(h, _mm_set1_epi16(-1)))));
+#else
+    uint32_t best = 0;
+    for (int l = 0; l < 16; ++l) best = v[l] > best ? v[l] : best;
+    return best;
+#endif
+}
+
+// Block amax of 16-bit inputs on their bit patterns (magnitude order = bit order), 16 lanes at
+// once: over all elements (FINITE=false; a non-finite element makes it >= inf) or over the
+// finite ones.
+template <int DT, bool FINITE>
+MX_INLINE uint32_t block_amax16(const void* x, int64_t off, int32_t n) {
+    const uint16_t inf16 = DT == DT_BF16 ? 0x7F80 : 0x7C00;
+    const uint16_t* h = static_cast<const uint16_t*>(x) + off;
+    vu16x16 best_v = {};
+    int32_t j = 0;
+    for (; j + 16 <= n; j += 16) {
+        vu16x16 v;
+        std::memcpy(&v, h + j, sizeof(v));
+        v &= 0x7FFF;
+        if (FINITE) v = v < inf16 ? v : vu16x16{};
+        best_v = v > best_v ? v : best_v;
+    }
+    uint32_t best = hmax16(best_v);
+    for (; j < n; ++j) {
+        uint32_t v = h[j] & 0x7FFFu;
+        if (FINITE && v >= inf16) v = 0;
+        best = v > best ? v : best;
+    }
+    if (DT == DT_BF16) return best << 16;
+    if (!FINITE && best >= inf16) return 0x7F800000u;  // non-finite: only that matters then
+    return fp16_to_fp32_bits(splat(int32_t(best)))[0];
+}
+
+// fp32 bits of the block's amax over all elements (>= inf if any is not finite) or the finite ones.
+template <int DT, bool FINITE>
+MX_INLINE uint32_t any_block_amax(const void* x, int64_t off, int32_t n) {
+    if constexpr (DT != DT_FP32) {
+        return block_amax16<DT, FINITE>(x, off, n);
+    } else {
+        uint32_t all, fin;
+        block_amax<DT>(x, off, n, &all, &fin);
+        return FINITE ? fin : all;
+    }
+}
+
+// Codes of a whole block of 16k contiguous elements, written straight to the stream as nibbles
+// (4-bit codes) or bytes (8-bit codes).
+template <int DT, int RND, int PACK, bool FPU>
+MX_INLINE void block_codes_pairs(const void* x, int64_t off, int32_t bs, int32_t e, bool pow2, float divisor,
+                                 const Grid& g, uint64_t seed, uint64_t base, uint8_t* out) {
+    const float scale_mul = u2f(e <= 126 ? uint32_t(127 - e) << 23 : 0x00400000u);  // 2**-e, exact
+    const vu32 lane2 = {0, 2, 4, 6, 8, 10, 12, 14};
+    const bool one_key = (base >> 32) == ((base + uint64_t(bs) - 1) >> 32);
+    const uint32_t key = RND == RND_STOCHASTIC ? seed_key(seed, uint32_t(base >> 32)) : 0u;
+    const int32_t ee = pow2 ? e : 0;
+    for (int32_t j = 0; j < bs; j += 2 * W) {
+        vu32 even, odd;
+        load16_pairs<DT>(x, off + j, even, odd);
+        vu32 rand_even = {}, rand_odd = {};
+        if constexpr (RND == RND_STOCHASTIC) {
+            if (one_key) {
+                const vu32 idx = uint32_t(base) + uint32_t(j) + lane2;
+                rand_even = mix32(key ^ idx);
+                rand_odd = mix32(key ^ (idx + 1u));
+            } else {  // a block straddling element index h * 2**32
+                for (int l = 0; l < W; ++l) {
+                    const uint64_t i0 = base + uint64_t(j + 2 * l), i1 = i0 + 1;
+                    rand_even[l] = mix32(seed_key(seed, uint32_t(i0 >> 32)) ^ uint32_t(i0));
+                    rand_odd[l] = mix32(seed_key(seed, uint32_t(i1 >> 32)) ^ uint32_t(i1));
+                }
+            }
+        }
+        vi32 ce, co;
+        if constexpr (FPU) {
+            // |x| * 2**-e (e8m0) or |x| / X (float scales), both in float32
+            const vf32 ae = (vf32)(even & 0x7FFFFFFFu), ao = (vf32)(odd & 0x7FFFFFFFu);
+            ce = element_codes_rne_fpu(pow2 ? ae * scale_mul : ae / divisor, even, g);
+            co = element_codes_rne_fpu(pow2 ? ao * scale_mul : ao / divisor, odd, g);
+        } else {
+            if (!pow2) {  // the float32 quotients x / X (IEEE division)
+                even = (vu32)((vf32)even / divisor);
+                odd = (vu32)((vf32)odd / divisor);
+            }
+            ce = element_codes<RND, false>(even, ee, g, rand_even);
+            co = element_codes<RND, false>(odd, ee, g, rand_odd);
+        }
+        if constexpr (PACK == PACK_NIBBLES) {
+            store_bytes8(out + j / 2, ce | (co << 4));
+        } else {
+            store_words8(out + j, ce | (co << 8));
+        }
+    }
+}
+
+// Scale of one block (stored to scales_out) and how to encode its elements.
+struct BlockPlan {
+    int32_t e;        // e8m0: the shared exponent
+    float divisor;    // float scale types: the float32 multiplier X
+    bool zero_codes;  // NaN block, or a block that decodes to 0 whatever its codes
+    bool norm;        // subnormal inputs need normalising (element_codes NORM=true)
+};
+
+template <int DT>
+MX_INLINE BlockPlan plan_block(const Format& f, const void* x, int64_t off, int32_t n, int64_t k, double denom,
+                               float tensor_scale, void* scales_out) {
+    // over all elements: a block with a non-finite element is a NaN block, whose scale and codes
+    // do not depend on the amax of its finite elements
+    const uint32_t amax = any_block_amax<DT, false>(x, off, n);
+    const bool nan_block = amax >= 0x7F800000u;
+    BlockPlan plan{0, 1.0f, nan_block, false};
+    if (f.scale_kind == SC_E8M0) {
+        plan.e = e8m0_exponent(amax, f);
+        store_scale(scales_out, k, f.scale_kind, nan_block ? f.scale_nan : uint32_t(plan.e + 127));
+        plan.norm = -126 - plan.e > f.grid_emin;  // see element_codes
+    } else {
+        const bool positive = !nan_block && amax > 0;
+        double block_scale = 0.0;
+        if (positive) block_scale = round_up_grid(double(u2f(amax)) / denom, f.s_mbits, f.s_emin, f.s_max);
+        const float effective = f.has_tensor_scale ? float(block_scale * double(tensor_scale)) : float(block_scale);
+        // an effective scale that underflowed to 0 decodes every element to 0: codes are 0
+        plan.zero_codes = nan_block || !(positive && effective > 0.0f);
+        plan.divisor = effective;
+        store_scale(scales_out, k, f.scale_kind,
+                    nan_block ? f.scale_nan : exact_grid_code(block_scale, f.s_mbits, f.s_emin));
+        plan.norm = -126 > f.grid_emin;
+    }
+    return plan;
+}
+
+// General path: any layout, width, rounding (blocks may end in row padding; codes through a buffer
+// unless they can be written straight to the stream).
+template <int DT, int RND>
+void encode_range(const Format& f, const void* x, int64_t length, int64_t bpr, int64_t b0, int64_t b1,
+                  float tensor_scale, uint64_t seed, uint8_t* codes_out, void* scales_out, uint16_t* cbuf) {
+    const int32_t bs = f.block_size, bits = f.bits;
+    const Grid grid{f.grid_mbits, f.grid_emin, f.max_code, bits, f.is_int};
+    const bool pow2 = f.scale_kind == SC_E8M0;
+    const bool aligned = (int64_t(bs) * bits) % 8 == 0;
+    // whole blocks back to back in memory (no row padding): codes can go straight to the stream
+    const bool contiguous = length % bs == 0;
+    constexpr bool direct = RND == RND_RNE || RND == RND_STOCHASTIC;  // others: fewer kernels to compile
+    const int pack = direct && contiguous && bs % W == 0
+                         ? (bits == 8 ? PACK_BYTES : (bits == 4 ? PACK_NIBBLES : PACK_BUFFER))
+                         : PACK_BUFFER;
+    const int64_t block_bytes = aligned ? int64_t(bs) * bits / 8 : 0;
+    BitWriter stream{codes_out + (b0 * bs * bits) / 8};  // the caller starts ranges on byte boundaries
+    BlockCursor cur(length, bpr, bs, b0);
+    const double denom = f.max_normal * (f.has_tensor_scale ? double(tensor_scale) : 1.0);
+    for (int64_t k = b0; k < b1; ++k, cur.next()) {
+        const int64_t off = contiguous ? k * bs : cur.offset();
+        const int32_t n = contiguous ? bs : cur.valid();
+        uint8_t* out = codes_out + k * block_bytes;
+        const BlockPlan plan = plan_block<DT>(f, x, off, n, k, denom, tensor_scale, scales_out);
+        const int32_t e = plan.e;
+        const float divisor = plan.divisor;
+        int block_pack = pack;
+        const uint64_t base = uint64_t(k) * uint64_t(bs);
+        if (plan.zero_codes) {
+            if (pack != PACK_BUFFER) {
+                std::memset(out, 0, size_t(block_bytes));
+            } else {
+                std::memset(cbuf, 0, sizeof(uint16_t) * size_t(bs));
+            }
+        } else if (plan.norm) {
+            block_pack = PACK_BUFFER;
+            block_codes<DT, RND, true, PACK_BUFFER>(x, off, n, e, pow2, divisor, grid, seed, base, out, cbuf);
+        } else if (direct && pack == PACK_BYTES) {
+            if constexpr (direct) {
+                block_codes<DT, RND, false, PACK_BYTES>(x, off, n, e, pow2, divisor, grid, seed, base, out, cbuf);
+            }
+        } else if (direct && pack == PACK_NIBBLES) {
+            if constexpr (direct) {
+                block_codes<DT, RND, false, PACK_NIBBLES>(x, off, n, e, pow2, divisor, grid, seed, base, out, cbuf);
+            }
+        } else {
+            block_codes<DT, RND, false, PACK_BUFFER>(x, off, n, e, pow2, divisor, grid, seed, base, out, cbuf);
+        }
+        if (block_pack == PACK_BUFFER) {
+            if (n < bs && !plan.zero_codes) std::memset(cbuf + n, 0, sizeof(uint16_t) * size_t(bs - n));  // row padding
+            if (aligned) {
+                pack_block(cbuf, bs, bits, out);
+            } else {
+                for (int32_t j = 0; j < bs; ++j) stream.put(cbuf[j], bits);
+            }
+        }
+    }
+    if (!aligned) stream.flush();
+}
+
+// Fast path: blocks of 16k elements back to back, 4- or 8-bit codes. Per chunk of blocks, first
+// every block's scale, then every block's codes (a tight loop with its constants in registers).
+template <int DT, int RND, int PACK, bool FPU>
+void encode_pairs_range(const Format& f, const void* x, int64_t b0, int64_t b1, float tensor_scale, uint64_t seed,
+                        uint8_t* codes_out, void* scales_out, uint16_t* cbuf) {
+    constexpr int64_t CHUNK = 64;
+    const int32_t bs = f.block_size, bits = f.bits;
+    const Grid grid{f.grid_mbits, f.grid_emin, f.max_code, bits, f.is_int};
+    const bool pow2 = f.scale_kind == SC_E8M0;
+    const int64_t block_bytes = int64_t(bs) * bits / 8;
+    const double denom = f.max_normal * (f.has_tensor_scale ? double(tensor_scale) : 1.0);
+    BlockPlan plans[CHUNK];
+    for (int64_t c0 = b0; c0 < b1; c0 += CHUNK) {
+        const int64_t c1 = c0 + CHUNK < b1 ? c0 + CHUNK : b1;
+        for (int64_t k = c0; k < c1; ++k) {
+            plans[k - c0] = plan_block<DT>(f, x, k * bs, bs, k, denom, tensor_scale, scales_out);
+        }
+        for (int64_t k = c0; k < c1; ++k) {
+            const BlockPlan& plan = plans[k - c0];
+            uint8_t* out = codes_out + k * block_bytes;
+            if (plan.zero_codes) {
+                std::memset(out, 0, size_t(block_bytes));
+            } else if (plan.norm) {
+                block_codes<DT, RND, true, PACK_BUFFER>(x, k * bs, bs, plan.e, pow2, plan.divisor, grid, seed,
+                                                        uint64_t(k) * bs, out, cbuf);
+                pack_block(cbuf, bs, bits, out);
+            } else {
+                block_codes_pairs<DT, RND, PACK, FPU>(x, k * bs, bs, plan.e, pow2, plan.divisor, grid, seed,
+                                                     uint64_t(k) * bs, out);
+            }
+        }
+    }
+}
+
+template <int DT, int RND>
+void encode_dispatch(const Format& f, const void* x, int64_t length, int64_t bpr, int64_t b0, int64_t b1,
+                     float tensor_scale, uint64_t seed, uint8_t* codes_out, void* scales_out, uint16_t* cbuf) {
+    const int32_t bs = f.block_size, bits = f.bits;
+    // (round-half-away and toward-zero take the general path only: fewer kernels to compile)
+    const bool pairs = (RND == RND_RNE || RND == RND_STOCHASTIC) && length % bs == 0 && bs % (2 * W) == 0 &&
+                       (bits == 4 || bits == 8);
+    const bool fpu = RND == RND_RNE && f.float_rne != 0;
+#define MX_PAIRS(PACK, FPU) \
+    encode_pairs_range<DT, RND, PACK, FPU>(f, x, b0, b1, tensor_scale, seed, codes_out, scales_out, cbuf)
+    if constexpr (RND == RND_RNE) {
+        if (pairs && fpu) {
+            if (bits == 4) {
+                MX_PAIRS(PACK_NIBBLES, true);
+            } else {
+                MX_PAIRS(PACK_BYTES, true);
+            }
+            return;
+        }
+    }
+    if constexpr (RND == RND_RNE || RND == RND_STOCHASTIC) {
+        if (pairs) {
+            if (bits == 4) {
+                MX_PAIRS(PACK_NIBBLES, false);
+            } else {
+                MX_PAIRS(PACK_BYTES, false);
+            }
+            return;
+        }
+    }
+    encode_range<DT, RND>(f, x, length, bpr, b0, b1, tensor_scale, seed, codes_out, scales_out, cbuf);
+#undef MX_PAIRS
+}
+
+MX_INLINE vf32 saturated_products(vf32 v, float X, bool check_inf) {
+    // product rounded to float32; a finite element never overflows to inf (saturate)
+    const float fmax = std::numeric_limits<float>::max();
+    const vf32 prod = v * X;
+    const vf32 sat = prod > fmax ? vf32{} + fmax : (prod < -fmax ? vf32{} - fmax : prod);
+    if (!check_inf) return sat;
+    const vi32 v_inf = ((vi32)v & 0x7FFFFFFF) == 0x7F800000;
+    return v_inf ? prod : sat;
+}
+
+enum { UNPACK_BUFFER = 0, UNPACK_NIBBLES = 4, UNPACK_BYTES = 8 };
+
+// Element values of codes [j, j + 8) of a block.
+template <int UNPACK>
+MX_INLINE vf32 block_values(const uint8_t* in, const uint16_t* cbuf, int32_t j, const float* table, vf32 tlo,
+                            vf32 thi) {
+    vi32 idx;
+    if constexpr (UNPACK == UNPACK_NIBBLES) {
+        uint32_t w;
+        std::memcpy(&w, in + j / 2, 4);
+        const vi32 shifts = {0, 4, 8, 12, 16, 20, 24, 28};
+        idx = (vi32)(((vu32{} + w) >> (vu32)shifts) & 0xFu);
+#if defined(__AVX2__)
+        const __m256 lo = _mm256_permutevar8x32_ps((__m256)tlo, (__m256i)idx);
+        const __m256 hi = _mm256_permutevar8x32_ps((__m256)thi, (__m256i)idx);
+        return (vf32)_mm256_blendv_ps(lo, hi, (__m256)(idx << 28));  // code bit 3 picks the half
+#endif
+    } else if constexpr (UNPACK == UNPACK_BYTES) {
+        vu8 b;
+        std::memcpy(&b, in + j, sizeof(b));
+        idx = __builtin_convertvector(b, vi32);
+#if defined(__AVX2__)
+        return (vf32)_mm256_i32gather_ps(table, (__m256i)idx, 4);
+#endif
+    } else {
+        vu16 c;
+        std::memcpy(&c, cbuf + j, sizeof(c));
+        idx = __builtin_convertvector(c, vi32);
+    }
+    (void)tlo;
+    (void)thi;
+    vf32 v;
+    for (int l = 0; l < W; ++l) v[l] = table[idx[l]];
+    return v;
+}
+
+#if defined(__AVX2__)
+// One block of 4-bit codes decoded to a 16-bit type through a table of the 16 possible outputs
+// (each computed exactly as the element path computes it: product in float32, then rounded), looked
+// up with byte shuffles -- 16 elements per step. Needs bs % 16 == 0 and in-range products.
+template <int ODT>
+MX_INLINE void decode_nibbles_by_table(const uint8_t* in, int32_t bs, float X, vf32 tlo, vf32 thi, uint16_t* out) {
+    const vu32 o0 = ODT == DT_BF16 ? to_bf16_in_range(tlo * X) : to_fp16(tlo * X);
+    const vu32 o1 = ODT == DT_BF16 ? to_bf16_in_range(thi * X) : to_fp16(thi * X);
+    const __m128i w0 = (__m128i)__builtin_convertvector(o0, vu16), w1 = (__m128i)__builtin_convertvector(o1, vu16);
+    const __m128i low_bytes = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m128i high_bytes = _mm_setr_epi8(1, 3, 5, 7, 9, 11, 13, 15, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m128i tab_lo = _mm_unpacklo_epi64(_mm_shuffle_epi8(w0, low_bytes), _mm_shuffle_epi8(w1, low_bytes));
+    const __m128i tab_hi = _mm_unpacklo_epi64(_mm_shuffle_epi8(w0, high_bytes), _mm_shuffle_epi8(w1, high_bytes));
+    const __m128i nibble = _mm_set1_epi8(0x0F);
+    for (int32_t j = 0; j < bs; j += 16) {
+        const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(in + j / 2));
+        const __m128i lo = _mm_and_si128(b, nibble), hi = _mm_and_si128(_mm_srli_epi16(b, 4), nibble);
+        const __m128i codes = _mm_unpacklo_epi8(lo, hi);  // codes j .. j+15 in order
+        const __m128i vl = _mm_shuffle_epi8(tab_lo, codes), vh = _mm_shuffle_epi8(tab_hi, codes);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + j), _mm_unpacklo_epi8(vl, vh));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + j + 8), _mm_unpackhi_epi8(vl, vh));
+    }
+}
+#endif
+
+template <int ODT, int UNPACK>
+void decode_blocks_impl(const Format& f, int32_t nparts, const uint8_t* const* codes, const void* const* scales,
+                        const float* tensor_scales, const float* table, int64_t length, int64_t bpr, int64_t b0,
+                        int64_t b1, void* out, uint16_t* cbuf, float* acc, BitReader* readers) {
+    const int32_t bs = f.block_size, bits = f.bits;
+    const bool aligned = (int64_t(bs) * bits) % 8 == 0;
+    const bool contiguous = length % bs == 0;
+    const int64_t block_bytes = aligned ? int64_t(bs) * bits / 8 : 0;
+    const bool check_inf = f.table_has_inf != 0;
+    const float fmax = std::numeric_limits<float>::max();
+    const float bf16_max = u2f(0x7F7F0000u);
+    vf32 tlo = {}, thi = {};
+    if constexpr (UNPACK == UNPACK_NIBBLES) {
+        std::memcpy(&tlo, table, sizeof(tlo));
+        std::memcpy(&thi, table + 8, sizeof(thi));
+    }
+    for (int32_t p = 0; p < nparts; ++p) readers[p] = BitReader{codes[p] + (b0 * bs * bits) / 8};
+    BlockCursor cur(length, bpr, bs, b0);
+    for (int64_t k = b0; k < b1; ++k, cur.next()) {
+        const int64_t off = contiguous ? k * bs : cur.offset();
+        const int32_t n = contiguous ? bs : cur.valid();
+        for (int32_t p = 0; p < nparts; ++p) {
+            const uint8_t* in = codes[p] + k * block_bytes;
+            if constexpr (UNPACK == UNPACK_BUFFER) {
+                if (aligned) {
+                    unpack_block(in, bs, bits, cbuf);
+                } else {
+                    for (int32_t j = 0; j < bs; ++j) cbuf[j] = uint16_t(readers[p].get(bits));
+                }
+            }
+            const float X = block_multiplier(scales[p], k, f, tensor_scales[p]);
+            // |X| * table_max within range: no finite product needs saturating. (inf and NaN codes
+            // give inf or quiet NaN products, which every conversion passes through; a NaN X fails
+            // the test, so no NaN with an arbitrary payload reaches the fast bf16 rounding.)
+            const float top = std::fabs(X) * f.table_max;
+            const bool in_range = top <= (ODT == DT_BF16 ? bf16_max : fmax);
+#if defined(__AVX2__)
+            if constexpr (UNPACK == UNPACK_NIBBLES && ODT != DT_FP32) {
+                if (nparts == 1 && in_range && n == bs && bs % 16 == 0) {
+                    decode_nibbles_by_table<ODT>(in, bs, X, tlo, thi, static_cast<uint16_t*>(out) + off);
+                    continue;
+                }
+            }
+#endif
+            if (nparts == 1 && in_range && n == bs && bs % W == 0) {
+                for (int32_t j = 0; j < n; j += W) {
+                    store8_in_range<ODT>(out, off + j, block_values<UNPACK>(in, cbuf, j, table, tlo, thi) * X);
+                }
+                continue;
+            }
+            const bool no_overflow = top <= fmax;  // no product needs saturating (NaN X: false)
+            for (int32_t j = 0; j < n; j += W) {
+                const vf32 v = block_values<UNPACK>(in, cbuf, j, table, tlo, thi);
+                const vf32 prod = no_overflow ? v * X : saturated_products(v, X, check_inf);
+                vf32 y = prod;
+                if (p > 0) {
+                    std::memcpy(&y, acc + j, sizeof(y));
+                    y += prod;  // float32 accumulation in part order
+                }
+                if (p < nparts - 1) {
+                    std::memcpy(acc + j, &y, sizeof(y));
+                } else if (n - j >= W) {
+                    store8<ODT>(out, off + j, y);
+                } else {
+                    store_tail<ODT>(out, off + j, y, n - j);
+                }
+            }
+        }
+    }
+}
+
+template <int ODT>
+void decode_range(const Format& f, int32_t nparts, const uint8_t* const* codes, const void* const* scales,
+                  const float* tensor_scales, const float* table, int64_t length, int64_t bpr, int64_t b0,
+                  int64_t b1, void* out, uint16_t* cbuf, float* acc, BitReader* readers) {
+    const int32_t bs = f.block_size, bits = f.bits;
+    const bool fast = length % bs == 0 && bs % W == 0;
+#define MX_DEC_IMPL(UNPACK) \
+    decode_blocks_impl<ODT, UNPACK>(f, nparts, codes, scales, tensor_scales, table, length, bpr, b0, b1, out, cbuf, \
+                                    acc, readers)
+    if (fast && bits == 4) {
+        MX_DEC_IMPL(UNPACK_NIBBLES);
+    } else if (fast && bits == 8) {
+        MX_DEC_IMPL(UNPACK_BYTES);
+    } else {
+        MX_DEC_IMPL(UNPACK_BUFFER);
+    }
+#undef MX_DEC_IMPL
+}
+
+}  // namespace
+
+extern "C" {
+
+int mx_abi_version() { return MX_ABI_VERSION; }
+
+int mx_format_size() { return int(sizeof(Format)); }
+
+// Encode blocks [b0, b1). x: (rows, length) row-major of dtype dt; codes_out/scales_out: the
+// whole outputs (this call writes its blocks' part). Returns 0, or -1 on bad arguments.
+int mx_encode(const Format* f, int32_t dt, const void* x, int64_t length, int64_t bpr, int64_t b0, int64_t b1,
+              float tensor_scale, uint64_t seed, uint8_t* codes_out, void* scales_out) {
+    if (f->block_size <= 0 || f->bits < 1 || f->bits > 16 || ((b0 * f->block_size * f->bits) % 8) != 0) return -1;
+    // + W: whole vectors may be written past the last valid code
+    uint16_t* cbuf = static_cast<uint16_t*>(std::malloc(sizeof(uint16_t) * size_t(f->block_size + W)));
+    if (!cbuf) return -2;
+#define MX_ENC(DT, RND) \
+    encode_dispatch<DT, RND>(*f, x, length, bpr, b0, b1, tensor_scale, seed, codes_out, scales_out, cbuf)
+#define MX_ENC_DT(DT)                          \
+    switch (f->rounding) {                     \
+        case RND_RNE: MX_ENC(DT, RND_RNE); break;   \
+        case RND_AWAY: MX_ENC(DT, RND_AWAY); break; \
+        case RND_ZERO: MX_ENC(DT, RND_ZERO); break; \
+        default: MX_ENC(DT, RND_STOCHASTIC); break; \
+    }
+    switch (dt) {
+        case DT_FP32: MX_ENC_DT(DT_FP32); break;
+        case DT_BF16: MX_ENC_DT(DT_BF16); break;
+        default: MX_ENC_DT(DT_FP16); break;
+    }
+#undef MX_ENC_DT
+#undef MX_ENC
+    std::free(cbuf);
+    return 0;
+}
+
+// Per-block amax over the finite elements of blocks [b0, b1) as float32 bits; returns their max.
+uint32_t mx_finite_amax(int32_t dt, const void* x, int64_t length, int64_t bpr, int32_t bs, int64_t b0, int64_t b1) {
+    BlockCursor cur(length, bpr, bs, b0);
+    uint32_t best = 0;
+    for (int64_t k = b0; k < b1; ++k, cur.next()) {
+        uint32_t fin;
+        switch (dt) {
+            case DT_FP32: fin = any_block_amax<DT_FP32, true>(x, cur.offset(), cur.valid()); break;
+            case DT_BF16: fin = any_block_amax<DT_BF16, true>(x, cur.offset(), cur.valid()); break;
+            default: fin = any_block_amax<DT_FP16, true>(x, cur.offset(), cur.valid()); break;
+        }
+        best = fin > best ? fin : best;
+    }
+    return best;
+}
+
+// sum_p decode_fp32(part p) over blocks [b0, b1), accumulated in float32 in part order, stored
+// as odt (saturating). table: float32 value of every element code.
+int mx_decode(const Format* f, int32_t odt, int32_t nparts, const uint8_t* const* codes, const void* const* scales,
+              const float* tensor_scales, const float* table, int64_t length, int64_t bpr, int64_t b0, int64_t b1,
+              void* out) {
+    if (f->block_size <= 0 || nparts < 1 || ((b0 * f->block_size * f->bits) % 8) != 0) return -1;
+    const int64_t bs = f->block_size;
+    // + W: whole vectors are read and written past the last valid element
+    uint16_t* cbuf = static_cast<uint16_t*>(std::calloc(size_t(bs + W), sizeof(uint16_t)));
+    float* acc = static_cast<float*>(std::calloc(size_t(bs + W), sizeof(float)));
+    BitReader* readers = static_cast<BitReader*>(std::malloc(sizeof(BitReader) * size_t(nparts)));
+    if (!cbuf || !acc || !readers) {
+        std::free(cbuf);
+        std::free(acc);
+        std::free(readers);
+        return -2;
+    }
+    switch (odt) {
+        case DT_FP32: decode_range<DT_FP32>(*f, nparts, codes, scales, tensor_scales, table, length, bpr, b0, b1, out, cbuf, acc, readers); break;
+        case DT_BF16: decode_range<DT_BF16>(*f, nparts, codes, scales, tensor_scales, table, length, bpr, b0, b1, out, cbuf, acc, readers); break;
+        default: decode_range<DT_FP16>(*f, nparts, codes, scales, tensor_scales, table, length, bpr, b0, b1, out, cbuf, acc, readers); break;
+    }
+    std::free(cbuf);
+    std::free(acc);
+    std::free(readers);
+    return 0;
+}
+
+}  // extern "C"

@@ -1,0 +1,482 @@
+"""The fast CPU backend ("cpu") against the torch reference: same bytes, same values.
+
+Encodings are compared as whole payloads (codes | scales | tensor-scale
+bytes), where a NaN block's float scale may be any NaN (torch's own NaN bit
+patterns for bf16/fp16 depend on which of its kernels ran); decoded tensors bit
+for bit, where any NaN equals any NaN. Inputs come from the same generator as
+the reference's property suite, plus the microxcaling golden vectors, random
+payloads for the decoder, and the layouts the fast paths special-case.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import math
+import multiprocessing
+import os
+import warnings
+
+import pytest
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+import mxcomm
+from mxcomm.errors import BackendUnavailableError
+from mxcomm.formats import BlockFormat, FloatElement, IntElement
+from mxcomm.formats.block import E8M0_SCALE_MODES, ROUNDINGS
+from mxcomm.kernels import backend_status, cpu_backend, dispatch, register_backend
+from mxcomm.kernels.packed import SCALE_STORAGE_DTYPES
+from tests import golden
+from tests.formats.strategies import builtin_formats, elements
+from tests.kernels.test_reference_properties import make_values, tensors, to_dtype
+
+_STATUS = backend_status("cpu", "cpu")
+pytestmark = pytest.mark.skipif(_STATUS is not None, reason=f"cpu backend cannot run here: {_STATUS}")
+
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+SCALE_TYPES = ("e8m0", "e4m3", "fp16", "bf16", "fp32")
+
+
+# -- helpers -------------------------------------------------------------------------------------
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _scale_bits(p: mxcomm.Packed) -> torch.Tensor:
+    """Scale bit patterns as int64, every NaN float scale mapped to -1."""
+    s = p.scales
+    if s.dtype == torch.uint8:
+        return s.to(torch.int64)
+    bits = s.view({2: torch.int16, 4: torch.int32}[s.element_size()]).to(torch.int64)
+    return torch.where(s.isnan(), torch.full_like(bits, -1), bits)
+
+
+def assert_same_packed(got: mxcomm.Packed, want: mxcomm.Packed) -> None:
+    assert got.backend == "cpu" and want.backend == "torch"
+    assert torch.equal(got.codes, want.codes), _first_diff(got.codes, want.codes)
+    assert torch.equal(_scale_bits(got), _scale_bits(want)), _first_diff(_scale_bits(got), _scale_bits(want))
+    if want.tensor_scale is None:
+        assert got.tensor_scale is None
+    else:
+        assert got.tensor_scale.dtype == torch.float32
+        assert got.tensor_scale.view(torch.int32).item() == want.tensor_scale.view(torch.int32).item()
+
+
+def _first_diff(a: torch.Tensor, b: torch.Tensor) -> str:
+    if a.shape != b.shape:
+        return f"shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}"
+    idx = (a != b).nonzero().flatten()
+    if not idx.numel():
+        return "equal"
+    i = int(idx[0])
+    return f"{idx.numel()} of {a.numel()} entries differ; first at {i}: cpu {int(a[i])} vs reference {int(b[i])}"
+
+
+def assert_same_values(got: torch.Tensor, want: torch.Tensor) -> None:
+    """Bit-identical, except that any NaN equals any NaN."""
+    assert got.dtype == want.dtype and got.shape == want.shape
+    nan = want.isnan()
+    assert torch.equal(got.isnan(), nan), "NaN positions differ"
+    ints = {4: torch.int32, 2: torch.int16}[want.element_size()]
+    a, b = got.contiguous().view(ints)[~nan], want.contiguous().view(ints)[~nan]
+    assert torch.equal(a, b), _first_diff(a, b)
+
+
+def encode_both(x: torch.Tensor, fmt, *, axis: int = -1, seed: int = 0, **options):
+    got = mxcomm.encode(x, fmt, axis=axis, backend="cpu", generator=_gen(seed), **options)
+    want = mxcomm.encode(x, fmt, axis=axis, backend="torch", generator=_gen(seed), **options)
+    assert_same_packed(got, want)
+    return got, want
+
+
+def check_roundtrips(got: mxcomm.Packed, want: mxcomm.Packed, dtypes=DTYPES) -> None:
+    for dtype in dtypes:
+        assert_same_values(mxcomm.decode(got, dtype=dtype, backend="cpu"), mxcomm.decode(want, dtype=dtype, backend="torch"))
+
+
+@contextlib.contextmanager
+def split_into_ranges(threads: int, min_task_elements: int = 64):
+    """Make the backend cut even small inputs into several block ranges on ``threads`` threads."""
+    old_threads, old_min = torch.get_num_threads(), cpu_backend.MIN_TASK_ELEMENTS
+    torch.set_num_threads(threads)
+    cpu_backend.MIN_TASK_ELEMENTS = min_task_elements
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old_threads)
+        cpu_backend.MIN_TASK_ELEMENTS = old_min
+
+
+def _build(factory, *args, **kwargs):
+    try:
+        return factory(*args, **kwargs)
+    except mxcomm.FormatError:
+        assume(False)
+        raise AssertionError("unreachable") from None
+
+
+@st.composite
+def formats(draw: st.DrawFn) -> BlockFormat:
+    """Built-in formats and random custom ones (any element, block size, scale type), any options."""
+    if draw(st.booleans()):
+        fmt = draw(builtin_formats())
+    else:
+        elem = draw(elements())
+        scale = draw(st.sampled_from(SCALE_TYPES))
+        block = draw(st.one_of(st.sampled_from([1, 2, 3, 8, 16, 32, 64]), st.integers(1, 100)))
+        tensor_scale = scale != "e8m0" and draw(st.booleans())
+        fmt = _build(BlockFormat, "hyp", elem, block, scale, tensor_scale=tensor_scale)
+    rounding = draw(st.sampled_from(ROUNDINGS))
+    mode = draw(st.sampled_from(E8M0_SCALE_MODES)) if fmt.scale == "e8m0" else "rceil"
+    return fmt.with_options(rounding=rounding, scale_mode=mode)
+
+
+# -- byte equality over the reference's input space --------------------------------------------
+@given(fmt=formats(), data=tensors(), seed=st.integers(0, 2**31 - 1), threads=st.sampled_from([1, 3]))
+def test_same_bytes_and_values_as_the_reference(fmt, data, seed, threads) -> None:
+    x, axis = data
+    with split_into_ranges(threads):
+        got, want = encode_both(x, fmt, axis=axis, seed=seed)
+        check_roundtrips(got, want)
+
+
+@st.composite
+def fast_path_cases(draw: st.DrawFn):
+    """Whole blocks of 16k elements back to back with 4- or 8-bit codes (the vectorised fast path)."""
+    if draw(st.booleans()):
+        fmt = mxcomm.get_format(draw(st.sampled_from(["mxfp4", "mxfp8_e4m3", "mxfp8_e5m2", "mxint8", "nvfp4",
+                                                        "int4_fp16", "int8_fp16", "fp4_e2m1_b16", "int4_b64"])))
+    else:
+        elem = draw(elements().filter(lambda e: e.bits in (4, 8)))
+        scale = draw(st.sampled_from(SCALE_TYPES))
+        fmt = _build(BlockFormat, "hyp", elem, draw(st.sampled_from([16, 32, 48, 64])), scale,
+                     tensor_scale=scale != "e8m0" and draw(st.booleans()))
+    rounding = draw(st.sampled_from(ROUNDINGS))
+    mode = draw(st.sampled_from(E8M0_SCALE_MODES)) if fmt.scale == "e8m0" else "rceil"
+    fmt = fmt.with_options(rounding=rounding, scale_mode=mode)
+    rows, blocks = draw(st.integers(1, 6)), draw(st.integers(1, 5))
+    dtype = draw(st.sampled_from(DTYPES))
+    kind = draw(st.sampled_from(["normal", "wide", "sparse", "outliers", "dyadic"]))
+    center = draw(st.integers(-130, 120) if dtype != torch.float16 else st.integers(-24, 12))
+    x = to_dtype(make_values(kind, (rows, blocks * fmt.block_size), center, draw(st.integers(0, 2**31))), dtype)
+    return fmt, x
+
+
+@given(case=fast_path_cases(), seed=st.integers(0, 2**31 - 1), threads=st.sampled_from([1, 2]))
+def test_fast_path_layouts(case, seed, threads) -> None:
+    fmt, x = case
+    with split_into_ranges(threads):
+        got, want = encode_both(x, fmt, seed=seed)
+        check_roundtrips(got, want)
+        parts = [got, mxcomm.encode(-x, fmt, backend="cpu", generator=_gen(seed + 1))]
+        want_parts = [want, mxcomm.encode(-x, fmt, backend="torch", generator=_gen(seed + 1))]
+        for dtype in DTYPES:
+            assert_same_values(
+                mxcomm.decode_sum(parts, dtype=dtype, backend="cpu"),
+                mxcomm.decode_sum(want_parts, dtype=dtype, backend="torch"),
+            )
+
+
+# -- the decoder on arbitrary payloads ----------------------------------------------------------
+@given(fmt=formats(), rows=st.integers(1, 4), length=st.integers(1, 70), nparts=st.integers(1, 3),
+       seed=st.integers(0, 2**31 - 1), threads=st.sampled_from([1, 2]))
+def test_decode_of_random_payloads(fmt, rows, length, nparts, seed, threads) -> None:
+    """Every code and scale bit pattern (NaN/inf codes and scales, subnormal scales, overflowing
+    products) decodes like the reference, alone and summed."""
+    g = _gen(seed)
+    n = fmt.packed_nbytes((rows, length))
+    parts = [
+        mxcomm.Packed.from_payload(torch.randint(0, 256, (n,), dtype=torch.uint8, generator=g), fmt,
+                                   (rows, length), torch.float32)
+        for _ in range(nparts)
+    ]
+    with split_into_ranges(threads):
+        for dtype in DTYPES:
+            want = mxcomm.decode_sum(parts, dtype=dtype, backend="torch")
+            assert_same_values(mxcomm.decode_sum(parts, dtype=dtype, backend="cpu"), want)
+            if nparts == 1:
+                assert_same_values(mxcomm.decode(parts[0], dtype=dtype, backend="cpu"), want)
+
+
+# -- external oracle -----------------------------------------------------------------------------
+@pytest.mark.parametrize("case", golden.cases(), ids=[golden.case_id(c) for c in golden.cases()])
+def test_golden_case(case: dict) -> None:
+    fmt = golden.format_for(case)
+    x = golden.input_for(case)
+    got, want = encode_both(x, fmt, axis=int(case["axis"]))
+    y = mxcomm.decode(got, backend="cpu")
+    expected = golden.expected_y(case)
+    if x.dtype == torch.bfloat16:
+        expected = expected.to(torch.bfloat16)
+    assert golden.same_with_nan(y, expected)
+    assert_same_values(y, mxcomm.decode(want, backend="torch"))
+
+
+# -- formats do not leak into each other -----------------------------------------------------
+def test_same_width_formats_give_their_own_bytes() -> None:
+    """One library serves every format: formats of the same width and block size, used in turn,
+    each give their own (correct) bytes."""
+    x = make_values("wide", (8, 256), 0, 7).to(torch.float32)
+    four_bit = [
+        mxcomm.get_format("mxfp4"),
+        mxcomm.get_format("int4"),
+        BlockFormat("e3m0", FloatElement(3, 0)),
+        BlockFormat("e2m1_b3", FloatElement(2, 1, bias=3)),
+        BlockFormat("e2m1_fp16", FloatElement(2, 1), scale="fp16"),
+        mxcomm.get_format("mxfp4").with_options(scale_mode="even"),
+        mxcomm.get_format("mxfp4").with_options(rounding="zero"),
+    ]
+    payloads = []
+    for _ in range(2):  # twice, interleaved: nothing is remembered from the previous format
+        for fmt in four_bit:
+            got, _ = encode_both(x, fmt)
+            payloads.append(got.payload())
+    first = payloads[: len(four_bit)]
+    assert all(torch.equal(a, b) for a, b in zip(first, payloads[len(four_bit):]))
+    assert len({bytes(p.numpy()) for p in first}) == len(four_bit)
+
+
+def test_stochastic_rounding_follows_the_generator_seed() -> None:
+    x = make_values("normal", (4, 512), 0, 3).to(torch.bfloat16)
+    for name in ("mxfp4", "mxint8", "nvfp4", "fp3_e1m1"):
+        a, _ = encode_both(x, name, rounding="stochastic", seed=11)
+        b, _ = encode_both(x, name, rounding="stochastic", seed=12)
+        assert not torch.equal(a.codes, b.codes)
+
+
+@pytest.mark.parametrize("block,k,n", [(3, 1431655764, 4), (48, 89478484, 3)])
+def test_stochastic_random_words_across_the_2_to_32_index_boundary(monkeypatch, block: int, k: int, n: int) -> None:
+    """Element indices >= 2**32 hash with another key (random.stochastic_bits). Blocks k..k+n-1,
+    which straddle index 2**32, are encoded by calling the kernel with pointers shifted by k blocks
+    (no 2**32-element tensor needed) and compared with the reference encoding of the same blocks
+    with its random words taken from index k * block on. Block 48 takes the vectorised 4-bit path,
+    block 3 the general one."""
+    from mxcomm.kernels import reference
+    from mxcomm.kernels.random import seed_key, stochastic_bits
+
+    fmt = BlockFormat("b", FloatElement(2, 1), block_size=block, rounding="stochastic")
+    assert k * block < 2**32 < (k + n) * block
+    x = make_values("normal", (n * block,), 0, 5).to(torch.float32)
+    seed = 0x1234_5678_9ABC
+    codes = torch.zeros(n * block * 4 // 8, dtype=torch.uint8)
+    scales = torch.zeros(n, dtype=torch.uint8)
+    lib = cpu_backend.load().library()
+    status = lib.mx_encode(
+        ctypes.byref(cpu_backend.cpu_format(fmt)), 0, x.data_ptr() - k * block * 4, (k + n) * block, k + n, k, k + n,
+        1.0, seed, codes.data_ptr() - k * block * 4 // 8, scales.data_ptr() - k,
+    )
+    assert status == 0
+    monkeypatch.setattr(
+        reference, "stochastic_bits", lambda count, s, device="cpu": stochastic_bits(count, s, device, start=k * block)
+    )
+    want = reference.encode_blocks(x.reshape(1, -1), fmt, seed)
+    assert torch.equal(codes, want.codes) and torch.equal(scales, want.scales)
+    assert seed_key(seed, 0) != seed_key(seed, 1)  # the key really changes at 2**32
+
+
+# -- inputs and layouts ------------------------------------------------------------------------
+def _special_blocks(dtype: torch.dtype) -> torch.Tensor:
+    x = make_values("normal", (6, 96), 0, 1).to(dtype)
+    x[0, 3] = math.nan
+    x[1, 40] = math.inf
+    x[2, 70] = -math.inf
+    x[3, :] = 0.0
+    x[4, ::2] = -0.0
+    x[5, 10] = torch.finfo(dtype).max
+    x[5, 50] = torch.finfo(dtype).tiny / 4  # subnormal
+    return x
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["mxfp4", "mxfp6_e3m2", "mxfp8_e4m3", "mxfp8_e5m2", "mxint8", "nvfp4", "int8_fp16"])
+def test_nan_inf_zero_and_extreme_blocks(name: str, dtype: torch.dtype) -> None:
+    got, want = encode_both(_special_blocks(dtype), name)
+    check_roundtrips(got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", ["mxfp4", "mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxint8", "fp5_e3m1"])
+@pytest.mark.parametrize("mode", E8M0_SCALE_MODES)
+def test_blocks_of_subnormal_inputs(name: str, dtype: torch.dtype, mode: str) -> None:
+    """Blocks whose shared exponent clamps at -127 and whose elements are float32 subnormals: the
+    kernels then normalise the inputs (element_codes NORM=true)."""
+    x = make_values("wide", (4, 64), -136, 9).to(dtype)
+    x[1] *= 2.0**-8
+    x[2, :32] = make_values("dyadic", (32,), -140, 10).to(dtype)
+    for rounding in ROUNDINGS:
+        got, want = encode_both(x, name, scale_mode=mode, rounding=rounding, seed=3)
+        check_roundtrips(got, want)
+
+
+def test_effective_scale_underflowing_to_zero() -> None:
+    """NVFP4 block scale * tensor scale below float32's smallest subnormal: the block's codes are 0."""
+    tiny = 2.0**-149
+    x = torch.zeros(2, 32)
+    x[0, 0] = 2000 * tiny
+    x[0, 16:19] = torch.tensor([tiny, -tiny, 2 * tiny])
+    x[1] = make_values("normal", (32,), -140, 1).to(torch.float32)
+    got, want = encode_both(x, "nvfp4")
+    check_roundtrips(got, want)
+
+
+@pytest.mark.parametrize("shape,axis", [((0,), 0), ((0, 5), 1), ((3, 0), 0), ((3, 0), 1), ((1,), 0), ((), 0),
+                                        ((1, 1), 0), ((7,), 0), ((33,), 0), ((2, 3, 5), 1)])
+@pytest.mark.parametrize("name", ["mxfp4", "nvfp4", "fp3_e1m1", "int2"])
+def test_empty_tiny_and_odd_shapes(shape, axis, name) -> None:
+    x = make_values("normal", shape, 0, 2).to(torch.float32) if math.prod(shape) else torch.zeros(shape)
+    got, want = encode_both(x, name, axis=axis)
+    check_roundtrips(got, want)
+    assert_same_values(mxcomm.decode_sum([got, got], backend="cpu"), mxcomm.decode_sum([want, want], backend="torch"))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_non_contiguous_inputs(dtype: torch.dtype) -> None:
+    base = make_values("outliers", (96, 80), 0, 4).to(dtype)
+    for x in (base.t(), base[::2, 1::3], base.unsqueeze(0).expand(2, 96, 80)):
+        assert not x.is_contiguous()
+        for axis in (0, -1):
+            got, want = encode_both(x, "mxfp4", axis=axis)
+            check_roundtrips(got, want, dtypes=(dtype,))
+
+
+@pytest.mark.parametrize(
+    "elem,block",
+    [(FloatElement(1, 1), 5), (FloatElement(2, 2), 7), (FloatElement(3, 3), 3), (FloatElement(5, 10), 4),
+     (FloatElement(8, 7, inf=True, nan="ieee"), 2), (IntElement(3), 9), (IntElement(7), 1), (FloatElement(2, 1), 4096)],
+)
+def test_every_code_width_and_unaligned_streams(elem, block) -> None:
+    """3..16-bit codes, blocks that end mid-byte (the stream then runs on across blocks), huge blocks."""
+    fmt = BlockFormat("w", elem, block_size=block)
+    x = make_values("wide", (5, 3 * block + 1), 0, 6).to(torch.float32)
+    with split_into_ranges(3):
+        got, want = encode_both(x, fmt)
+        check_roundtrips(got, want)
+
+
+@pytest.mark.parametrize("name", ["mxfp4", "fp3_e1m1", "nvfp4", "mxfp6_e2m3"])
+def test_multithreaded_large_input(name: str) -> None:
+    """Default splitting (several 128K-element ranges on 3 threads) of a 1M-element tensor."""
+    x = make_values("outliers", (256, 4096), 0, 8).to(torch.bfloat16)
+    with split_into_ranges(3, min_task_elements=cpu_backend.MIN_TASK_ELEMENTS):
+        got = mxcomm.encode(x, name, backend="cpu")
+        ranges = cpu_backend.block_ranges(got.layout.num_blocks, got.format.block_size, got.format.element.bits)
+        assert len(ranges) > 1
+        y = mxcomm.decode(got, backend="cpu")
+    want = mxcomm.encode(x, name, backend="torch")
+    assert_same_packed(got, want)
+    assert_same_values(y, mxcomm.decode(want, backend="torch"))
+
+
+def _encode_and_exit(x: torch.Tensor, want: torch.Tensor) -> None:
+    with split_into_ranges(2):
+        ok = torch.equal(mxcomm.encode(x, "mxfp4", backend="cpu").codes, want)
+    os._exit(0 if ok else 1)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_threads_work_in_a_forked_child() -> None:
+    """A child forked after the parent used the thread pool gets a pool of its own (an inherited
+    one has no threads, and work queued to it would never run)."""
+    x = make_values("normal", (64, 256), 0, 12).to(torch.float32)
+    with split_into_ranges(2):
+        want = mxcomm.encode(x, "mxfp4", backend="cpu").codes
+    child = multiprocessing.get_context("fork").Process(target=_encode_and_exit, args=(x, want))
+    child.start()
+    child.join(120)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("the forked child hung")
+    assert child.exitcode == 0
+
+
+@given(num_blocks=st.integers(0, 5000), block=st.integers(1, 70), bits=st.integers(1, 16),
+       threads=st.integers(1, 8))
+@settings(max_examples=200)
+def test_block_ranges_cover_everything_on_byte_boundaries(num_blocks, block, bits, threads) -> None:
+    old = cpu_backend.MIN_TASK_ELEMENTS
+    cpu_backend.MIN_TASK_ELEMENTS = 16
+    try:
+        ranges = cpu_backend.block_ranges(num_blocks, block, bits, threads)
+    finally:
+        cpu_backend.MIN_TASK_ELEMENTS = old
+    assert [b for r in ranges for b in range(*r)] == list(range(num_blocks))
+    assert all(b0 * block * bits % 8 == 0 for b0, _ in ranges)
+
+
+# -- dispatch ------------------------------------------------------------------------------------
+def test_auto_picks_the_cpu_backend(monkeypatch) -> None:
+    monkeypatch.delenv(dispatch.BACKEND_ENV, raising=False)
+    x = torch.randn(64)
+    p = mxcomm.encode(x, "mxfp4")
+    assert p.backend == "cpu"
+    assert torch.equal(mxcomm.decode(p), mxcomm.decode(p, backend="torch"))
+
+
+class _NoCompiler:
+    name = "cpu"
+
+    def availability(self, device: torch.device) -> str | None:
+        return "no C++ compiler found (test double)"
+
+
+@contextlib.contextmanager
+def _cpu_backend_replaced(loader):
+    original = dispatch._loaders["cpu"]
+    register_backend("cpu", loader)
+    try:
+        yield
+    finally:
+        register_backend("cpu", original)
+
+
+def test_auto_falls_back_to_the_reference_with_one_warning_naming_the_reason(monkeypatch) -> None:
+    monkeypatch.delenv(dispatch.BACKEND_ENV, raising=False)
+    monkeypatch.setattr(dispatch, "_warned", set())
+    x = torch.randn(64)
+    with _cpu_backend_replaced(_NoCompiler):
+        with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler found"):
+            p = mxcomm.encode(x, "mxfp4")
+        assert p.backend == "torch"
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert mxcomm.encode(x, "mxfp4").backend == "torch"  # warned once only
+        with pytest.raises(BackendUnavailableError, match="no C\\+\\+ compiler"):
+            mxcomm.encode(x, "mxfp4", backend="cpu")
+    assert mxcomm.encode(x, "mxfp4").backend == "cpu"
+
+
+def test_missing_compiler_is_reported_as_the_reason(monkeypatch) -> None:
+    monkeypatch.setattr(cpu_backend, "find_compiler", lambda: None)
+    fresh = cpu_backend.CpuBackend()
+    reason = fresh.availability(torch.device("cpu"))
+    assert reason is not None and "no C++ compiler" in reason
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
+        fresh.encode_blocks(torch.zeros(1, 32), mxcomm.get_format("mxfp4"), None)
+
+
+def test_a_failing_build_is_reported_as_the_reason(monkeypatch, tmp_path) -> None:
+    bad = tmp_path / "broken.cpp"
+    bad.write_text("this is not C++\n")
+    monkeypatch.setattr(cpu_backend, "SOURCE_PATH", bad)
+    monkeypatch.setenv(cpu_backend.CACHE_ENV, str(tmp_path / "cache"))
+    reason = cpu_backend.CpuBackend().availability(torch.device("cpu"))
+    assert reason is not None and "failed to build broken.cpp" in reason
+
+
+def test_only_cpu_tensors() -> None:
+    assert "CPU tensors only" in cpu_backend.load().availability(torch.device("meta"))
+
+
+def test_the_build_is_cached() -> None:
+    _, info = cpu_backend.build_library()
+    assert not info.compiled  # the session already built (or loaded) it
+    assert info.path.endswith(".so") and "-ffp-contract=off" in info.flags
+
+
+def test_scale_storage_types_match_the_packed_contract() -> None:
+    x = torch.randn(3, 64)
+    for scale in SCALE_TYPES:
+        p = mxcomm.encode(x, BlockFormat("s", FloatElement(2, 1), scale=scale), backend="cpu")
+        assert p.scales.dtype == SCALE_STORAGE_DTYPES[scale]
