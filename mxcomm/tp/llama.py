@@ -16,7 +16,7 @@ counts follow from the sharded weights; older versions store ``num_heads`` /
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 import torch.nn as nn

@@ -1,0 +1,47 @@
+"""Tensor-parallel integration: compressed row-parallel all-reduces for torch.distributed.tensor.parallel.
+
+* :class:`CompressedRowwiseParallel` -- a ``ParallelStyle`` for
+  ``parallelize_module``: ``RowwiseParallel`` with its output all-reduce run by
+  :func:`mxcomm.collectives.all_reduce` in a block format.
+* :func:`llama_tp_plan` / :func:`parallelize_llama` -- the plan for
+  Llama-family Hugging Face models (q/k/v, gate/up column-parallel; o_proj,
+  down_proj compressed row-parallel; per-layer formats and uncompressed layers).
+* :func:`set_comm_format` -- change the format of a parallelized model in place.
+
+The end-to-end evaluation on SmolLM2-135M (``mxcomm eval``) lives in
+:mod:`mxcomm.tp.evaluation`.
+"""
+
+from mxcomm.tp.launch import run_ranks
+from mxcomm.tp.llama import (
+    COLWISE_PROJECTIONS,
+    ROWWISE_PROJECTIONS,
+    find_layers,
+    llama_tp_plan,
+    parallelize_llama,
+)
+from mxcomm.tp.style import (
+    COMM_ATTR,
+    CompressedRowwiseParallel,
+    RowwiseComm,
+    TPPlanError,
+    compressed_modules,
+    reduce_partial,
+    set_comm_format,
+)
+
+__all__ = [
+    "COLWISE_PROJECTIONS",
+    "COMM_ATTR",
+    "ROWWISE_PROJECTIONS",
+    "CompressedRowwiseParallel",
+    "RowwiseComm",
+    "TPPlanError",
+    "compressed_modules",
+    "find_layers",
+    "llama_tp_plan",
+    "parallelize_llama",
+    "reduce_partial",
+    "run_ranks",
+    "set_comm_format",
+]

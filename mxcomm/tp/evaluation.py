@@ -1,0 +1,496 @@
+"""End-to-end evaluation on SmolLM2-135M: perplexity and time-to-first-token under compressed TP.
+
+``mxcomm eval`` (mxcomm/cli/evaluate.py) drives two phases:
+
+* **Perplexity.** One spawned gloo group of ``world_size`` ranks loads the
+  model, shards it with :func:`mxcomm.tp.parallelize_llama` once, and then
+  evaluates every communication setting in turn by switching the format in
+  place (:func:`mxcomm.tp.set_comm_format`). Rank 0 also evaluates the
+  unsharded model first. Per setting: perplexity over fixed windows of the
+  text, and the accounting of :func:`mxcomm.collectives.track_comm` (calls,
+  bytes, measured ratio).
+* **TTFT.** For each link rate a fresh network namespace is created, its
+  loopback shaped with ``tc ... tbf`` (the namespace utility of
+  :mod:`mxcomm.collectives.slowlink`), and the
+  ranks run inside it: prefill of a fixed prompt to the first token, median
+  over repetitions, with the share of the time spent inside mxcomm
+  collectives.
+
+The model computes in float32; the row-parallel partial sums travel in
+bfloat16 (``comm_dtype``), the setting the paper compares against, so ``none``
+is a bf16 all-reduce and every ratio is against bf16.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from mxcomm.formats import CUSTOM_FORMATS, NVFP4, OCP_FORMATS, BlockFormat, get_format
+from mxcomm.tp.smollm2 import Assets, EvalSetupError, load_model, load_tokens, windows
+
+Log = Callable[[str], None]
+
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
+DEFAULT_PPL_FORMATS: tuple[str, ...] = tuple(f.name for f in (*OCP_FORMATS, NVFP4, *CUSTOM_FORMATS))
+DEFAULT_TWO_SHOT_FORMATS: tuple[str, ...] = ("mxint8", "mxfp8_e4m3", "mxfp6_e2m3", "mxfp6_e3m2", "mxfp4_e2m1")
+DEFAULT_TTFT_SETTINGS: tuple[str, ...] = (
+    "mxint8:two_shot", "mxfp8_e4m3:two_shot", "mxfp6_e2m3:two_shot", "mxfp4_e2m1:two_shot",
+    "mxfp4_e2m1:allgather", "mxint8:auto",
+)
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class CommSetting:
+    """One way of running the row-parallel all-reduces: format (None: uncompressed), rounding, algorithm."""
+
+    fmt: str | None
+    rounding: str = "rne"
+    algorithm: str = "allgather"
+    comm_dtype: str = "bfloat16"
+
+    @property
+    def label(self) -> str:
+        if self.fmt is None:
+            return f"none ({self.comm_dtype} wire)"
+        return f"{self.fmt} {self.rounding} {self.algorithm}"
+
+    def block_format(self) -> BlockFormat | None:
+        if self.fmt is None:
+            return None
+        return get_format(self.fmt).with_options(rounding=self.rounding)
+
+
+def ppl_settings(
+    formats: Sequence[str],
+    roundings: Sequence[str],
+    algorithm: str = "allgather",
+    two_shot_formats: Sequence[str] = (),
+) -> list[CommSetting]:
+    """The perplexity table's rows: none (bf16 and fp32 wire), then formats x roundings, then two-shot rows."""
+    rows = [CommSetting(None, algorithm="none"), CommSetting(None, algorithm="none", comm_dtype="float32")]
+    for name in formats:
+        for rounding in roundings:
+            rows.append(CommSetting(get_format(name).name, rounding, algorithm))
+    for name in two_shot_formats:
+        if algorithm != "two_shot":
+            rows.append(CommSetting(get_format(name).name, "rne", "two_shot"))
+    return rows
+
+
+# -- rank side -------------------------------------------------------------------------------------
+
+
+def _shard(model: torch.nn.Module, world: int) -> None:
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from mxcomm.tp.llama import parallelize_llama
+
+    mesh = init_device_mesh("cpu", (world,))
+    # Every rank loaded identical weights: slice locally instead of broadcasting them over the link.
+    parallelize_llama(model, mesh, None, algorithm="none", comm_dtype=torch.bfloat16, src_data_rank=None)
+
+
+def _apply_setting(model: torch.nn.Module, setting: CommSetting) -> None:
+    from mxcomm.tp.style import set_comm_format
+
+    set_comm_format(model, setting.block_format(), algorithm=setting.algorithm,
+                    comm_dtype=DTYPES[setting.comm_dtype])
+
+
+def _window_nll(model: torch.nn.Module, data: torch.Tensor, with_logits: bool) -> tuple[float, int]:
+    """Summed next-token NLL over the windows (only where ``with_logits``: rank 0 or unsharded)."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for window in data:
+            hidden = model.model(input_ids=window[None]).last_hidden_state
+            if with_logits:
+                logits = model.lm_head(hidden)[0, :-1].float()
+                nll = torch.nn.functional.cross_entropy(logits, window[1:], reduction="sum")
+                total += float(nll.double())
+                count += window.numel() - 1
+    return total, count
+
+
+def _accounting(stats: Any, forwards: int) -> dict[str, Any]:
+    summary = stats.summary()
+    compressed = [r for r in stats.records if r.algorithm != "none"]
+    return {
+        "calls_per_forward": len(stats.records) / forwards,
+        "compressed_calls_per_forward": len(compressed) / forwards,
+        "algorithms": summary["algorithms"],
+        "bytes_sent_per_forward": summary["bytes_sent"] / forwards,
+        "bytes_received_per_forward": summary["bytes_received"] / forwards,
+        "logical_bytes_per_forward": summary["logical_bytes"] / forwards,
+        "ratio": summary["ratio"],
+        "comm_seconds": summary["seconds"],
+        "message": {"numel": stats.records[0].numel, "dtype": stats.records[0].dtype} if stats.records else None,
+    }
+
+
+def ppl_rank(rank: int, world: int, job: dict) -> None:
+    """Rank body of the perplexity phase (called through :func:`mxcomm.tp.run_ranks`)."""
+    from mxcomm.collectives import track_comm
+
+    assets = Assets(**{k: Path(v) if k != "num_tokens" else v for k, v in job["assets"].items()})
+    model = load_model(assets)
+    data = windows(load_tokens(assets), job["windows"], job["window_tokens"])
+    settings = [CommSetting(**s) for s in job["settings"]]
+    lead = rank == 0
+    rows: list[dict] = []
+    if lead and job["unsharded"]:
+        t0 = time.perf_counter()
+        nll, count = _window_nll(model, data, True)
+        rows.append({"label": "unsharded (1 process)", "setting": None, "nll": nll, "tokens": count,
+                     "ppl": math.exp(nll / count), "seconds": time.perf_counter() - t0})
+        _stderr(f"[ppl] unsharded: ppl {rows[-1]['ppl']:.4f} ({rows[-1]['seconds']:.1f} s)")
+    dist.barrier()
+    _shard(model, world)
+    started = time.perf_counter()
+    for i, setting in enumerate(settings):
+        _apply_setting(model, setting)
+        t0 = time.perf_counter()
+        with track_comm() as stats:
+            nll, count = _window_nll(model, data, lead)
+        seconds = time.perf_counter() - t0
+        if not lead:
+            continue
+        fmt = setting.block_format()
+        row = {
+            "label": setting.label,
+            "setting": asdict(setting),
+            "bits_per_element": fmt.bits_per_element if fmt else 8.0 * DTYPES[setting.comm_dtype].itemsize,
+            "nll": nll,
+            "tokens": count,
+            "ppl": math.exp(nll / count),
+            "seconds": seconds,
+            **_accounting(stats, data.shape[0]),
+        }
+        rows.append(row)
+        elapsed = time.perf_counter() - started
+        eta = elapsed / (i + 1) * (len(settings) - i - 1)
+        _stderr(
+            f"[ppl {i + 1}/{len(settings)}] {setting.label:<32} ppl {row['ppl']:8.4f}  ratio {row['ratio']:5.2f}  "
+            f"{row['compressed_calls_per_forward']:.0f} compressed all-reduces/forward  {seconds:5.1f} s  "
+            f"(eta {eta / 60:.1f} min)"
+        )
+    if lead:
+        Path(job["out"]).write_text(json.dumps(rows, indent=1))
+
+
+def ttft_rank(rank: int, world: int, job: dict) -> None:
+    """Rank body of one TTFT run (one link rate)."""
+    from mxcomm.collectives import calibrate, track_comm
+    from mxcomm.collectives.slowlink import qdisc_sent_bytes
+
+    assets = Assets(**{k: Path(v) if k != "num_tokens" else v for k, v in job["assets"].items()})
+    model = load_model(assets)
+    prompt = windows(load_tokens(assets), 1, job["prompt_tokens"])
+    lead = rank == 0
+    shaped = job["rate"] != "loopback"
+    result: dict[str, Any] = {"rate": job["rate"], "rows": []}
+
+    def prefill() -> int:
+        with torch.no_grad():
+            out = model(prompt, use_cache=True, logits_to_keep=1)
+            return int(out.logits[0, -1].argmax())
+
+    if lead and job["unsharded"]:
+        times = []
+        for rep in range(job["warmup"] + job["reps"]):
+            t0 = time.perf_counter()
+            token = prefill()
+            if rep >= job["warmup"]:
+                times.append(time.perf_counter() - t0)
+        result["unsharded"] = {"ttft_s": statistics.median(times), "first_token": token, "times": times}
+        _stderr(f"[ttft {job['rate']}] unsharded, 1 process: {result['unsharded']['ttft_s']:.3f} s")
+    dist.barrier()
+    _shard(model, world)
+    cal_formats = sorted({s["fmt"] for s in job["settings"] if s["fmt"] and s["algorithm"] == "auto"})
+    if cal_formats:
+        t0 = time.perf_counter()
+        cost = calibrate(formats=cal_formats, dtype=torch.bfloat16)
+        result["calibration"] = {"alpha_s": cost.alpha, "beta_s_per_byte": cost.beta,
+                                 "gbit_per_s_per_rank": 8e-9 / cost.beta, "seconds": time.perf_counter() - t0}
+        if lead:
+            _stderr(f"[ttft {job['rate']}] calibrated: alpha {cost.alpha * 1e6:.0f} us, "
+                    f"{8e-9 / cost.beta:.3f} Gbit/s per rank")
+    for setting in (CommSetting(**s) for s in job["settings"]):
+        _apply_setting(model, setting)
+        times, comm, token, acct, wire = [], [], -1, {}, []
+        for rep in range(job["warmup"] + job["reps"]):
+            dist.barrier()
+            qdisc_before = qdisc_sent_bytes() if lead and shaped else 0
+            dist.barrier()
+            t0 = time.perf_counter()
+            with track_comm() as stats:
+                token = prefill()
+            elapsed = time.perf_counter() - t0
+            dist.barrier()
+            if rep >= job["warmup"]:
+                times.append(elapsed)
+                comm.append(stats.summary()["seconds"])
+                acct = _accounting(stats, 1)
+                if lead and shaped:
+                    # everything that crossed the shaped lo (all ranks, packet headers, barriers included)
+                    wire.append(qdisc_sent_bytes() - qdisc_before)
+        if lead:
+            ttft = statistics.median(times)
+            row = {"label": setting.label, "setting": asdict(setting), "ttft_s": ttft, "times": times,
+                   "comm_s": statistics.median(comm), "comm_share": statistics.median(comm) / ttft,
+                   "first_token": token, "qdisc_bytes": statistics.median(wire) if wire else None, **acct}
+            result["rows"].append(row)
+            _stderr(f"[ttft {job['rate']}] {setting.label:<32} ttft {ttft:7.3f} s  comm {row['comm_share']:5.1%}  "
+                    f"sent/forward {row['bytes_sent_per_forward'] / 2**20:7.2f} MiB  algos {row['algorithms']}")
+    if lead:
+        Path(job["out"]).write_text(json.dumps(result, indent=1))
+
+
+# -- single-process emulation (the issue's reference numbers) ---------------------------------------
+
+
+class _EmulatedRowParallel(torch.nn.Module):
+    """Stands in for a row-parallel Linear in one process: what the TP ranks compute, without a group.
+
+    The input features are cut into ``world`` contiguous slices (rank r's
+    shard), each partial product is cast to the wire dtype, encoded and
+    decoded one-shot style, and the decoded partials are summed in fp32 in
+    rank order and cast to the wire dtype once -- the arithmetic of
+    ``mxcomm.all_reduce(algorithm="allgather")`` -- then back to fp32.
+    """
+
+    def __init__(self, linear: torch.nn.Linear, world: int, fmt: BlockFormat | None, wire: torch.dtype) -> None:
+        super().__init__()
+        self.linear, self.world, self.fmt, self.wire = linear, world, fmt, wire
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from mxcomm.kernels import decode, encode
+
+        k = x.shape[-1] // self.world
+        w = self.linear.weight
+        total = None
+        for r in range(self.world):
+            part = torch.nn.functional.linear(x[..., r * k : (r + 1) * k], w[:, r * k : (r + 1) * k])
+            part = part.to(self.wire)
+            if self.fmt is not None:
+                part = decode(encode(part.reshape(-1), self.fmt), dtype=torch.float32).view(part.shape)
+            part = part.float()
+            total = part if total is None else total + part
+        assert total is not None
+        return total.to(self.wire).to(x.dtype)
+
+
+def emulate_perplexity(
+    assets: Assets,
+    settings: Sequence[CommSetting],
+    *,
+    world_size: int = 3,
+    num_windows: int = 4,
+    window_tokens: int = 512,
+    log: Log = _stderr,
+) -> dict[str, float]:
+    """Perplexity per setting label from the one-process emulation (one-shot settings only)."""
+    from mxcomm.tp.llama import ROWWISE_PROJECTIONS, find_layers
+
+    model = load_model(assets)
+    data = windows(load_tokens(assets), num_windows, window_tokens)
+    _, layers = find_layers(model)
+    out: dict[str, float] = {}
+    for i, setting in enumerate(settings):
+        if setting.algorithm not in ("allgather", "none"):
+            continue
+        fmt = setting.block_format() if setting.algorithm != "none" else None
+        wire = DTYPES[setting.comm_dtype]
+        for layer in layers:
+            for proj in ROWWISE_PROJECTIONS:
+                parent, name = proj.split(".")
+                mod = getattr(layer, parent)
+                linear = getattr(mod, name)
+                linear = linear.linear if isinstance(linear, _EmulatedRowParallel) else linear
+                setattr(mod, name, _EmulatedRowParallel(linear, world_size, fmt, wire))
+        t0 = time.perf_counter()
+        nll, count = _window_nll(model, data, True)
+        out[setting.label] = math.exp(nll / count)
+        log(f"[emulation {i + 1}/{len(settings)}] {setting.label:<32} ppl {out[setting.label]:8.4f}  "
+            f"{time.perf_counter() - t0:5.1f} s")
+    return out
+
+
+# -- orchestration (parent side) -------------------------------------------------------------------
+
+
+def _assets_json(assets: Assets) -> dict:
+    return {"directory": str(assets.directory), "gguf": str(assets.gguf), "text": str(assets.text),
+            "num_tokens": assets.num_tokens}
+
+
+def run_perplexity(
+    assets: Assets,
+    settings: Sequence[CommSetting],
+    *,
+    world_size: int = 3,
+    num_windows: int = 4,
+    window_tokens: int = 512,
+    unsharded: bool = True,
+    threads: int = 1,
+) -> list[dict]:
+    from mxcomm.tp.launch import run_ranks
+
+    windows(torch.zeros(assets.num_tokens, dtype=torch.long), num_windows, window_tokens)  # validate early
+    with tempfile.TemporaryDirectory(prefix="mxcomm-eval-") as tmp:
+        out = Path(tmp) / "ppl.json"
+        job = {"assets": _assets_json(assets), "windows": num_windows, "window_tokens": window_tokens,
+               "settings": [asdict(s) for s in settings], "unsharded": unsharded, "out": str(out)}
+        run_ranks(ppl_rank, world_size, (job,), threads=threads, timeout_s=7200)
+        return json.loads(out.read_text())
+
+
+def _ttft_job_main(job_path: str) -> int:
+    """``python -m mxcomm.tp.evaluation ttft JOB.json``: run one TTFT job (inside a namespace)."""
+    from mxcomm.tp.launch import run_ranks
+
+    job = json.loads(Path(job_path).read_text())
+    run_ranks(ttft_rank, job["world_size"], (job,), threads=job["threads"], timeout_s=7200)
+    return 0
+
+
+def run_ttft(
+    assets: Assets,
+    settings: Sequence[CommSetting],
+    rates: Sequence[str],
+    *,
+    world_size: int = 3,
+    prompt_tokens: int = 512,
+    reps: int = 3,
+    warmup: int = 1,
+    threads: int = 1,
+    log: Log = _stderr,
+) -> list[dict]:
+    """TTFT at each rate (``"loopback"``: unshaped, otherwise a ``tc`` rate such as ``100mbit``)."""
+    from mxcomm.collectives.slowlink import ShapedNamespace
+
+    results = []
+    with tempfile.TemporaryDirectory(prefix="mxcomm-eval-") as tmp:
+        for i, rate in enumerate(rates):
+            out = Path(tmp) / f"ttft-{i}.json"
+            job = {"assets": _assets_json(assets), "prompt_tokens": prompt_tokens, "reps": reps, "warmup": warmup,
+                   "settings": [asdict(s) for s in settings], "unsharded": i == 0, "rate": rate,
+                   "world_size": world_size, "threads": threads, "out": str(out)}
+            job_path = Path(tmp) / f"job-{i}.json"
+            job_path.write_text(json.dumps(job))
+            cmd = [sys.executable, "-m", "mxcomm.tp.evaluation", "ttft", str(job_path)]
+            env = dict(os.environ)
+            package_root = str(Path(__file__).resolve().parents[2])
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+            if rate == "loopback":
+                log(f"[ttft] unshaped loopback, {world_size} ranks")
+                subprocess.run(cmd, env=env, check=True)
+            else:
+                with ShapedNamespace(rate) as ns:
+                    log(f"[ttft] {rate}: ranks in network namespace {ns.name}, lo shaped by tc tbf rate {rate}")
+                    subprocess.run([*ns.prefix(), *cmd], env=env, check=True)
+            results.append(json.loads(out.read_text()))
+    return results
+
+
+# -- report ----------------------------------------------------------------------------------------
+
+
+def _pct(value: float) -> str:
+    return f"{value:+.2f}%"
+
+
+def ppl_markdown(rows: list[dict]) -> str:
+    base = next((r for r in rows if r["setting"] and r["setting"]["fmt"] is None
+                 and r["setting"]["comm_dtype"] == "bfloat16"), None)
+    emulated = any("emulated_ppl" in r for r in rows)
+    emu_base = base.get("emulated_ppl") if base else None
+    head = "| setting | bits/elem | ratio (measured) | ppl | Δ vs none | compressed all-reduces / fwd | sent / fwd / rank |"
+    lines = [head + (" emulation ppl (Δ) |" if emulated else ""), "|---|" + "---:|" * (7 if emulated else 6)]
+    for r in rows:
+        if r["setting"] is None:
+            cells = [r["label"], "–", "–", f"{r['ppl']:.4f}",
+                     _pct(100 * (r["ppl"] / base["ppl"] - 1)) if base else "–", "–", "–"]
+        else:
+            cells = [r["label"], f"{r['bits_per_element']:.3g}", f"{r['ratio']:.2f}", f"{r['ppl']:.4f}",
+                     _pct(100 * (r["ppl"] / base["ppl"] - 1)) if base else "–",
+                     f"{r['compressed_calls_per_forward']:.0f}", f"{r['bytes_sent_per_forward'] / 2**20:.2f} MiB"]
+        if emulated:
+            e = r.get("emulated_ppl")
+            cells.append("–" if e is None else
+                         f"{e:.4f} ({_pct(100 * (e / emu_base - 1))})" if emu_base else f"{e:.4f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def ttft_markdown(results: list[dict], ppl_rows: list[dict] | None = None) -> str:
+    ppl_by_label = {r["label"]: r for r in ppl_rows or [] if r.get("setting")}
+    base_ppl = next((r["ppl"] for r in ppl_rows or [] if r.get("setting") and r["setting"]["fmt"] is None
+                     and r["setting"]["comm_dtype"] == "bfloat16"), None)
+    lines = [
+        "| link | setting | algorithm run | sent / prefill / rank | on the link / prefill | TTFT (s) | "
+        "speedup vs none | comm share | Δ ppl | 1st token = none's |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for res in results:
+        rows = res["rows"]
+        none = next((r for r in rows if r["setting"]["fmt"] is None), None)
+        for r in rows:
+            speedup = f"{none['ttft_s'] / r['ttft_s']:.2f}x" if none else "–"
+            label = r["label"]
+            ppl_key = label if r["setting"]["algorithm"] != "auto" else None
+            if r["setting"]["algorithm"] == "auto" and r["algorithms"]:
+                chosen = max(r["algorithms"], key=r["algorithms"].get)
+                ppl_key = f"{r['setting']['fmt']} {r['setting']['rounding']} {chosen}" if chosen != "none" else None
+            delta = "–"
+            if r["setting"]["fmt"] is None:
+                delta = "0 (baseline)"
+            elif ppl_key in ppl_by_label and base_ppl:
+                delta = _pct(100 * (ppl_by_label[ppl_key]["ppl"] / base_ppl - 1))
+            algos = ", ".join(f"{a}×{n}" for a, n in sorted(r["algorithms"].items()))
+            link = f"{r['qdisc_bytes'] / 2**20:.1f} MiB" if r.get("qdisc_bytes") else "–"
+            lines.append(
+                f"| {res['rate']} | {label} | {algos} | {r['bytes_sent_per_forward'] / 2**20:.2f} MiB | {link} | "
+                f"{r['ttft_s']:.3f} | {speedup} | {r['comm_share']:.0%} | {delta} | "
+                f"{'yes' if none and r['first_token'] == none['first_token'] else 'no'} |"
+            )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "ttft":
+        sys.exit(_ttft_job_main(sys.argv[2]))
+    raise SystemExit("usage: python -m mxcomm.tp.evaluation ttft JOB.json (internal; use `mxcomm eval`)")
+
+
+__all__ = [
+    "DEFAULT_PPL_FORMATS",
+    "DEFAULT_TTFT_SETTINGS",
+    "DEFAULT_TWO_SHOT_FORMATS",
+    "CommSetting",
+    "EvalSetupError",
+    "ppl_markdown",
+    "ppl_settings",
+    "ppl_rank",
+    "run_perplexity",
+    "run_ttft",
+    "ttft_markdown",
+    "ttft_rank",
+]
