@@ -226,7 +226,9 @@ def ttft_rank(rank: int, world: int, job: dict) -> None:
     cal_formats = sorted({s["fmt"] for s in job["settings"] if s["fmt"] and s["algorithm"] == "auto"})
     if cal_formats:
         t0 = time.perf_counter()
-        cost = calibrate(formats=cal_formats, dtype=torch.bfloat16)
+        # max_probe_bytes = the first probe size: calibrate() grows its probe while the rank-local time is
+        # short, and ranks that disagree on that would issue different collectives and hang.
+        cost = calibrate(formats=cal_formats, dtype=torch.bfloat16, max_probe_bytes=256 << 10)
         result["calibration"] = {"alpha_s": cost.alpha, "beta_s_per_byte": cost.beta,
                                  "gbit_per_s_per_rank": 8e-9 / cost.beta, "seconds": time.perf_counter() - t0}
         if lead:
@@ -358,7 +360,7 @@ def run_perplexity(
         out = Path(tmp) / "ppl.json"
         job = {"assets": _assets_json(assets), "windows": num_windows, "window_tokens": window_tokens,
                "settings": [asdict(s) for s in settings], "unsharded": unsharded, "out": str(out)}
-        run_ranks(ppl_rank, world_size, (job,), threads=threads, timeout_s=7200)
+        run_ranks(ppl_rank, world_size, (job,), threads=threads, timeout_s=900)
         return json.loads(out.read_text())
 
 
@@ -367,7 +369,7 @@ def _ttft_job_main(job_path: str) -> int:
     from mxcomm.tp.launch import run_ranks
 
     job = json.loads(Path(job_path).read_text())
-    run_ranks(ttft_rank, job["world_size"], (job,), threads=job["threads"], timeout_s=7200)
+    run_ranks(ttft_rank, job["world_size"], (job,), threads=job["threads"], timeout_s=600)
     return 0
 
 
@@ -381,9 +383,13 @@ def run_ttft(
     reps: int = 3,
     warmup: int = 1,
     threads: int = 1,
+    timeout_s: float = 1800.0,
     log: Log = _stderr,
 ) -> list[dict]:
-    """TTFT at each rate (``"loopback"``: unshaped, otherwise a ``tc`` rate such as ``100mbit``)."""
+    """TTFT at each rate (``"loopback"``: unshaped, otherwise a ``tc`` rate such as ``100mbit``).
+
+    A rate whose ranks fail or exceed ``timeout_s`` gets an ``error`` entry instead of rows.
+    """
     from mxcomm.collectives.slowlink import ShapedNamespace
 
     results = []
@@ -399,14 +405,19 @@ def run_ttft(
             env = dict(os.environ)
             package_root = str(Path(__file__).resolve().parents[2])
             env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-            if rate == "loopback":
-                log(f"[ttft] unshaped loopback, {world_size} ranks")
-                subprocess.run(cmd, env=env, check=True)
-            else:
-                with ShapedNamespace(rate) as ns:
-                    log(f"[ttft] {rate}: ranks in network namespace {ns.name}, lo shaped by tc tbf rate {rate}")
-                    subprocess.run([*ns.prefix(), *cmd], env=env, check=True)
-            results.append(json.loads(out.read_text()))
+            try:
+                if rate == "loopback":
+                    log(f"[ttft] unshaped loopback, {world_size} ranks")
+                    subprocess.run(cmd, env=env, check=True, timeout=timeout_s)
+                else:
+                    with ShapedNamespace(rate) as ns:
+                        log(f"[ttft] {rate}: ranks in network namespace {ns.name}, lo shaped by tc tbf rate {rate}")
+                        subprocess.run([*ns.prefix(), *cmd], env=env, check=True, timeout=timeout_s)
+                results.append(json.loads(out.read_text()))
+            except (subprocess.SubprocessError, OSError) as exc:
+                # Keep the other links' results; the failure is reported in the table and the JSON.
+                log(f"[ttft] {rate}: FAILED: {exc}")
+                results.append({"rate": rate, "rows": [], "error": f"{type(exc).__name__}: {exc}"})
     return results
 
 
@@ -450,6 +461,9 @@ def ttft_markdown(results: list[dict], ppl_rows: list[dict] | None = None) -> st
         "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for res in results:
+        if res.get("error"):
+            lines.append(f"| {res['rate']} | failed: {res['error']} |" + " |" * 8)
+            continue
         rows = res["rows"]
         none = next((r for r in rows if r["setting"]["fmt"] is None), None)
         for r in rows:
