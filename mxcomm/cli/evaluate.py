@@ -54,12 +54,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--emulate", default="",
                    help="also run the one-process emulation (no group; the issue's reference method) for these "
                    "formats (rne, one-shot) and the bf16 'none', as an extra column; 'table' = every one-shot row")
-    p.add_argument("--ttft-rates", default="25mbit,100mbit,1gbit",
-                   help="tc rates of the shaped loopback for TTFT; 'loopback' = unshaped (default 25mbit,100mbit,1gbit)")
+    p.add_argument("--ttft-rates", default="loopback,25mbit,100mbit,1gbit",
+                   help="tc rates of the shaped loopback for TTFT; 'loopback' = unshaped "
+                   "(default loopback,25mbit,100mbit,1gbit)")
     p.add_argument("--ttft-settings", default=",".join(DEFAULT_TTFT_SETTINGS),
                    help="FORMAT:ALGORITHM pairs timed for TTFT besides the uncompressed baseline (rne rounding)")
     p.add_argument("--prompt-tokens", type=int, default=512, help="TTFT prompt length (default 512)")
-    p.add_argument("--reps", type=int, default=2, help="timed TTFT repetitions per setting (median; default 2)")
+    p.add_argument("--reps", type=int, default=3, help="timed TTFT repetitions per setting (median; default 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed TTFT repetitions per setting (default 1)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per rank (default 1)")
     p.add_argument("--skip-ppl", action="store_true", help="keep the previous perplexity results")
@@ -136,11 +137,14 @@ def render(doc: dict[str, Any]) -> str:
             f"Command: `{ttft['command']}`  ",
             f"Run: {ttft['environment']['date']}, {ttft['environment']['cpus']} CPUs, codec backend "
             f"`{ttft['environment'].get('codec_backend')}`, {ttft['wall_seconds'] / 60:.1f} min. "
-            f"Median of {s['reps']} runs after {s['warmup']} warm-up.  ",
+            f"Median of {s['reps']} runs per setting after {s['warmup']} warm-up round; the settings are "
+            "interleaved round-robin so that load from elsewhere on the shared machine hits them alike.  ",
             "Link: the ranks run in a network namespace whose loopback is shaped with "
             "`tc qdisc add dev lo root tbf rate RATE burst 512kb latency 100ms` (all ranks share the rate). "
-            "`comm share` = time inside mxcomm collectives on rank 0 / TTFT. Δ ppl from the perplexity table "
-            "(same format, rounding and algorithm).",
+            "`comm share` = time inside mxcomm collectives on rank 0 (waiting, transfer and codec) / TTFT. "
+            "`sent` = bytes rank 0 sent (mxcomm accounting); `on the link` = bytes the shaped qdisc passed for "
+            "all ranks together (packet headers and barriers included), `loopback` = unshaped. Δ ppl from the "
+            "perplexity table (same format, rounding and algorithm; for `auto`, the algorithm it ran).",
             "",
         ]
         unsharded = next((r.get("unsharded") for r in ttft["results"] if r.get("unsharded")), None)

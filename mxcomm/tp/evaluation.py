@@ -65,17 +65,20 @@ class CommSetting:
     rounding: str = "rne"
     algorithm: str = "allgather"
     comm_dtype: str = "bfloat16"
+    scale_mode: str | None = None  # None: the format's own (OCP "floor" for E8M0 scales)
 
     @property
     def label(self) -> str:
         if self.fmt is None:
             return f"none ({self.comm_dtype} wire)"
-        return f"{self.fmt} {self.rounding} {self.algorithm}"
+        mode = f" scale={self.scale_mode}" if self.scale_mode else ""
+        return f"{self.fmt} {self.rounding} {self.algorithm}{mode}"
 
     def block_format(self) -> BlockFormat | None:
         if self.fmt is None:
             return None
-        return get_format(self.fmt).with_options(rounding=self.rounding)
+        fmt = get_format(self.fmt).with_options(rounding=self.rounding)
+        return fmt.with_options(scale_mode=self.scale_mode) if self.scale_mode else fmt
 
 
 def ppl_settings(
@@ -234,10 +237,13 @@ def ttft_rank(rank: int, world: int, job: dict) -> None:
         if lead:
             _stderr(f"[ttft {job['rate']}] calibrated: alpha {cost.alpha * 1e6:.0f} us, "
                     f"{8e-9 / cost.beta:.3f} Gbit/s per rank")
-    for setting in (CommSetting(**s) for s in job["settings"]):
-        _apply_setting(model, setting)
-        times, comm, token, acct, wire = [], [], -1, {}, []
-        for rep in range(job["warmup"] + job["reps"]):
+    settings = [CommSetting(**s) for s in job["settings"]]
+    runs: list[dict[str, Any]] = [{"times": [], "comm": [], "wire": [], "token": -1, "acct": {}} for _ in settings]
+    # Settings are interleaved (round-robin over repetitions), so a burst of load from elsewhere on the
+    # machine hits all settings alike instead of one setting's consecutive repetitions.
+    for rep in range(job["warmup"] + job["reps"]):
+        for setting, run in zip(settings, runs):
+            _apply_setting(model, setting)
             dist.barrier()
             qdisc_before = qdisc_sent_bytes() if lead and shaped else 0
             dist.barrier()
@@ -246,21 +252,25 @@ def ttft_rank(rank: int, world: int, job: dict) -> None:
                 token = prefill()
             elapsed = time.perf_counter() - t0
             dist.barrier()
-            if rep >= job["warmup"]:
-                times.append(elapsed)
-                comm.append(stats.summary()["seconds"])
-                acct = _accounting(stats, 1)
-                if lead and shaped:
-                    # everything that crossed the shaped lo (all ranks, packet headers, barriers included)
-                    wire.append(qdisc_sent_bytes() - qdisc_before)
-        if lead:
-            ttft = statistics.median(times)
-            row = {"label": setting.label, "setting": asdict(setting), "ttft_s": ttft, "times": times,
-                   "comm_s": statistics.median(comm), "comm_share": statistics.median(comm) / ttft,
-                   "first_token": token, "qdisc_bytes": statistics.median(wire) if wire else None, **acct}
-            result["rows"].append(row)
-            _stderr(f"[ttft {job['rate']}] {setting.label:<32} ttft {ttft:7.3f} s  comm {row['comm_share']:5.1%}  "
-                    f"sent/forward {row['bytes_sent_per_forward'] / 2**20:7.2f} MiB  algos {row['algorithms']}")
+            if rep < job["warmup"]:
+                continue
+            run["times"].append(elapsed)
+            run["comm"].append(stats.summary()["seconds"])
+            run["acct"], run["token"] = _accounting(stats, 1), token
+            if lead and shaped:
+                # everything that crossed the shaped lo (all ranks, packet headers, barriers included)
+                run["wire"].append(qdisc_sent_bytes() - qdisc_before)
+            if lead:
+                _stderr(f"[ttft {job['rate']} rep {rep + 1 - job['warmup']}/{job['reps']}] {setting.label:<32} "
+                        f"{elapsed:7.3f} s  comm {run['comm'][-1] / elapsed:5.1%}  algos {stats.summary()['algorithms']}")
+    if lead:
+        for setting, run in zip(settings, runs):
+            ttft, comm = statistics.median(run["times"]), statistics.median(run["comm"])
+            result["rows"].append({
+                "label": setting.label, "setting": asdict(setting), "ttft_s": ttft, "times": run["times"],
+                "comm_s": comm, "comm_share": comm / ttft, "first_token": run["token"],
+                "qdisc_bytes": statistics.median(run["wire"]) if run["wire"] else None, **run["acct"],
+            })
     if lead:
         Path(job["out"]).write_text(json.dumps(result, indent=1))
 
