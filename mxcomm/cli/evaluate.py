@@ -32,7 +32,13 @@ def _csv(value: str) -> list[str]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from mxcomm.tp.evaluation import DEFAULT_TTFT_SETTINGS, DEFAULT_TWO_SHOT_FORMATS
+    from mxcomm.tp.evaluation import (
+        DEFAULT_PARETO_FORMATS,
+        DEFAULT_PARETO_TWO_SHOT,
+        DEFAULT_ROTATION_SEED,
+        DEFAULT_TTFT_SETTINGS,
+        DEFAULT_TWO_SHOT_FORMATS,
+    )
 
     p = sub.add_parser(
         "eval",
@@ -54,17 +60,46 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--emulate", default="",
                    help="also run the one-process emulation (no group; the issue's reference method) for these "
                    "formats (rne, one-shot) and the bf16 'none', as an extra column; 'table' = every one-shot row")
+    p.add_argument("--pareto-formats", default=",".join(DEFAULT_PARETO_FORMATS),
+                   help="formats of the outlier-robust Pareto table: each plain, rotated, with outlier channels "
+                   f"and both (one-shot, rne; default {','.join(DEFAULT_PARETO_FORMATS)})")
+    p.add_argument("--pareto-two-shot", default=",".join(DEFAULT_PARETO_TWO_SHOT),
+                   help="formats whose rotated + outlier variant is also run two-shot (default "
+                   f"{','.join(DEFAULT_PARETO_TWO_SHOT)}; '' for none)")
+    p.add_argument("--outlier-k", default="8",
+                   help="outlier channels per row-parallel module for the Pareto table, comma-separated (default 8)")
+    p.add_argument("--rotation-seed", type=int, default=DEFAULT_ROTATION_SEED,
+                   help=f"seed of the random Hadamard rotation (default {DEFAULT_ROTATION_SEED})")
+    p.add_argument("--outliers", type=Path, default=None,
+                   help="load this outlier calibration (JSON of mxcomm.tp.OutlierCalibration) instead of "
+                   "calibrating; default: calibrate, and save it as --calibration-out")
+    p.add_argument("--calibration-windows", type=int, default=2,
+                   help="text windows (after the evaluation windows) to calibrate outlier channels on (default 2)")
+    p.add_argument("--calibration-out", type=Path, default=None,
+                   help="where a measured calibration is saved (default: next to --output, smollm2-outliers.json)")
     p.add_argument("--ttft-rates", default="loopback,25mbit,100mbit,1gbit",
                    help="tc rates of the shaped loopback for TTFT; 'loopback' = unshaped "
                    "(default loopback,25mbit,100mbit,1gbit)")
     p.add_argument("--ttft-settings", default=",".join(DEFAULT_TTFT_SETTINGS),
-                   help="FORMAT:ALGORITHM pairs timed for TTFT besides the uncompressed baseline (rne rounding)")
+                   help="FORMAT:ALGORITHM[:rot][:kN] timed for TTFT besides the uncompressed baseline (rne "
+                   "rounding; rot = rotated with --rotation-seed, kN = N calibrated outlier channels)")
     p.add_argument("--prompt-tokens", type=int, default=512, help="TTFT prompt length (default 512)")
     p.add_argument("--reps", type=int, default=3, help="timed TTFT repetitions per setting (median; default 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed TTFT repetitions per setting (default 1)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per rank (default 1)")
     p.add_argument("--skip-ppl", action="store_true", help="keep the previous perplexity results")
     p.add_argument("--skip-ttft", action="store_true", help="keep the previous TTFT results")
+    p.add_argument("--skip-pareto", action="store_true", help="keep the previous Pareto results")
+    p.add_argument("--pareto-section", default="pareto",
+                   help="JSON key (and markdown section) of this Pareto run: 'pareto' (default) or 'pareto_NAME' "
+                   "to keep the main one and add another (e.g. on held-out windows)")
+    p.add_argument("--pareto-title", default="", help="title suffix of that Pareto section")
+    p.add_argument("--pareto-start", type=int, default=0,
+                   help="first token of the Pareto phase's windows (default 0: the perplexity table's windows)")
+    p.add_argument("--ttft-section", default="ttft",
+                   help="JSON key (and markdown section) of this TTFT run: 'ttft' (default) or 'ttft_NAME' to "
+                   "keep the main TTFT table and add another one")
+    p.add_argument("--ttft-title", default="", help="title suffix of that TTFT section")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 1 window, formats mxint8,mxfp8_e4m3,mxfp4_e2m1 rne, TTFT 1 rep (for testing)")
     p.add_argument("--output", type=Path, default=Path("docs/results.md"), help="markdown file (default docs/results.md)")
@@ -95,7 +130,7 @@ def _environment() -> dict[str, Any]:
 
 
 def render(doc: dict[str, Any]) -> str:
-    from mxcomm.tp.evaluation import ppl_markdown, ttft_markdown
+    from mxcomm.tp.evaluation import pareto_markdown, ppl_markdown, ttft_markdown
 
     out = [BEGIN, ""]
     ppl = doc.get("perplexity")
@@ -128,11 +163,41 @@ def render(doc: dict[str, Any]) -> str:
             ppl_markdown(ppl["rows"]),
             "",
         ]
-    ttft = doc.get("ttft")
-    if ttft:
+    for key in sorted(k for k in doc if k == "pareto" or k.startswith("pareto_")):
+        pareto = doc[key]
+        s = pareto["setup"]
+        cal = s.get("calibration") or {}
+        out += [
+            "### Outlier-robust compression: Pareto front (SmolLM2-135M-Instruct, TP={world_size})".format(**s)
+            + (f": {pareto['title']}" if pareto.get("title") else ""),
+            "",
+            f"Command: `{pareto['command']}`  ",
+            f"Run: {pareto['environment']['date']}, codec backend `{pareto['environment'].get('codec_backend')}`, "
+            f"{pareto['wall_seconds'] / 60:.1f} min. {s['windows']} windows x {s['window_tokens']} tokens from token "
+            f"{s.get('start', 0)}; model and bf16 wire as in the perplexity table; "
+            "one-shot (`allgather`) and rne unless the variant says two-shot.  ",
+            f"`rotation`: random Hadamard rotation of every block (seed {s['rotation_seed']}), un-rotated once "
+            f"after the sum. `outliers`: the {', '.join(map(str, s['outlier_k']))} most outlying channels of each "
+            "row-parallel output (calibrated per module) travel in bf16 beside the compressed rest. Calibration: "
+            f"{cal.get('source', '–')}; saved as `{s.get('calibration_file', '–')}`.  ",
+            "`wire bits / elem` = 8 x bytes this rank sent (payload, scales, descriptors, outlier channels; "
+            "from `mxcomm.track_comm()`) / (elements x peers): the bits each element costs on the wire; "
+            "`compression` = 16 / that. Target: compression >= 3.5x at Δ <= 2%."
+            + (" `Δ 95% interval`: from the paired per-token NLL differences against `none` (tokens treated as "
+               "independent; a guide to the evaluation noise)." if any("paired" in r for r in pareto["rows"])
+               else ""),
+            "",
+            pareto_markdown(pareto["rows"]),
+            "",
+        ]
+        if pareto.get("plot"):
+            out += [f"![Pareto front]({pareto['plot']})", ""]
+    for key in sorted(k for k in doc if k == "ttft" or k.startswith("ttft_") and k != "ttft_skipped"):
+        ttft = doc[key]
         s = ttft["setup"]
         out += [
-            "### Time to first token (prefill of {prompt_tokens} tokens, TP={world_size})".format(**s),
+            "### Time to first token (prefill of {prompt_tokens} tokens, TP={world_size})".format(**s)
+            + (f": {ttft['title']}" if ttft.get("title") else ""),
             "",
             f"Command: `{ttft['command']}`  ",
             f"Run: {ttft['environment']['date']}, {ttft['environment']['cpus']} CPUs, codec backend "
@@ -155,11 +220,72 @@ def render(doc: dict[str, Any]) -> str:
                 c = r["calibration"]
                 out += [f"Calibrated for `auto` at {r['rate']}: alpha {c['alpha_s'] * 1e6:.0f} us, "
                         f"{c['gbit_per_s_per_rank']:.3f} Gbit/s per rank.", ""]
-        out += [ttft_markdown(ttft["results"], ppl["rows"] if ppl else None), ""]
-    if ttft is None and doc.get("ttft_skipped"):
+        known = (ppl["rows"] if ppl else []) + (pareto["rows"] if pareto else [])
+        out += [ttft_markdown(ttft["results"], known or None), ""]
+    if "ttft" not in doc and doc.get("ttft_skipped"):
         out += [f"TTFT not measured: {doc['ttft_skipped']}", ""]
     out.append(END)
     return "\n".join(out)
+
+
+VARIANT_STYLE = {"plain": ("o", "tab:gray"), "rotation": ("s", "tab:blue"), "outliers": ("^", "tab:orange"),
+                 "rotation+outliers": ("D", "tab:green"), "rotation+outliers (two-shot)": ("*", "tab:red")}
+
+
+def pareto_plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Wire bits/element vs Δ perplexity, one marker per variant, the front drawn as a line."""
+    from mxcomm.report import _pyplot
+    from mxcomm.tp.evaluation import _base_ppl, pareto_front
+
+    plt = _pyplot()
+    base = _base_ppl(rows)
+    assert base is not None
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for variant, (marker, color) in VARIANT_STYLE.items():
+        pts = [r for r in rows if r.get("variant") == variant and r["setting"]["fmt"]]
+        ax.scatter([r["wire_bits_per_element"] for r in pts], [100 * (r["ppl"] / base - 1) for r in pts],
+                   marker=marker, color=color, label=variant, zorder=3)
+        for r in pts:
+            ax.annotate(r["setting"]["fmt"], (r["wire_bits_per_element"], 100 * (r["ppl"] / base - 1)),
+                        fontsize=6, xytext=(3, 3), textcoords="offset points")
+    front = pareto_front(rows)
+    ax.plot([r["wire_bits_per_element"] for r in front], [100 * (r["ppl"] / base - 1) for r in front],
+            color="black", linewidth=0.8, zorder=2, label="Pareto front")
+    ax.axvline(16 / 3.5, color="red", linestyle=":", linewidth=0.8, label="3.5x vs bf16")
+    ax.axhline(2.0, color="red", linestyle="--", linewidth=0.8, label="+2% perplexity")
+    ax.set_yscale("symlog", linthresh=1.0)
+    lowest = min((100 * (r["ppl"] / base - 1) for r in rows if r["setting"] and r["setting"]["fmt"]), default=0.0)
+    ax.set_ylim(bottom=min(-0.5, 1.5 * lowest))  # symlog: keep the (rare) negative deltas visible, no more
+    ax.set_xlabel("wire bits per element (measured, incl. scales, descriptors, outlier channels)")
+    ax.set_ylabel("perplexity increase vs bf16 all-reduce (%)")
+    ax.set_title("SmolLM2-135M, TP=3, one-shot compressed all-reduce")
+    ax.grid(True, linewidth=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def parse_ttft_setting(text: str, rotation_seed: int) -> Any:
+    """``FORMAT:ALGORITHM[:rot][:kN]`` -> CommSetting (rne)."""
+    from mxcomm.tp.evaluation import CommSetting
+    from mxcomm.tp.smollm2 import EvalSetupError
+
+    name, _, rest = text.partition(":")
+    algo, *mods = rest.split(":")
+    if algo not in ("allgather", "two_shot", "auto"):
+        raise EvalSetupError(f"--ttft-settings wants FORMAT:ALGORITHM[:rot][:kN] with ALGORITHM allgather, "
+                             f"two_shot or auto, got {text!r}")
+    seed, k = None, 0
+    for m in mods:
+        if m == "rot":
+            seed = rotation_seed
+        elif m.startswith("k") and m[1:].isdigit() and int(m[1:]) > 0:
+            k = int(m[1:])
+        else:
+            raise EvalSetupError(f"--ttft-settings: unknown modifier {m!r} in {text!r} (rot or kN)")
+    return CommSetting(get_format(name).name, "rne", algo, rotation_seed=seed, outliers=k)
 
 
 def write_results(doc: dict[str, Any], md_path: Path, json_path: Path) -> None:
@@ -185,6 +311,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         DEFAULT_PPL_FORMATS,
         CommSetting,
         emulate_perplexity,
+        pareto_settings,
         ppl_settings,
         run_perplexity,
         run_ttft,
@@ -201,7 +328,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.quick:
         args.windows, args.formats, args.roundings, args.two_shot_formats = 1, "mxint8,mxfp8_e4m3,mxfp4_e2m1", "rne", ""
         args.reps, args.warmup, args.ttft_settings = 1, 0, "mxfp8_e4m3:two_shot"
+        args.pareto_formats, args.calibration_windows, args.pareto_two_shot = "mxfp4_e2m1", 1, ""
+    for opt, prefix in ((args.pareto_section, "pareto"), (args.ttft_section, "ttft")):
+        if opt != prefix and not (opt.startswith(prefix + "_") and opt[len(prefix) + 1 :].isidentifier()
+                                  and opt != "ttft_skipped"):
+            log(f"mxcomm eval: a section must be '{prefix}' or '{prefix}_NAME', got {opt!r}")
+            return 2
+    calibration_out = args.calibration_out or args.output.parent / "smollm2-outliers.json"
+    calibration: dict | None = None
     try:
+        if args.outliers is not None:
+            from mxcomm.tp.outliers import OutlierCalibration
+
+            calibration = OutlierCalibration.load(args.outliers).to_dict()
         assets = prepare_assets(args.cache_dir, log=log)
         log(f"model {assets.gguf.name}; text {assets.text} ({assets.num_tokens} tokens); cache {assets.directory}")
         if not args.skip_ppl:
@@ -232,6 +371,46 @@ def cmd_eval(args: argparse.Namespace) -> int:
             }
             write_results(doc, args.output, json_path)
             log(f"perplexity table written to {args.output}")
+        if not args.skip_pareto:
+            ks = [int(k) for k in _csv(args.outlier_k)]
+            settings = pareto_settings(_csv(args.pareto_formats), ks, args.rotation_seed, _csv(args.pareto_two_shot))
+            calibrate = None
+            if calibration is None and ks:
+                # right after the perplexity table's windows (and before any held-out Pareto windows)
+                calibrate = {"windows": args.calibration_windows, "window_tokens": args.window_tokens,
+                             "start": args.windows * args.window_tokens, "max_channels": max(32, *ks)}
+            log(f"Pareto: {len(settings)} settings (plain / rotation / outliers k={ks} / both), "
+                f"{args.windows} x {args.window_tokens} tokens, TP={args.world_size}")
+            t0 = time.perf_counter()
+            rows = run_perplexity(assets, settings, world_size=args.world_size, num_windows=args.windows,
+                                  window_tokens=args.window_tokens, unsharded=False, threads=args.threads,
+                                  calibration=calibration, calibrate=calibrate,
+                                  calibration_out=calibration_out if calibrate else None,
+                                  start=args.pareto_start, paired=True)
+            if calibrate:
+                from mxcomm.tp.outliers import OutlierCalibration
+
+                calibration = OutlierCalibration.load(calibration_out).to_dict()
+                log(f"outlier calibration saved to {calibration_out}")
+            plot = args.output.parent / "img" / f"{args.pareto_section.replace('_', '-')}.png"
+            try:
+                pareto_plot(rows, plot)
+                plot_ref: str | None = os.path.relpath(plot, args.output.parent)
+            except MxcommError as exc:  # matplotlib missing: the table still gets written
+                log(f"Pareto plot skipped: {exc}")
+                plot_ref = None
+            doc[args.pareto_section] = {
+                "title": args.pareto_title,
+                "command": command, "environment": _environment(), "wall_seconds": time.perf_counter() - t0,
+                "setup": {"world_size": args.world_size, "windows": args.windows,
+                          "window_tokens": args.window_tokens, "start": args.pareto_start, "outlier_k": ks,
+                          "rotation_seed": args.rotation_seed,
+                          "calibration_file": os.path.relpath(args.outliers or calibration_out),
+                          "calibration": {k: v for k, v in (calibration or {}).items() if k != "modules"}},
+                "rows": rows, "plot": plot_ref,
+            }
+            write_results(doc, args.output, json_path)
+            log(f"Pareto table written to {args.output}")
         if not args.skip_ttft:
             rates = _csv(args.ttft_rates)
             reason = None
@@ -246,19 +425,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 doc["ttft_skipped"] = reason
             else:
                 settings = [CommSetting(None, algorithm="none")]
-                for pair in _csv(args.ttft_settings):
-                    name, _, algo = pair.partition(":")
-                    if algo not in ("allgather", "two_shot", "auto"):
-                        raise EvalSetupError(f"--ttft-settings wants FORMAT:ALGORITHM (allgather, two_shot, auto), "
-                                             f"got {pair!r}")
-                    settings.append(CommSetting(get_format(name).name, "rne", algo))
+                settings += [parse_ttft_setting(t, args.rotation_seed) for t in _csv(args.ttft_settings)]
+                if any(st.outliers for st in settings) and calibration is None:
+                    if not calibration_out.exists():
+                        raise EvalSetupError(f"TTFT settings with outlier channels need a calibration: run the "
+                                             f"Pareto phase first or pass --outliers (no {calibration_out})")
+                    from mxcomm.tp.outliers import OutlierCalibration
+
+                    calibration = OutlierCalibration.load(calibration_out).to_dict()
                 log(f"TTFT: {len(settings)} settings x {len(rates)} links, {args.warmup}+{args.reps} runs each")
                 t0 = time.perf_counter()
                 results = run_ttft(assets, settings, rates, world_size=args.world_size,
                                    prompt_tokens=args.prompt_tokens, reps=args.reps, warmup=args.warmup,
-                                   threads=args.threads, log=log)
+                                   threads=args.threads, log=log, calibration=calibration)
                 doc.pop("ttft_skipped", None)
-                doc["ttft"] = {
+                doc[args.ttft_section] = {
+                    "title": args.ttft_title,
                     "command": command, "environment": _environment(), "wall_seconds": time.perf_counter() - t0,
                     "setup": {"world_size": args.world_size, "prompt_tokens": args.prompt_tokens, "reps": args.reps,
                               "warmup": args.warmup, "threads": args.threads, "rates": rates},

@@ -55,6 +55,8 @@ from mxcomm.errors import FormatError, MxcommError
 from mxcomm.formats import BlockFormat, get_format
 from mxcomm.kernels import Packed, decode, decode_sum, encode, resolve_backend
 from mxcomm.kernels.packed import INPUT_DTYPES
+from mxcomm.kernels.reference import saturating_cast
+from mxcomm.kernels.rotation import rotate, unrotate
 
 log = logging.getLogger("mxcomm.collectives")
 
@@ -255,6 +257,47 @@ def _one_shot(
 
 
 def _two_shot(
+    src: torch.Tensor, dst: torch.Tensor, fmt: BlockFormat, segs: Sequence[tuple[int, int]], rank: int,
+    n: int, wire: _Wire, backend: str,
+) -> Generator[None, None, None]:
+    if fmt.rotation_seed is not None:
+        yield from _two_shot_rotated(src, dst, fmt, segs, rank, n, wire, backend)
+        return
+    yield from _two_shot_plain(src, dst, fmt, segs, rank, n, wire, backend)
+
+
+def _two_shot_rotated(
+    src: torch.Tensor, dst: torch.Tensor, fmt: BlockFormat, segs: Sequence[tuple[int, int]], rank: int,
+    n: int, wire: _Wire, backend: str,
+) -> Generator[None, None, None]:
+    """Two-shot with a rotated format: rotate each segment once, run both phases in the
+    rotated domain with the plain format, un-rotate once at the end.
+
+    The sum is linear, so the chunk sums of rotated partials are the rotated chunk sums;
+    re-encoding them needs no second rotation. Segments are padded to whole blocks (the
+    rotation mixes a block's padding into all of its values, so padded positions travel).
+    """
+    plain = fmt.with_options(rotation_seed=None)
+    block, seed = fmt.block_size, fmt.rotation_seed
+    assert seed is not None
+    padded_segs, rotated = [], []
+    start = 0
+    for s0, s1 in segs:
+        length = s1 - s0
+        padded = torch.zeros((1, -(-length // block) * block), dtype=torch.float32, device=src.device)
+        padded[0, :length] = src[s0:s1]
+        rotated.append(rotate(padded, seed, block).view(-1))
+        padded_segs.append((start, start + padded.shape[1]))
+        start += padded.shape[1]
+    flat_rotated = torch.cat(rotated) if rotated else torch.zeros(0, dtype=torch.float32, device=src.device)
+    summed = torch.empty_like(flat_rotated)
+    yield from _two_shot_plain(flat_rotated, summed, plain, padded_segs, rank, n, wire, backend)
+    for (s0, s1), (p0, p1) in zip(segs, padded_segs):
+        back = unrotate(summed[p0:p1].view(1, -1), seed, block)[0, : s1 - s0]
+        dst[s0:s1].copy_(saturating_cast(back, dst.dtype))
+
+
+def _two_shot_plain(
     src: torch.Tensor, dst: torch.Tensor, fmt: BlockFormat, segs: Sequence[tuple[int, int]], rank: int,
     n: int, wire: _Wire, backend: str,
 ) -> Generator[None, None, None]:

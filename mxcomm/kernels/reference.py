@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mxcomm.errors import FormatError
 from mxcomm.formats import E4M3_NAN, E8M0_BIAS, E8M0_NAN, BlockFormat, FloatElement, IntElement, ScaleSpec
 from mxcomm.formats.element import cached_code_values
 from mxcomm.kernels.bitpack import pack_codes, unpack_codes
@@ -325,6 +326,16 @@ def decode_sum_blocks(
     return saturating_cast(acc, dtype)
 
 
+def reject_rotated(fmt: BlockFormat, backend: str) -> None:
+    """Backends that do not fuse the rotation get the plain format from the front-end (mxcomm.encode);
+    a rotated format reaching them directly would be encoded unrotated, so it is refused."""
+    if fmt.rotation_seed is not None:
+        raise FormatError(
+            f"the {backend} backend's block functions take unrotated formats; {fmt.name} carries a rotation, "
+            "which mxcomm.encode/decode/decode_sum apply around them"
+        )
+
+
 class ReferenceBackend:
     """The torch reference as a dispatch backend (runs on any device torch supports)."""
 
@@ -334,14 +345,17 @@ class ReferenceBackend:
         return None
 
     def encode_blocks(self, x2d: torch.Tensor, fmt: BlockFormat, seed: int | None) -> EncodedBlocks:
+        reject_rotated(fmt, self.name)
         return encode_blocks(x2d, fmt, seed)
 
     def decode_blocks(
         self, parts: EncodedBlocks, fmt: BlockFormat, rows: int, length: int, dtype: torch.dtype
     ) -> torch.Tensor:
+        reject_rotated(fmt, self.name)
         return decode_blocks(parts, fmt, rows, length, dtype)
 
     def decode_sum_blocks(
         self, parts: list[EncodedBlocks], fmt: BlockFormat, rows: int, length: int, dtype: torch.dtype
     ) -> torch.Tensor:
+        reject_rotated(fmt, self.name)
         return decode_sum_blocks(parts, fmt, rows, length, dtype)

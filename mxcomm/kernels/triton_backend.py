@@ -13,6 +13,12 @@ Where it runs (``TritonBackend.availability``):
 
 Every format parameter becomes a ``tl.constexpr`` (``format_constexprs``), so
 each format compiles to its own specialised kernel of one generic family.
+
+Rotated formats (``rotation_seed``) with blocks of at most ``TILE`` elements are
+rotated inside the kernels (``TritonBackend.fuses_rotation``): the encoder
+rotates each block in registers before quantizing it, the decoder un-rotates
+the (summed) float32 blocks before the output cast. ``mxcomm.kernels.api``
+then hands such formats to this backend unchanged.
 """
 
 from __future__ import annotations
@@ -188,6 +194,39 @@ def _shard_base(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, int]:
     return torch.stack([t.reshape(-1) for t in tensors]), first.numel()
 
 
+def fuses_rotation(fmt: BlockFormat) -> bool:
+    """Whether the kernels rotate ``fmt`` themselves: a rotated format whose blocks fit one tile."""
+    return fmt.rotation_seed is not None and fmt.block_size <= TILE
+
+
+def _check_rotation(fmt: BlockFormat) -> None:
+    if fmt.rotation_seed is not None and not fuses_rotation(fmt):
+        raise FormatError(
+            f"the Triton kernels rotate blocks of at most {TILE} elements, {fmt.name} has {fmt.block_size} "
+            "(mxcomm.encode rotates such formats in its front-end)"
+        )
+
+
+def rotation_args(fmt: BlockFormat, padded_length: int) -> tuple[list[int], dict[str, Any]]:
+    """Runtime arguments (hash key, seed words) and constexprs of the kernels' rotation."""
+    if fmt.rotation_seed is None:
+        return [0, 0, 0], {"ROTATE": False, "ROT_LARGE": False}
+    _check_rotation(fmt)
+    seed = fmt.rotation_seed
+    args = [_int32(seed_key(seed, 0)), _int32(seed), _int32(seed >> 32)]
+    return args, {"ROTATE": True, "ROT_LARGE": padded_length > (1 << 32)}
+
+
+def _whole_contiguous_rows(x_bits: torch.Tensor, bs: int) -> bool:
+    """Rows of whole blocks in a contiguous tensor: element k of block g lies at g * bs + k."""
+    rows, length = x_bits.shape
+    return (
+        length % bs == 0
+        and (x_bits.stride(1) == 1 or length == 1)
+        and (x_bits.stride(0) == length or rows == 1)
+    )
+
+
 def encode_launch(
     x_bits: torch.Tensor,
     codes: torch.Tensor,
@@ -205,6 +244,7 @@ def encode_launch(
     nbpr = -(-length // bs)
     total_blocks = rows * nbpr
     tiling = encode_tiling(bs, fmt.element.bits)
+    rot_args, rot_constexprs = rotation_args(fmt, nbpr * bs)
     grid = (triton.cdiv(total_blocks, tiling["NB"]),)
     args = [
         x_bits,
@@ -220,15 +260,15 @@ def encode_launch(
         key,
         seed_lo,
         seed_hi,
+        *rot_args,
     ]
     constexprs = {
         "IN_KIND": in_kind,
         "LARGE_INDEX": total_blocks * bs > (1 << 32),
-        "CONTIG": length % bs == 0
-        and (x_bits.stride(1) == 1 or length == 1)
-        and (x_bits.stride(0) == length or rows == 1),
+        "CONTIG": _whole_contiguous_rows(x_bits, bs),
         **format_constexprs(fmt),
         **tiling,
+        **rot_constexprs,
     }
     return grid, args, constexprs
 
@@ -250,6 +290,7 @@ def decode_launch(
     nbpr = -(-length // bs)
     total_blocks = rows * nbpr
     tiling = decode_tiling(bs)
+    rot_args, rot_constexprs = rotation_args(fmt, nbpr * bs)
     grid = (triton.cdiv(total_blocks, tiling["NB"]),)
     args = [
         codes,
@@ -264,6 +305,7 @@ def decode_launch(
         nbpr,
         total_blocks,
         packed_code_bytes(total_blocks * bs, fmt.element.bits),
+        *rot_args,
     ]
     constexprs = {
         "BITS": fmt.element.bits,
@@ -272,6 +314,7 @@ def decode_launch(
         "OUT_KIND": _OUT_KIND[out.dtype],
         "CONTIG": length % bs == 0,
         **tiling,
+        **rot_constexprs,
     }
     return grid, args, constexprs
 
@@ -306,10 +349,15 @@ class TritonBackend:
             return None
         return f"Triton kernels run on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), not on {device.type}"
 
+    def fuses_rotation(self, fmt: BlockFormat) -> bool:
+        """True where ``encode_blocks`` / ``decode*_blocks`` take ``fmt`` rotated (see the module doc)."""
+        return fuses_rotation(fmt)
+
     # -- encode ----------------------------------------------------------------------
     def encode_blocks(self, x2d: torch.Tensor, fmt: BlockFormat, seed: int | None) -> EncodedBlocks:
         if x2d.dim() != 2 or x2d.dtype not in _IN_KIND:
             raise FormatError(f"encode_blocks takes a 2-D float32/bfloat16/float16 tensor, got {x2d.dtype} {x2d.dim()}-D")
+        _check_rotation(fmt)
         rows, length = x2d.shape
         bs = fmt.block_size
         bits = fmt.element.bits
@@ -345,23 +393,44 @@ class TritonBackend:
     def _tensor_scale(self, x_bits: torch.Tensor, in_kind: int, fmt: BlockFormat) -> torch.Tensor:
         """S = amax / (max_normal * scale_max) rounded up to float32 (1 for an all-zero tensor).
 
-        The amax is a kernel; the rounding of the one scalar reuses the
-        reference's exact float64 helper (no host synchronisation).
+        The amax is a kernel (of the rotated blocks for a rotated format); the
+        rounding of the one scalar reuses the reference's exact float64 helper
+        (no host synchronisation).
         """
         rows, length = x_bits.shape
-        tr, tc = 16, 128
-        n_col_tiles = triton.cdiv(length, tc)
-        n_prog = triton.cdiv(rows, tr) * n_col_tiles
-        parts = torch.empty(n_prog, dtype=torch.int32, device=x_bits.device)
-        with _on_device(x_bits.device):
-            K.amax_kernel[(n_prog,)](
-                x_bits, parts, x_bits.stride(0), x_bits.stride(1), rows, length, n_col_tiles,
-                IN_KIND=in_kind, TR=tr, TC=tc, **LAUNCH_OPTIONS,
-            )
+        if fmt.rotation_seed is not None:
+            parts = self._rotated_amax_parts(x_bits, in_kind, fmt)
+        else:
+            tr, tc = 16, 128
+            n_col_tiles = triton.cdiv(length, tc)
+            n_prog = triton.cdiv(rows, tr) * n_col_tiles
+            parts = torch.empty(n_prog, dtype=torch.int32, device=x_bits.device)
+            with _on_device(x_bits.device):
+                K.amax_kernel[(n_prog,)](
+                    x_bits, parts, x_bits.stride(0), x_bits.stride(1), rows, length, n_col_tiles,
+                    IN_KIND=in_kind, TR=tr, TC=tc, **LAUNCH_OPTIONS,
+                )
         amax = parts.amax().view(torch.float32).to(torch.float64)
         q = amax / (fmt.element.max_normal * fmt.scale_spec.max_value)
         s = round_up_to_scale(q.reshape(1), SCALE_SPECS_FP32)[0].to(torch.float32)
         return torch.where(amax > 0, s, torch.ones_like(s))
+
+    def _rotated_amax_parts(self, x_bits: torch.Tensor, in_kind: int, fmt: BlockFormat) -> torch.Tensor:
+        rows, length = x_bits.shape
+        bs = fmt.block_size
+        nbpr = -(-length // bs)
+        total_blocks = rows * nbpr
+        nb = encode_tiling(bs, fmt.element.bits)["NB"]
+        n_prog = triton.cdiv(total_blocks, nb)
+        rot_args, rot_constexprs = rotation_args(fmt, nbpr * bs)
+        parts = torch.empty(n_prog, dtype=torch.int32, device=x_bits.device)
+        with _on_device(x_bits.device):
+            K.rotated_amax_kernel[(n_prog,)](
+                x_bits, parts, x_bits.stride(0), x_bits.stride(1), length, nbpr, total_blocks, *rot_args,
+                IN_KIND=in_kind, BS=bs, NB=nb, CONTIG=_whole_contiguous_rows(x_bits, bs), ROT_LARGE=rot_constexprs["ROT_LARGE"],
+                **LAUNCH_OPTIONS,
+            )
+        return parts
 
     # -- decode ----------------------------------------------------------------------
     def decode_blocks(
@@ -374,6 +443,7 @@ class TritonBackend:
     ) -> torch.Tensor:
         if not parts:
             raise FormatError("decode_sum needs at least one encoded tensor")
+        _check_rotation(fmt)
         bs = fmt.block_size
         bits = fmt.element.bits
         nbpr = -(-length // bs) if length else 0

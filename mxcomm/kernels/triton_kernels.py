@@ -28,9 +28,16 @@ Kernels:
   sum over shards of ``element * X`` (float32, shard order), cast once. With
   one shard it is ``decode``; with n it is the fused ``decode_sum``.
 * ``amax_kernel``: per-program max |x| over finite values (for the NVFP4
-  tensor scale).
+  tensor scale); ``rotated_amax_kernel`` the same over rotated blocks.
 * ``random_bits_kernel``: the stochastic-rounding words, exposed for testing
   the hash against ``mxcomm.kernels.random``.
+
+``ROTATE`` (a constexpr of the encode / decode kernels; FUSED tiling, whole
+blocks in one tile) fuses the random Hadamard rotation of
+``mxcomm/kernels/rotation.py``: the encoder quantizes ``H D x / B`` of each
+zero-padded block, the decoder stores ``D H (sum of shards)``. Signs come from
+the same counter hash (under the rotation seed) and the butterflies run in the
+reference's stage order, so every float32 operation matches it one for one.
 """
 
 from __future__ import annotations
@@ -410,8 +417,53 @@ def _cast_out(v, OUT_KIND: tl.constexpr):
     return out
 
 
+# -- random Hadamard rotation (mxcomm.kernels.rotation) ----------------------------------
+@triton.jit
+def _hadamard(y, NB: tl.constexpr, BS: tl.constexpr):
+    """Unnormalised fast Walsh-Hadamard transform of each row of the float32 [NB, BS] tile.
+
+    Stage by stage like ``rotation.hadamard_blocks`` (h = 1, 2, 4, ...): in every
+    group of 2h the element at t becomes a + b and the one at h + t becomes a - b.
+    Each output of a stage is one float32 add or sub of the same two operands as
+    in the reference, so the result is bit-identical (no dot product, no reassociation).
+    """
+    for s in tl.static_range(16):  # h = 1 << s (constexprs cannot be reassigned in the loop)
+        if (1 << s) < BS:
+            # [groups, 2, h] -> [groups, h, 2]: the pair (a, b) becomes the minor dimension
+            pairs = tl.permute(tl.reshape(y, [NB * BS // (2 << s), 2, 1 << s]), (0, 2, 1))
+            a, b = tl.split(pairs)
+            y = tl.reshape(tl.permute(tl.join(a + b, a - b), (0, 2, 1)), [NB, BS])
+    return y
+
+
+@triton.jit
+def _rotation_signs(g, k, nbpr, rkey, rseed_lo, rseed_hi, BS: tl.constexpr, ROT_LARGE: tl.constexpr):
+    """float32 +-1 of element k of block g: bit 0 of the counter hash of its position along the
+    (padded) row, under the rotation seed (``rotation.rotation_signs``)."""
+    col = (g % nbpr) * BS + k
+    bits = _random_bits(col, rkey, rseed_lo, rseed_hi, ROT_LARGE)
+    return tl.where((bits & 1) != 0, -1.0, 1.0)
+
+
+@triton.jit
+def _rotated_bits(
+    x_ptr, off, m, g, k, nbpr, rkey, rseed_lo, rseed_hi,
+    IN_KIND: tl.constexpr, NB: tl.constexpr, BS: tl.constexpr, ROT_LARGE: tl.constexpr,
+):
+    """float32 bits (int32) of H D x / BS for the [NB, BS] tile of blocks ``g``.
+
+    Positions outside ``m`` (the ragged row end) are the reference's zero padding:
+    they are rotated too.
+    """
+    x = _fp32_bits(tl.load(x_ptr + off, mask=m, other=0), IN_KIND).to(tl.float32, bitcast=True)
+    signs = _rotation_signs(g, k, nbpr, rkey, rseed_lo, rseed_hi, BS, ROT_LARGE)
+    # 1/BS is a power of two: one float32 rounding, as in the reference's multiply
+    y = _hadamard(x * signs, NB, BS) * (1.0 / BS)
+    return y.to(tl.int32, bitcast=True)
+
+
 # -- kernels ------------------------------------------------------------------------
-@triton.jit(do_not_specialize=["key", "seed_lo", "seed_hi"])
+@triton.jit(do_not_specialize=["key", "seed_lo", "seed_hi", "rkey", "rseed_lo", "rseed_hi"])
 def encode_kernel(
     x_ptr,
     codes_ptr,
@@ -426,6 +478,9 @@ def encode_kernel(
     key,
     seed_lo,
     seed_hi,
+    rkey,
+    rseed_lo,
+    rseed_hi,
     IN_KIND: tl.constexpr,
     IS_INT: tl.constexpr,
     BITS: tl.constexpr,
@@ -456,7 +511,11 @@ def encode_kernel(
     NB1: tl.constexpr,
     KC: tl.constexpr,
     CH: tl.constexpr,
+    ROTATE: tl.constexpr,
+    ROT_LARGE: tl.constexpr,
 ):
+    # ROTATE is only launched with the FUSED tiling (whole power-of-two blocks in registers)
+    tl.static_assert(FUSED or not ROTATE)
     pid = tl.program_id(0).to(tl.int64)
     g0 = pid * NB
     if TENSOR_SCALE:
@@ -469,9 +528,17 @@ def encode_kernel(
         k = tl.arange(0, BS)
         valid_g = g < total_blocks
         off, inside = _element_offsets(g[:, None], k[None, :], nbpr, L, stride_r, stride_c, BS, CONTIG)
-        m = valid_g[:, None] & inside
-        raw = tl.load(x_ptr + off, mask=m, other=0)
-        u = _fp32_bits(raw, IN_KIND)
+        if ROTATE:
+            # the rotated padding is encoded like real elements (the reference rotates padded rows)
+            u = _rotated_bits(
+                x_ptr, off, valid_g[:, None] & inside, g[:, None], k[None, :], nbpr, rkey, rseed_lo, rseed_hi,
+                IN_KIND, NB, BS, ROT_LARGE,
+            )
+            m = valid_g[:, None] & (k < BS)[None, :]
+        else:
+            m = valid_g[:, None] & inside
+            raw = tl.load(x_ptr + off, mask=m, other=0)
+            u = _fp32_bits(raw, IN_KIND)
         finite = ((u >> 23) & 0xFF) != 0xFF
         amax = tl.max(tl.where(m & finite, u & 0x7FFFFFFF, 0), axis=1)
         nan_blk = tl.max(tl.where(m & (~finite), 1, 0), axis=1) > 0
@@ -560,7 +627,7 @@ def encode_kernel(
             _pack_store(codes, codes_ptr, pid * prog_bytes + (c0 // 8) * BITS, byte_end, CH, BITS, BPOW)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["rkey", "rseed_lo", "rseed_hi"])
 def decode_kernel(
     codes_ptr,
     scales_ptr,
@@ -574,6 +641,9 @@ def decode_kernel(
     nbpr,
     total_blocks,
     n_code_bytes,
+    rkey,
+    rseed_lo,
+    rseed_hi,
     BITS: tl.constexpr,
     BS: tl.constexpr,
     NB: tl.constexpr,
@@ -582,7 +652,11 @@ def decode_kernel(
     TENSOR_SCALE: tl.constexpr,
     OUT_KIND: tl.constexpr,
     CONTIG: tl.constexpr,
+    ROTATE: tl.constexpr,
+    ROT_LARGE: tl.constexpr,
 ):
+    # un-rotating needs whole blocks in one tile
+    tl.static_assert(KC == BS or not ROTATE)
     pid = tl.program_id(0).to(tl.int64)
     g = pid * NB + tl.arange(0, NB)
     valid_g = g < total_blocks
@@ -591,6 +665,10 @@ def decode_kernel(
         # the output is a contiguous (rows, L) tensor
         off, inside = _element_offsets(g[:, None], k[None, :], nbpr, L, L, 1, BS, CONTIG)
         m = valid_g[:, None] & (k < BS)[None, :] & inside
+        if ROTATE:
+            lm = valid_g[:, None] & (k < BS)[None, :]  # the padding's codes take part in the inverse
+        else:
+            lm = m
         i = g[:, None] * BS + k[None, :]
         # shard 0 starts the sum (not 0.0 + ..., which would turn -0.0 into +0.0)
         if TENSOR_SCALE:
@@ -598,14 +676,19 @@ def decode_kernel(
         else:
             ts64 = 1.0
         X = _load_block_x(scales_ptr + g, valid_g, ts64, SCALE_KIND, TENSOR_SCALE)
-        code = _unpack(codes_ptr, i, m, n_code_bytes, BITS)
-        acc = _decoded(tl.load(table_ptr + code, mask=m, other=0.0), X[:, None])
+        code = _unpack(codes_ptr, i, lm, n_code_bytes, BITS)
+        acc = _decoded(tl.load(table_ptr + code, mask=lm, other=0.0), X[:, None])
         for s in range(1, n_shards):
             if TENSOR_SCALE:
                 ts64 = tl.load(ts_ptr + s).to(tl.float64)
             X = _load_block_x(scales_ptr + s * scale_stride + g, valid_g, ts64, SCALE_KIND, TENSOR_SCALE)
-            code = _unpack(codes_ptr + s * code_stride, i, m, n_code_bytes, BITS)
-            acc = acc + _decoded(tl.load(table_ptr + code, mask=m, other=0.0), X[:, None])
+            code = _unpack(codes_ptr + s * code_stride, i, lm, n_code_bytes, BITS)
+            acc = acc + _decoded(tl.load(table_ptr + code, mask=lm, other=0.0), X[:, None])
+        if ROTATE:
+            # the sum is un-rotated once (the transform is linear): D H acc
+            acc = _hadamard(acc, NB, BS) * _rotation_signs(
+                g[:, None], k[None, :], nbpr, rkey, rseed_lo, rseed_hi, BS, ROT_LARGE
+            )
         tl.store(out_ptr + off, _cast_out(acc, OUT_KIND), mask=m)
 
 
@@ -621,6 +704,26 @@ def amax_kernel(x_ptr, part_ptr, stride_r, stride_c, rows, L, n_col_tiles, IN_KI
     u = _fp32_bits(raw, IN_KIND)
     finite = ((u >> 23) & 0xFF) != 0xFF
     mag = tl.where(m & finite, u & 0x7FFFFFFF, 0)
+    tl.store(part_ptr + pid, tl.max(tl.max(mag, axis=1), axis=0))
+
+
+@triton.jit(do_not_specialize=["rkey", "rseed_lo", "rseed_hi"])
+def rotated_amax_kernel(
+    x_ptr, part_ptr, stride_r, stride_c, L, nbpr, total_blocks, rkey, rseed_lo, rseed_hi,
+    IN_KIND: tl.constexpr, BS: tl.constexpr, NB: tl.constexpr, CONTIG: tl.constexpr, ROT_LARGE: tl.constexpr,
+):
+    """Per-program max |y| over finite values of the rotated blocks y (padding included)."""
+    pid = tl.program_id(0).to(tl.int64)
+    g = pid * NB + tl.arange(0, NB)
+    k = tl.arange(0, BS)
+    valid_g = g < total_blocks
+    off, inside = _element_offsets(g[:, None], k[None, :], nbpr, L, stride_r, stride_c, BS, CONTIG)
+    u = _rotated_bits(
+        x_ptr, off, valid_g[:, None] & inside, g[:, None], k[None, :], nbpr, rkey, rseed_lo, rseed_hi,
+        IN_KIND, NB, BS, ROT_LARGE,
+    )
+    finite = ((u >> 23) & 0xFF) != 0xFF
+    mag = tl.where(valid_g[:, None] & finite, u & 0x7FFFFFFF, 0)
     tl.store(part_ptr + pid, tl.max(tl.max(mag, axis=1), axis=0))
 
 

@@ -7,6 +7,9 @@
   Llama-family Hugging Face models (q/k/v, gate/up column-parallel; o_proj,
   down_proj compressed row-parallel; per-layer formats and uncompressed layers).
 * :func:`set_comm_format` -- change the format of a parallelized model in place.
+* :func:`calibrate_outliers` / :class:`OutlierCalibration` /
+  :func:`set_outlier_channels` -- per-module outlier channels measured on real
+  activations, saved with the plan, sent uncompressed beside the compressed rest.
 
 The end-to-end evaluation on SmolLM2-135M (``mxcomm eval``) lives in
 :mod:`mxcomm.tp.evaluation`.
@@ -20,6 +23,7 @@ from mxcomm.tp.llama import (
     llama_tp_plan,
     parallelize_llama,
 )
+from mxcomm.tp.outliers import OutlierCalibration, calibrate_outliers, set_outlier_channels
 from mxcomm.tp.style import (
     COMM_ATTR,
     CompressedRowwiseParallel,
@@ -35,8 +39,10 @@ __all__ = [
     "COMM_ATTR",
     "ROWWISE_PROJECTIONS",
     "CompressedRowwiseParallel",
+    "OutlierCalibration",
     "RowwiseComm",
     "TPPlanError",
+    "calibrate_outliers",
     "compressed_modules",
     "find_layers",
     "llama_tp_plan",
@@ -44,4 +50,5 @@ __all__ = [
     "reduce_partial",
     "run_ranks",
     "set_comm_format",
+    "set_outlier_channels",
 ]

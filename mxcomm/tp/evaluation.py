@@ -9,6 +9,12 @@
   unsharded model first. Per setting: perplexity over fixed windows of the
   text, and the accounting of :func:`mxcomm.collectives.track_comm` (calls,
   bytes, measured ratio).
+* **Pareto** (outlier-robust compression). The same perplexity run for a
+  few low-bit formats, each plain, with a random Hadamard rotation, with
+  ``k`` calibrated outlier channels per row-parallel module sent in bf16, and
+  with both. The outlier channels are calibrated on text windows that follow
+  the evaluation windows (:func:`mxcomm.tp.calibrate_outliers` on the
+  unsharded model, rank 0, broadcast) and saved as JSON with the results.
 * **TTFT.** For each link rate a fresh network namespace is created, its
   loopback shaped with ``tc ... tbf`` (the namespace utility of
   :mod:`mxcomm.collectives.slowlink`), and the
@@ -47,6 +53,12 @@ Log = Callable[[str], None]
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 DEFAULT_PPL_FORMATS: tuple[str, ...] = tuple(f.name for f in (*OCP_FORMATS, NVFP4, *CUSTOM_FORMATS))
 DEFAULT_TWO_SHOT_FORMATS: tuple[str, ...] = ("mxint8", "mxfp8_e4m3", "mxfp6_e2m3", "mxfp6_e3m2", "mxfp4_e2m1")
+DEFAULT_PARETO_FORMATS: tuple[str, ...] = (
+    "int3", "int4_b64", "mxfp4_e2m1", "int4", "nvfp4", "fp5_e2m2", "mxfp6_e2m3",
+)
+# formats whose rotated + outlier-channel variant is also run two-shot (what the TTFT run uses)
+DEFAULT_PARETO_TWO_SHOT: tuple[str, ...] = ("mxfp4_e2m1", "int4")
+DEFAULT_ROTATION_SEED = 20241115
 DEFAULT_TTFT_SETTINGS: tuple[str, ...] = (
     "mxint8:two_shot", "mxfp8_e4m3:two_shot", "mxfp6_e2m3:two_shot", "mxfp4_e2m1:two_shot",
     "mxfp4_e2m1:allgather", "mxint8:auto",
@@ -66,19 +78,32 @@ class CommSetting:
     algorithm: str = "allgather"
     comm_dtype: str = "bfloat16"
     scale_mode: str | None = None  # None: the format's own (OCP "floor" for E8M0 scales)
+    rotation_seed: int | None = None  # random Hadamard rotation of every block (None: none)
+    outliers: int = 0  # calibrated outlier channels per module sent uncompressed
 
     @property
     def label(self) -> str:
         if self.fmt is None:
             return f"none ({self.comm_dtype} wire)"
         mode = f" scale={self.scale_mode}" if self.scale_mode else ""
-        return f"{self.fmt} {self.rounding} {self.algorithm}{mode}"
+        rot = " +rot" if self.rotation_seed is not None else ""
+        outl = f" +{self.outliers}ch" if self.outliers else ""
+        return f"{self.fmt} {self.rounding} {self.algorithm}{mode}{rot}{outl}"
+
+    @property
+    def variant(self) -> str:
+        """plain / rotation / outliers / rotation+outliers."""
+        parts = (["rotation"] if self.rotation_seed is not None else []) + (["outliers"] if self.outliers else [])
+        variant = "+".join(parts) or "plain"
+        return f"{variant} (two-shot)" if self.algorithm == "two_shot" else variant
 
     def block_format(self) -> BlockFormat | None:
         if self.fmt is None:
             return None
         fmt = get_format(self.fmt).with_options(rounding=self.rounding)
-        return fmt.with_options(scale_mode=self.scale_mode) if self.scale_mode else fmt
+        if self.scale_mode:
+            fmt = fmt.with_options(scale_mode=self.scale_mode)
+        return fmt.with_options(rotation_seed=self.rotation_seed) if self.rotation_seed is not None else fmt
 
 
 def ppl_settings(
@@ -98,6 +123,28 @@ def ppl_settings(
     return rows
 
 
+def pareto_settings(
+    formats: Sequence[str],
+    outlier_ks: Sequence[int],
+    rotation_seed: int = DEFAULT_ROTATION_SEED,
+    two_shot_formats: Sequence[str] = (),
+) -> list[CommSetting]:
+    """none (bf16), then per format: plain, rotated, k outlier channels, rotated + k (one-shot, rne);
+    then rotated (+ the largest k) two-shot rows for ``two_shot_formats``."""
+    rows = [CommSetting(None, algorithm="none")]
+    for name in formats:
+        fmt = get_format(name).name
+        rows.append(CommSetting(fmt))
+        rows.append(CommSetting(fmt, rotation_seed=rotation_seed))
+        for k in outlier_ks:
+            rows.append(CommSetting(fmt, outliers=k))
+            rows.append(CommSetting(fmt, rotation_seed=rotation_seed, outliers=k))
+    for name in two_shot_formats:
+        rows.append(CommSetting(get_format(name).name, algorithm="two_shot", rotation_seed=rotation_seed,
+                                outliers=max(outlier_ks, default=0)))
+    return rows
+
+
 # -- rank side -------------------------------------------------------------------------------------
 
 
@@ -111,33 +158,95 @@ def _shard(model: torch.nn.Module, world: int) -> None:
     parallelize_llama(model, mesh, None, algorithm="none", comm_dtype=torch.bfloat16, src_data_rank=None)
 
 
-def _apply_setting(model: torch.nn.Module, setting: CommSetting) -> None:
+def _apply_setting(model: torch.nn.Module, setting: CommSetting, calibration: Any = None) -> None:
+    from mxcomm.tp.outliers import set_outlier_channels
     from mxcomm.tp.style import set_comm_format
 
     set_comm_format(model, setting.block_format(), algorithm=setting.algorithm,
                     comm_dtype=DTYPES[setting.comm_dtype])
+    if setting.outliers and calibration is None:
+        raise EvalSetupError(f"{setting.label} needs an outlier calibration")
+    set_outlier_channels(model, calibration.top(setting.outliers) if setting.outliers else None)
 
 
-def _window_nll(model: torch.nn.Module, data: torch.Tensor, with_logits: bool) -> tuple[float, int]:
-    """Summed next-token NLL over the windows (only where ``with_logits``: rank 0 or unsharded)."""
-    total, count = 0.0, 0
+def _calibration(model: torch.nn.Module, assets: Assets, job: dict, lead: bool) -> Any:
+    """The job's outlier calibration: given (JSON), or measured by rank 0 and broadcast; None if not needed."""
+    from mxcomm.tp.outliers import OutlierCalibration, calibrate_outliers
+
+    if job.get("calibration") is not None:
+        return OutlierCalibration.from_dict(job["calibration"])
+    spec = job.get("calibrate")
+    if not spec:
+        return None
+    box: list[Any] = [None]
+    if lead:
+        t0 = time.perf_counter()
+        data = windows(load_tokens(assets), spec["windows"], spec["window_tokens"], spec["start"])
+        cal = calibrate_outliers(
+            model, list(data), max_channels=spec["max_channels"], forward=lambda m, w: m.model(input_ids=w[None]),
+            source=f"{assets.text.name} tokens {spec['start']}..{spec['start'] + data.numel() - 1} "
+                   f"({spec['windows']} x {spec['window_tokens']}, after the evaluation windows), unsharded model",
+        )
+        box[0] = cal.to_dict()
+        _stderr(f"[calibration] {len(cal.channels)} modules, {cal.tokens} tokens, top {cal.max_k} channels each "
+                f"({time.perf_counter() - t0:.1f} s)")
+    dist.broadcast_object_list(box, src=0)
+    return OutlierCalibration.from_dict(box[0])
+
+
+def _token_nll(model: torch.nn.Module, data: torch.Tensor, with_logits: bool) -> torch.Tensor:
+    """Next-token NLL of every predicted token of the windows, float64 (empty unless ``with_logits``)."""
+    out = []
     with torch.no_grad():
         for window in data:
             hidden = model.model(input_ids=window[None]).last_hidden_state
             if with_logits:
                 logits = model.lm_head(hidden)[0, :-1].float()
-                nll = torch.nn.functional.cross_entropy(logits, window[1:], reduction="sum")
-                total += float(nll.double())
-                count += window.numel() - 1
-    return total, count
+                out.append(torch.nn.functional.cross_entropy(logits, window[1:], reduction="none").double())
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+
+
+def _window_nll(model: torch.nn.Module, data: torch.Tensor, with_logits: bool) -> tuple[float, int]:
+    """Summed next-token NLL over the windows (only where ``with_logits``: rank 0 or unsharded)."""
+    nll = _token_nll(model, data, with_logits)
+    return float(nll.sum()), nll.numel()
+
+
+def paired_delta(token_nll: Sequence[float], base_nll: Sequence[float]) -> dict[str, float]:
+    """Δ perplexity vs the baseline with a 95% interval from the paired per-token NLL differences.
+
+    ``exp(mean(d)) - 1`` is exactly ``ppl / ppl_base - 1``; the interval treats the per-token
+    differences as independent (they are not quite: tokens of a window share context), so it is
+    a guide to the noise of a 2k-token evaluation, not a rigorous bound.
+    """
+    d = torch.as_tensor(token_nll, dtype=torch.float64) - torch.as_tensor(base_nll, dtype=torch.float64)
+    if d.numel() < 2:
+        raise EvalSetupError("paired_delta needs at least 2 tokens")
+    mean, se = float(d.mean()), float(d.std() / math.sqrt(d.numel()))
+    return {"delta_pct": 100 * math.expm1(mean), "ci95_low_pct": 100 * math.expm1(mean - 1.96 * se),
+            "ci95_high_pct": 100 * math.expm1(mean + 1.96 * se), "tokens": d.numel()}
+
+
+# How many times a rank sends each element of its tensor: one-shot to every peer; ring and two-shot
+# 2(n-1)/n. Wire bits per element = 8 * bytes sent / (numel * this), the same for every algorithm.
+def _sends_per_element(algorithm: str, n: int) -> float:
+    return float(n - 1) if algorithm == "allgather" else 2 * (n - 1) / n
 
 
 def _accounting(stats: Any, forwards: int) -> dict[str, Any]:
     summary = stats.summary()
-    compressed = [r for r in stats.records if r.algorithm != "none"]
+    reduces = [r for r in stats.records if r.op == "all_reduce"]
+    compressed = [r for r in reduces if r.algorithm != "none"]
+    outliers = [r for r in stats.records if r.op == "outlier_channels"]
+    element_sends = sum(r.numel * _sends_per_element(r.algorithm, r.world_size) for r in reduces)
+    wire_bits = 8 * summary["bytes_sent"] / element_sends if element_sends else None
     return {
-        "calls_per_forward": len(stats.records) / forwards,
+        "calls_per_forward": len(reduces) / forwards,
         "compressed_calls_per_forward": len(compressed) / forwards,
+        "outlier_bytes_per_forward": sum(r.bytes_sent for r in outliers) / forwards,
+        # everything this rank sent (descriptors, outlier channels) per element the algorithm moves
+        "wire_bits_per_element": wire_bits,
+        "compression_vs_bf16": 16 / wire_bits if wire_bits else None,
         "algorithms": summary["algorithms"],
         "bytes_sent_per_forward": summary["bytes_sent"] / forwards,
         "bytes_received_per_forward": summary["bytes_received"] / forwards,
@@ -154,7 +263,7 @@ def ppl_rank(rank: int, world: int, job: dict) -> None:
 
     assets = Assets(**{k: Path(v) if k != "num_tokens" else v for k, v in job["assets"].items()})
     model = load_model(assets)
-    data = windows(load_tokens(assets), job["windows"], job["window_tokens"])
+    data = windows(load_tokens(assets), job["windows"], job["window_tokens"], job.get("start", 0))
     settings = [CommSetting(**s) for s in job["settings"]]
     lead = rank == 0
     rows: list[dict] = []
@@ -164,14 +273,18 @@ def ppl_rank(rank: int, world: int, job: dict) -> None:
         rows.append({"label": "unsharded (1 process)", "setting": None, "nll": nll, "tokens": count,
                      "ppl": math.exp(nll / count), "seconds": time.perf_counter() - t0})
         _stderr(f"[ppl] unsharded: ppl {rows[-1]['ppl']:.4f} ({rows[-1]['seconds']:.1f} s)")
+    calibration = _calibration(model, assets, job, lead)
+    if lead and calibration is not None and job.get("calibration_out"):
+        calibration.save(job["calibration_out"])
     dist.barrier()
     _shard(model, world)
     started = time.perf_counter()
     for i, setting in enumerate(settings):
-        _apply_setting(model, setting)
+        _apply_setting(model, setting, calibration)
         t0 = time.perf_counter()
         with track_comm() as stats:
-            nll, count = _window_nll(model, data, lead)
+            token_nll = _token_nll(model, data, lead)
+        nll, count = float(token_nll.sum()), token_nll.numel()
         seconds = time.perf_counter() - t0
         if not lead:
             continue
@@ -179,6 +292,7 @@ def ppl_rank(rank: int, world: int, job: dict) -> None:
         row = {
             "label": setting.label,
             "setting": asdict(setting),
+            "variant": setting.variant,
             "bits_per_element": fmt.bits_per_element if fmt else 8.0 * DTYPES[setting.comm_dtype].itemsize,
             "nll": nll,
             "tokens": count,
@@ -186,6 +300,8 @@ def ppl_rank(rank: int, world: int, job: dict) -> None:
             "seconds": seconds,
             **_accounting(stats, data.shape[0]),
         }
+        if job.get("token_nll"):
+            row["token_nll"] = token_nll.tolist()
         rows.append(row)
         elapsed = time.perf_counter() - started
         eta = elapsed / (i + 1) * (len(settings) - i - 1)
@@ -224,6 +340,7 @@ def ttft_rank(rank: int, world: int, job: dict) -> None:
                 times.append(time.perf_counter() - t0)
         result["unsharded"] = {"ttft_s": statistics.median(times), "first_token": token, "times": times}
         _stderr(f"[ttft {job['rate']}] unsharded, 1 process: {result['unsharded']['ttft_s']:.3f} s")
+    calibration = _calibration(model, assets, job, lead)
     dist.barrier()
     _shard(model, world)
     cal_formats = sorted({s["fmt"] for s in job["settings"] if s["fmt"] and s["algorithm"] == "auto"})
@@ -243,7 +360,7 @@ def ttft_rank(rank: int, world: int, job: dict) -> None:
     # machine hits all settings alike instead of one setting's consecutive repetitions.
     for rep in range(job["warmup"] + job["reps"]):
         for setting, run in zip(settings, runs):
-            _apply_setting(model, setting)
+            _apply_setting(model, setting, calibration)
             dist.barrier()
             qdisc_before = qdisc_sent_bytes() if lead and shaped else 0
             dist.barrier()
@@ -362,16 +479,49 @@ def run_perplexity(
     window_tokens: int = 512,
     unsharded: bool = True,
     threads: int = 1,
+    calibration: dict | None = None,
+    calibrate: dict | None = None,
+    calibration_out: Path | None = None,
+    start: int = 0,
+    paired: bool = False,
 ) -> list[dict]:
+    """Perplexity rows of ``settings`` (see :func:`ppl_rank`).
+
+    Settings with outlier channels need ``calibration`` (an
+    :meth:`OutlierCalibration.to_dict`) or ``calibrate`` (``windows``,
+    ``window_tokens``, ``start``, ``max_channels``: measure it on the
+    unsharded model); a measured one is written to ``calibration_out``.
+    The windows start at token ``start``. ``paired``: every row gets
+    :func:`paired_delta` against the bf16 ``none`` row (which must be among
+    the settings) under ``"paired"``.
+    """
     from mxcomm.tp.launch import run_ranks
 
-    windows(torch.zeros(assets.num_tokens, dtype=torch.long), num_windows, window_tokens)  # validate early
+    windows(torch.zeros(assets.num_tokens, dtype=torch.long), num_windows, window_tokens, start)  # validate early
+    if calibrate:
+        windows(torch.zeros(assets.num_tokens, dtype=torch.long), calibrate["windows"], calibrate["window_tokens"],
+                calibrate["start"])
+    if any(s.outliers for s in settings) and not (calibration or calibrate):
+        raise EvalSetupError("settings with outlier channels need a calibration (or calibrate=...)")
     with tempfile.TemporaryDirectory(prefix="mxcomm-eval-") as tmp:
         out = Path(tmp) / "ppl.json"
         job = {"assets": _assets_json(assets), "windows": num_windows, "window_tokens": window_tokens,
-               "settings": [asdict(s) for s in settings], "unsharded": unsharded, "out": str(out)}
+               "settings": [asdict(s) for s in settings], "unsharded": unsharded, "out": str(out),
+               "calibration": calibration, "calibrate": calibrate, "start": start, "token_nll": paired,
+               "calibration_out": str(calibration_out) if calibration_out else None}
         run_ranks(ppl_rank, world_size, (job,), threads=threads, timeout_s=900)
-        return json.loads(out.read_text())
+        rows = json.loads(out.read_text())
+    if paired:
+        base = next((r for r in rows if r.get("setting") and r["setting"]["fmt"] is None
+                     and r["setting"]["comm_dtype"] == "bfloat16"), None)
+        if base is None:
+            raise EvalSetupError("paired deltas need the bf16 'none' setting")
+        for r in rows:
+            if "token_nll" in r:
+                r["paired"] = paired_delta(r["token_nll"], base["token_nll"])
+        for r in rows:
+            r.pop("token_nll", None)
+    return rows
 
 
 def _ttft_job_main(job_path: str) -> int:
@@ -395,6 +545,7 @@ def run_ttft(
     threads: int = 1,
     timeout_s: float = 1800.0,
     log: Log = _stderr,
+    calibration: dict | None = None,
 ) -> list[dict]:
     """TTFT at each rate (``"loopback"``: unshaped, otherwise a ``tc`` rate such as ``100mbit``).
 
@@ -408,7 +559,7 @@ def run_ttft(
             out = Path(tmp) / f"ttft-{i}.json"
             job = {"assets": _assets_json(assets), "prompt_tokens": prompt_tokens, "reps": reps, "warmup": warmup,
                    "settings": [asdict(s) for s in settings], "unsharded": i == 0, "rate": rate,
-                   "world_size": world_size, "threads": threads, "out": str(out)}
+                   "world_size": world_size, "threads": threads, "out": str(out), "calibration": calibration}
             job_path = Path(tmp) / f"job-{i}.json"
             job_path.write_text(json.dumps(job))
             cmd = [sys.executable, "-m", "mxcomm.tp.evaluation", "ttft", str(job_path)]
@@ -461,6 +612,49 @@ def ppl_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _base_ppl(rows: list[dict]) -> float | None:
+    return next((r["ppl"] for r in rows if r.get("setting") and r["setting"]["fmt"] is None
+                 and r["setting"]["comm_dtype"] == "bfloat16"), None)
+
+
+def pareto_front(rows: list[dict]) -> list[dict]:
+    """The compressed rows no other row beats on both wire bits/element and perplexity, fewest bits first."""
+    pts = [r for r in rows if r.get("setting") and r["setting"]["fmt"] is not None and r.get("wire_bits_per_element")]
+    front = [r for r in pts if not any(
+        o["wire_bits_per_element"] <= r["wire_bits_per_element"] and o["ppl"] <= r["ppl"]
+        and (o["wire_bits_per_element"] < r["wire_bits_per_element"] or o["ppl"] < r["ppl"]) for o in pts)]
+    return sorted(front, key=lambda r: r["wire_bits_per_element"])
+
+
+def pareto_markdown(rows: list[dict], target_ratio: float = 3.5, target_delta_pct: float = 2.0) -> str:
+    """Per format: plain / rotation / outliers / both, wire bits from the accounting, Δ ppl, front marks."""
+    base = _base_ppl(rows)
+    on_front = {r["label"] for r in pareto_front(rows)}
+    paired = any("paired" in r for r in rows)
+    lines = [
+        "| format | variant | wire bits / elem | compression vs bf16 | outlier bytes / fwd / rank | ppl | Δ vs none "
+        + ("| Δ 95% interval " if paired else "") + "| on the front | meets target |",
+        "|---|---|---:|---:|---:|---:|---:|" + ("---:|" if paired else "") + "---|---|",
+    ]
+    for r in rows:
+        st = r.get("setting")
+        if not st:
+            continue
+        delta = 100 * (r["ppl"] / base - 1) if base else None
+        comp = r.get("compression_vs_bf16")
+        meets = comp is not None and delta is not None and comp >= target_ratio and delta <= target_delta_pct
+        fmt = st["fmt"] or f"none ({st['comm_dtype']} wire)"
+        cells = [fmt, r.get("variant", "–") if st["fmt"] else "–", f"{r['wire_bits_per_element']:.3f}",
+                 f"{comp:.2f}x", f"{r.get('outlier_bytes_per_forward', 0) / 2**10:.0f} KiB", f"{r['ppl']:.4f}",
+                 _pct(delta) if delta is not None else "–"]
+        if paired:
+            pd = r.get("paired")
+            cells.append(f"[{pd['ci95_low_pct']:+.2f}, {pd['ci95_high_pct']:+.2f}]" if pd and st["fmt"] else "–")
+        cells += ["yes" if r["label"] in on_front else "", "**yes**" if meets else ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def ttft_markdown(results: list[dict], ppl_rows: list[dict] | None = None) -> str:
     ppl_by_label = {r["label"]: r for r in ppl_rows or [] if r.get("setting")}
     base_ppl = next((r["ppl"] for r in ppl_rows or [] if r.get("setting") and r["setting"]["fmt"] is None
@@ -505,11 +699,18 @@ if __name__ == "__main__":
 
 
 __all__ = [
+    "DEFAULT_PARETO_FORMATS",
+    "DEFAULT_PARETO_TWO_SHOT",
     "DEFAULT_PPL_FORMATS",
+    "DEFAULT_ROTATION_SEED",
     "DEFAULT_TTFT_SETTINGS",
     "DEFAULT_TWO_SHOT_FORMATS",
     "CommSetting",
     "EvalSetupError",
+    "paired_delta",
+    "pareto_front",
+    "pareto_markdown",
+    "pareto_settings",
     "ppl_markdown",
     "ppl_settings",
     "ppl_rank",

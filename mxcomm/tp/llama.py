@@ -16,13 +16,14 @@ counts follow from the sharded weights; older versions store ``num_heads`` /
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor.parallel import ColwiseParallel, ParallelStyle, RowwiseParallel, parallelize_module
 
+from mxcomm.tp.outliers import ROWWISE_PROJECTIONS, OutlierCalibration
 from mxcomm.tp.style import CompressedRowwiseParallel, FormatLike, TPPlanError, resolve_format
 
 COLWISE_PROJECTIONS: tuple[str, ...] = (
@@ -32,7 +33,6 @@ COLWISE_PROJECTIONS: tuple[str, ...] = (
     "mlp.gate_proj",
     "mlp.up_proj",
 )
-ROWWISE_PROJECTIONS: tuple[str, ...] = ("self_attn.o_proj", "mlp.down_proj")
 _LAYER_PATHS: tuple[str, ...] = ("model.layers", "layers", "model.model.layers")
 # Attributes that older transformers versions use in the attention reshapes.
 _ATTENTION_SIZE_ATTRS: tuple[str, ...] = ("num_heads", "num_key_value_heads", "hidden_size")
@@ -48,6 +48,7 @@ def llama_tp_plan(
     layer_formats: Mapping[int, FormatLike | None] | None = None,
     compress: Iterable[str] = ROWWISE_PROJECTIONS,
     layers_path: str = "model.layers",
+    outlier_channels: Mapping[str, Sequence[int]] | None = None,
 ) -> dict[str, ParallelStyle]:
     """The ``parallelize_module`` plan for a Llama-family model.
 
@@ -65,6 +66,10 @@ def llama_tp_plan(
             both ``self_attn.o_proj`` and ``mlp.down_proj``); the others use
             ``RowwiseParallel``.
         layers_path: dotted path of the decoder-layer list in the model.
+        outlier_channels: module name (e.g. ``model.layers.3.mlp.down_proj``)
+            -> output channels sent uncompressed beside the compressed rest
+            (see :func:`mxcomm.tp.calibrate_outliers`). Naming a module that
+            the plan leaves uncompressed is an error.
     """
     if not isinstance(num_layers, int) or num_layers < 1:
         raise TPPlanError(f"num_layers must be a positive int, got {num_layers!r}")
@@ -78,6 +83,7 @@ def llama_tp_plan(
     if bad:
         raise TPPlanError(f"layer indices out of range 0..{num_layers - 1}: {bad}")
     default_fmt = resolve_format(fmt)
+    outliers = dict(outlier_channels or {})
     plan: dict[str, ParallelStyle] = {}
     for layer in range(num_layers):
         prefix = f"{layers_path}.{layer}"
@@ -90,8 +96,12 @@ def llama_tp_plan(
                 plan[f"{prefix}.{proj}"] = RowwiseParallel()
             else:
                 plan[f"{prefix}.{proj}"] = CompressedRowwiseParallel(
-                    layer_fmt, algorithm=algorithm, comm_dtype=comm_dtype
+                    layer_fmt, algorithm=algorithm, comm_dtype=comm_dtype,
+                    outlier_channels=outliers.get(f"{prefix}.{proj}"),
                 )
+    stray = sorted(n for n in outliers if not isinstance(plan.get(n), CompressedRowwiseParallel))
+    if stray:
+        raise TPPlanError(f"outlier channels given for modules the plan does not compress: {stray[:4]}")
     return plan
 
 
@@ -105,6 +115,16 @@ def find_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
         if isinstance(layers, nn.ModuleList):
             return path, layers
     raise TPPlanError(f"no decoder-layer list found in {type(model).__name__} (looked at {_LAYER_PATHS})")
+
+
+def _outlier_mapping(
+    outliers: OutlierCalibration | Mapping[str, Sequence[int]] | None, k: int | None
+) -> Mapping[str, Sequence[int]] | None:
+    if isinstance(outliers, OutlierCalibration):
+        return outliers.top(outliers.max_k if k is None else k)
+    if k is not None:
+        raise TPPlanError("outlier_k needs an OutlierCalibration")
+    return outliers
 
 
 def _check_divisible(model: nn.Module, layers: nn.ModuleList, world: int) -> None:
@@ -136,8 +156,15 @@ def parallelize_llama(
     layer_formats: Mapping[int, FormatLike | None] | None = None,
     compress: Iterable[str] = ROWWISE_PROJECTIONS,
     src_data_rank: int | None = 0,
+    outliers: OutlierCalibration | Mapping[str, Sequence[int]] | None = None,
+    outlier_k: int | None = None,
 ) -> nn.Module:
     """Shard a Llama-family model in place over a 1-D mesh (see :func:`llama_tp_plan`).
+
+    ``outliers``: a saved :class:`~mxcomm.tp.OutlierCalibration` (its
+    ``outlier_k`` most outlying channels per module; ``None``: all it holds)
+    or a mapping module name -> channels; those channels of each compressed
+    row-parallel output travel uncompressed.
 
     ``src_data_rank=None`` skips the weight broadcast from rank 0 when every
     rank already holds identical weights (each rank keeps its slice locally).
@@ -157,6 +184,7 @@ def parallelize_llama(
         layer_formats=layer_formats,
         compress=compress,
         layers_path=path,
+        outlier_channels=_outlier_mapping(outliers, outlier_k),
     )
     parallelize_module(model, device_mesh, plan, src_data_rank=src_data_rank)
     for layer in layers:

@@ -132,12 +132,14 @@ def load_tokens(assets: Assets) -> torch.Tensor:
     return torch.load(assets.tokens, weights_only=True).to(torch.long)
 
 
-def windows(tokens: torch.Tensor, count: int, length: int) -> torch.Tensor:
-    """``count`` consecutive non-overlapping windows of ``length`` tokens from the start of the text."""
-    if count < 1 or length < 2:
-        raise EvalSetupError(f"need at least 1 window of >= 2 tokens, got {count} x {length}")
-    if count * length > tokens.numel():
+def windows(tokens: torch.Tensor, count: int, length: int, start: int = 0) -> torch.Tensor:
+    """``count`` consecutive non-overlapping windows of ``length`` tokens from token ``start`` on."""
+    if count < 1 or length < 2 or start < 0:
+        raise EvalSetupError(f"need at least 1 window of >= 2 tokens from a start >= 0, got {count} x {length} "
+                             f"from {start}")
+    if start + count * length > tokens.numel():
         raise EvalSetupError(
-            f"{count} windows of {length} tokens need {count * length} tokens, the text has {tokens.numel()}"
+            f"{count} windows of {length} tokens from token {start} need {start + count * length} tokens, "
+            f"the text has {tokens.numel()}"
         )
-    return tokens[: count * length].view(count, length)
+    return tokens[start : start + count * length].view(count, length)

@@ -17,6 +17,7 @@ can be changed without re-sharding (:func:`mxcomm.tp.set_comm_format`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -27,7 +28,7 @@ from torch.distributed.tensor import DTensor, Replicate
 from torch.distributed.tensor.parallel import RowwiseParallel
 from torch.distributed.tensor.placement_types import Partial, Placement
 
-from mxcomm.collectives import all_reduce
+from mxcomm.collectives import all_reduce, all_reduce_with_outliers
 from mxcomm.errors import FormatError, MxcommError
 from mxcomm.formats import BlockFormat, get_format
 
@@ -67,12 +68,17 @@ class RowwiseComm:
     ``comm_dtype`` casts the partial sum before it is communicated (and the
     result back to the compute dtype afterwards); ``None`` keeps the compute
     dtype. The evaluation runs an fp32 model with a bf16 wire, the usual
-    inference setting the paper compares against.
+    inference setting the paper compares against. ``outlier_channels``
+    (indices into the output's last dimension, e.g. from
+    :func:`mxcomm.tp.calibrate_outliers`) travel uncompressed beside the
+    compressed rest (:func:`mxcomm.collectives.all_reduce_with_outliers`);
+    they are ignored when the reduction is uncompressed.
     """
 
     fmt: BlockFormat | None
     algorithm: str = "auto"
     comm_dtype: torch.dtype | None = None
+    outlier_channels: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.fmt = resolve_format(self.fmt)
@@ -80,6 +86,20 @@ class RowwiseComm:
             raise TPPlanError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
         if self.comm_dtype is not None and self.comm_dtype not in _COMM_DTYPES:
             raise TPPlanError(f"comm_dtype must be one of {_COMM_DTYPES} or None, got {self.comm_dtype!r}")
+        self.set_outlier_channels(self.outlier_channels)
+
+    def set_outlier_channels(self, channels: Sequence[int] | torch.Tensor | None) -> None:
+        """Set (``None`` or empty: remove) the channels sent uncompressed."""
+        if channels is None:
+            self.outlier_channels = None
+            return
+        try:
+            idx = torch.as_tensor(channels, dtype=torch.int64).reshape(-1)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TPPlanError(f"outlier_channels must be a sequence of ints, got {channels!r}: {exc}") from None
+        if idx.numel() and int(idx.min()) < 0:
+            raise TPPlanError(f"outlier_channels must be non-negative, got {idx.tolist()}")
+        self.outlier_channels = torch.unique(idx) if idx.numel() else None
 
     @property
     def compressed(self) -> bool:
@@ -89,7 +109,8 @@ class RowwiseComm:
         if not self.compressed:
             return "none"
         assert self.fmt is not None
-        return f"{self.fmt.name}[{self.fmt.rounding}]/{self.algorithm}"
+        outliers = "" if self.outlier_channels is None else f"+{self.outlier_channels.numel()}ch"
+        return f"{self.fmt.name}[{self.fmt.rounding}]/{self.algorithm}{outliers}"
 
 
 class _ReduceToReplicate(torch.autograd.Function):
@@ -106,7 +127,10 @@ class _ReduceToReplicate(torch.autograd.Function):
         wire_dtype = comm.comm_dtype or partial_out.dtype
         # all_reduce works in place; never overwrite a tensor autograd may still need.
         buf = partial_out.detach().to(dtype=wire_dtype, copy=True, memory_format=torch.contiguous_format)
-        if comm.compressed:
+        if comm.compressed and comm.outlier_channels is not None:
+            # channel indices out of range raise FormatError here, on every rank alike
+            all_reduce_with_outliers(buf, comm.fmt, comm.outlier_channels, group=group, algorithm=comm.algorithm)
+        elif comm.compressed:
             all_reduce(buf, comm.fmt, group=group, algorithm=comm.algorithm)
         else:
             all_reduce(buf, None, group=group, algorithm="none")
@@ -137,6 +161,9 @@ class CompressedRowwiseParallel(RowwiseParallel):
         algorithm: ``"auto"`` (mxcomm's planner), ``"allgather"`` (one-shot),
             ``"two_shot"`` or ``"none"``; passed to :func:`mxcomm.all_reduce`.
         comm_dtype: dtype the partial sums travel in (``None``: the compute dtype).
+        outlier_channels: output channels (last dimension) sent uncompressed
+            beside the compressed rest, e.g. a module's entry of
+            :func:`mxcomm.tp.calibrate_outliers`; ``None``: none.
         input_layouts, use_local_output: as for ``RowwiseParallel``.
         output_layouts: only ``Replicate()`` (the default) is supported; a
             sharded output would need a compressed reduce-scatter.
@@ -150,6 +177,7 @@ class CompressedRowwiseParallel(RowwiseParallel):
         *,
         algorithm: str = "auto",
         comm_dtype: torch.dtype | None = None,
+        outlier_channels: Sequence[int] | torch.Tensor | None = None,
         input_layouts: Placement | None = None,
         output_layouts: Placement | None = None,
         use_local_output: bool = True,
@@ -161,7 +189,7 @@ class CompressedRowwiseParallel(RowwiseParallel):
             raise TPPlanError(
                 f"CompressedRowwiseParallel only produces a Replicate() output, got {output_layouts!r}"
             )
-        self.comm = RowwiseComm(resolve_format(fmt), algorithm, comm_dtype)
+        self.comm = RowwiseComm(resolve_format(fmt), algorithm, comm_dtype, outlier_channels)
 
     # RowwiseParallel._apply binds ``self._prepare_output_fn`` with
     # (output_layouts, use_local_output); overriding it as an instance method
@@ -195,13 +223,15 @@ class CompressedRowwiseParallel(RowwiseParallel):
             raise TPPlanError(f"CompressedRowwiseParallel needs a 1-D device mesh, got {device_mesh.ndim}-D")
         out = super()._apply(module, device_mesh)
         # One settings object per module, so that later per-module changes stay local.
-        setattr(module, COMM_ATTR, RowwiseComm(self.comm.fmt, self.comm.algorithm, self.comm.comm_dtype))
+        setattr(module, COMM_ATTR, RowwiseComm(self.comm.fmt, self.comm.algorithm, self.comm.comm_dtype,
+                                               self.comm.outlier_channels))
         return out
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(fmt={self.comm.fmt.name if self.comm.fmt else None!r}, "
             f"algorithm={self.comm.algorithm!r}, comm_dtype={self.comm.comm_dtype}, "
+            f"outlier_channels={None if self.comm.outlier_channels is None else self.comm.outlier_channels.tolist()}, "
             f"input_layouts={self.input_layouts}, use_local_output={self.use_local_output})"
         )
 
@@ -223,6 +253,7 @@ def set_comm_format(
 
     ``names`` (an iterable of module names) restricts the change; by default
     every :class:`CompressedRowwiseParallel` module in ``model`` changes.
+    Outlier channels stay as they are (:func:`mxcomm.tp.set_outlier_channels`).
     ``algorithm=None`` and ``comm_dtype="keep"`` leave those settings as they
     are. Returns the number of modules changed; raises :class:`TPPlanError`
     when ``names`` lists a module that is not compressed row-parallel.

@@ -127,3 +127,26 @@ def test_registered_custom_format_is_usable_by_name() -> None:
         assert y.tolist() == [1.0, 1.0, 1.5, -3.5, 0.625]
     finally:
         mxcomm.unregister_format(name)
+
+
+def test_registered_format_can_carry_a_rotation() -> None:
+    import torch
+
+    import mxcomm
+    from mxcomm.formats import get_format, register_format, unregister_format
+
+    rotated = mxcomm.BlockFormat("mxfp4_rot_test", mxcomm.FloatElement(2, 1), 32, rotation_seed=99)
+    register_format(rotated)
+    try:
+        assert get_format("mxfp4_rot_test").rotation_seed == 99
+        x = torch.randn(4, 70)
+        p = mxcomm.encode(x, "mxfp4_rot_test", backend="torch")
+        assert p.format.rotation_seed == 99
+        back = mxcomm.Packed.from_bytes(p.to_bytes())
+        assert back.format == rotated
+        assert torch.equal(mxcomm.decode(back, backend="torch"), mxcomm.decode(p, backend="torch"))
+        # the rotation is part of the format: the same element without it decodes differently
+        plain = mxcomm.quantize(x, rotated.with_options(rotation_seed=None), backend="torch")
+        assert not torch.equal(mxcomm.decode(p, backend="torch"), plain)
+    finally:
+        unregister_format("mxfp4_rot_test")

@@ -508,6 +508,8 @@ _COMPILE_SCRIPT = textwrap.dedent(
         src = triton.compiler.ASTSource(fn=kernel, signature=sig, constexprs=dict(constexprs))
         try:
             done = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(TB.LAUNCH_OPTIONS))
+        except triton.compiler.errors.CompilationError:
+            raise  # the kernel source does not compile: a bug, not a missing toolchain
         except Exception as exc:  # no toolchain for this target on this machine
             print("SKIP:", type(exc).__name__, str(exc)[:300])
             sys.exit(0)
@@ -517,16 +519,35 @@ _COMPILE_SCRIPT = textwrap.dedent(
     found = {}
     x = torch.zeros(4, 64, dtype=torch.bfloat16).view(torch.int16)
     codes, ts = torch.empty(8, dtype=torch.uint8), torch.empty(1)
-    for name, opts in [("mxfp8_e4m3", {}), ("nvfp4", {"rounding": "stochastic", "block_size": 48})]:
+    cases = [
+        ("mxfp8_e4m3", {}),
+        ("nvfp4", {"rounding": "stochastic", "block_size": 48}),
+        # fused random Hadamard rotation: sign products and butterfly sums must stay separate roundings
+        ("mxfp4_e2m1", {"rotation_seed": 2**63 + 5, "rounding": "stochastic"}),
+        ("nvfp4", {"rotation_seed": 9}),
+    ]
+    for name, opts in cases:
         fmt = mxcomm.get_format(name).with_options(**opts)
+        label = f"{name} {opts}"
         scales = torch.empty(8, dtype=TB.SCALE_STORAGE_DTYPES[fmt.scale])
         _, args, cx = TB.encode_launch(x, codes, scales, ts, fmt, TB._IN_KIND[torch.bfloat16], 1, 2, 3)
-        found["encode " + name] = sorted(set(inexact.findall(ptx(K.encode_kernel, args, cx))))
+        found["encode " + label] = sorted(set(inexact.findall(ptx(K.encode_kernel, args, cx))))
         out = torch.empty(4, 64, dtype=torch.bfloat16)
         _, args, cx = TB.decode_launch(codes, scales, ts, torch.empty(16), out, 4, 8, 8, fmt)
         text = ptx(K.decode_kernel, args, cx)
-        found["decode_sum " + name] = sorted(set(inexact.findall(text)))
+        found["decode_sum " + label] = sorted(set(inexact.findall(text)))
         assert "add.rn.f32" in text or "add.f32" in text, "decode_sum's float32 sum is missing"
+        if fmt.rotation_seed is not None:
+            assert "sub.rn.f32" in text or "sub.f32" in text, "the inverse butterflies are missing"
+    rot_sig = {n: "i32" for n in K.rotated_amax_kernel.arg_names}
+    rot_sig.update(x_ptr="*i16", part_ptr="*i32",
+                   **{n: "constexpr" for n in ("IN_KIND", "BS", "NB", "CONTIG", "ROT_LARGE")})
+    rot_cx = {"IN_KIND": 1, "BS": 16, "NB": 128, "CONTIG": False, "ROT_LARGE": False}
+    rot_amax = triton.compile(
+        triton.compiler.ASTSource(fn=K.rotated_amax_kernel, signature=rot_sig, constexprs=rot_cx),
+        target=GPUTarget("cuda", 90, 32), options=dict(TB.LAUNCH_OPTIONS),
+    )
+    found["rotated amax"] = sorted(set(inexact.findall(rot_amax.asm["ptx"])))
     # the small kernels: tensor amax, and the hash with element indices >= 2**32
     amax_sig = {n: "i32" for n in K.amax_kernel.arg_names}
     amax_sig.update(x_ptr="*i16", part_ptr="*i32", IN_KIND="constexpr", TR="constexpr", TC="constexpr")

@@ -19,11 +19,23 @@ from torch.distributed.tensor.parallel import ColwiseParallel, parallelize_modul
 
 from mxcomm.collectives import track_comm
 from mxcomm.errors import MxcommError
-from mxcomm.tp import COMM_ATTR, CompressedRowwiseParallel, parallelize_llama, set_comm_format
+from mxcomm.formats import get_format
+from mxcomm.tp import (
+    COMM_ATTR,
+    CompressedRowwiseParallel,
+    OutlierCalibration,
+    calibrate_outliers,
+    parallelize_llama,
+    set_comm_format,
+    set_outlier_channels,
+)
 
 LAYERS = 3
 HIDDEN = 64
 BATCH, SEQ = 2, 24
+OUTLIER_K = 4
+MLP_OUTLIERS = [3, 17, 40]
+ROTATED_FP4 = get_format("mxfp4_e2m1").with_options(rotation_seed=7)
 
 
 def tiny_config(**overrides):
@@ -159,6 +171,37 @@ def run(rank: int, world: int, out_dir: str) -> None:
     res["mlp_out_placements"] = tuple(out.placements) == (Replicate(),) if isinstance(out, DTensor) else None
     res["mlp_out"] = out.to_local() if isinstance(out, DTensor) else out
     res["mlp_records"] = record_dicts(stats)
+
+    # Model E: outlier channels calibrated on the unsharded model, saved and loaded with the plan;
+    # then rotation on top, rotation alone, and rotation through two-shot.
+    calib = calibrate_outliers(copy.deepcopy(base), [token_ids()], max_channels=8, source="tiny random token ids")
+    path = Path(out_dir) / f"calibration-rank{rank}.json"
+    calib.save(path)
+    loaded = OutlierCalibration.load(path)
+    res["calibration"], res["calibration_roundtrip"] = loaded.to_dict(), loaded == calib
+    outl = parallelize_llama(copy.deepcopy(base), mesh, "mxfp4_e2m1", algorithm="allgather",
+                             outliers=loaded, outlier_k=OUTLIER_K)
+    res["outlier_described"] = sorted({c.describe() for c in
+                                       (getattr(m, COMM_ATTR) for m in outl.modules() if hasattr(m, COMM_ATTR))})
+    res["outlier_logits"], res["outlier_records"] = forward_tracked(outl, ids)
+    set_comm_format(outl, ROTATED_FP4, algorithm="allgather")
+    res["both_logits"], res["both_records"] = forward_tracked(outl, ids)
+    res["removed_leaves"] = set_outlier_channels(outl, None)
+    res["rot_logits"], res["rot_records"] = forward_tracked(outl, ids)
+    set_comm_format(outl, ROTATED_FP4, algorithm="two_shot")
+    res["rot2s_logits"], res["rot2s_records"] = forward_tracked(outl, ids)
+
+    # The style with outlier channels on a plain MLP: those output channels are exact sums.
+    torch.manual_seed(3)
+    mlp2 = nn.Sequential(nn.Linear(HIDDEN, 128), nn.GELU(), nn.Linear(128, HIDDEN))
+    with torch.no_grad():
+        mlp2[2].weight[MLP_OUTLIERS] *= 40.0  # consistent outlier features
+        res["mlp2_ref"] = mlp2(x)
+    parallelize_module(mlp2, mesh, {"0": ColwiseParallel(), "2": CompressedRowwiseParallel(
+        "mxfp4_e2m1", algorithm="allgather", outlier_channels=MLP_OUTLIERS)})
+    with torch.no_grad(), track_comm() as stats:
+        res["mlp2_out"] = mlp2(x)
+    res["mlp2_records"] = record_dicts(stats)
 
     dist.barrier()
     torch.save(res, Path(out_dir) / f"rank{rank}.pt")

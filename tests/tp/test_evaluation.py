@@ -118,3 +118,111 @@ def test_ttft_table_speedups_and_ppl_lookup():
     assert table[3].endswith("| +0.50% | yes |")
     # auto is looked up under the algorithm it actually ran
     assert "| 2.50x |" in table[4] and table[4].endswith("| +0.50% | no |")
+
+
+# -- outlier-robust Pareto phase ---------------------------------------------------------------------
+
+
+def test_pareto_settings_and_labels():
+    from mxcomm.tp.evaluation import pareto_settings
+
+    rows = pareto_settings(["mxfp4", "int4"], [8], rotation_seed=5, two_shot_formats=["mxfp4"])
+    assert [r.label for r in rows] == [
+        "none (bfloat16 wire)",
+        "mxfp4_e2m1 rne allgather", "mxfp4_e2m1 rne allgather +rot", "mxfp4_e2m1 rne allgather +8ch",
+        "mxfp4_e2m1 rne allgather +rot +8ch",
+        "int4 rne allgather", "int4 rne allgather +rot", "int4 rne allgather +8ch", "int4 rne allgather +rot +8ch",
+        "mxfp4_e2m1 rne two_shot +rot +8ch",
+    ]
+    assert [r.variant for r in rows[1:5]] == ["plain", "rotation", "outliers", "rotation+outliers"]
+    assert rows[-1].variant == "rotation+outliers (two-shot)"
+    fmt = rows[2].block_format()
+    assert fmt.rotation_seed == 5 and fmt.name == "mxfp4_e2m1" and rows[1].block_format().rotation_seed is None
+    # settings travel to the ranks as dicts: the rotation survives the round trip
+    assert CommSetting(**vars(rows[4])).block_format() == rows[4].block_format()
+
+
+def test_wire_bits_from_the_accounting_count_outlier_bytes():
+    from mxcomm.collectives.accounting import CommRecord
+    from mxcomm.tp.evaluation import _accounting
+
+    class Stats:
+        def __init__(self, records):
+            self.records = records
+
+        def summary(self):
+            return {"algorithms": {}, "bytes_sent": sum(r.bytes_sent for r in self.records),
+                    "bytes_received": 0, "logical_bytes": 0, "ratio": 1.0, "seconds": 0.0}
+
+    def rec(op, algorithm, numel, sent):
+        return CommRecord(op=op, algorithm=algorithm, requested=algorithm, format="f", world_size=3, numel=numel,
+                          dtype="bfloat16", logical_bytes=0, bytes_sent=sent, bytes_received=sent, seconds=0.0)
+
+    # one-shot at n=3: each element goes to 2 peers; 4.25 bits -> 1000 elements cost 2 x 531.25 bytes
+    acct = _accounting(Stats([rec("all_reduce", "allgather", 1000, 1062.5)]), 1)
+    assert acct["wire_bits_per_element"] == pytest.approx(4.25)
+    assert acct["compression_vs_bf16"] == pytest.approx(16 / 4.25)
+    # outlier channels add their bytes, but no elements (they are part of the same tensor)
+    acct = _accounting(Stats([rec("all_reduce", "allgather", 1000, 1062.5),
+                              rec("outlier_channels", "dense_allgather", 10, 40)]), 1)
+    assert acct["wire_bits_per_element"] == pytest.approx(8 * 1102.5 / 2000)
+    assert acct["outlier_bytes_per_forward"] == 40 and acct["compressed_calls_per_forward"] == 1
+    # ring / two-shot: 2(n-1)/n sends per element
+    acct = _accounting(Stats([rec("all_reduce", "two_shot", 1500, 1000)]), 1)
+    assert acct["wire_bits_per_element"] == pytest.approx(8 * 1000 / 2000)
+
+
+def test_pareto_front_and_table():
+    from mxcomm.tp.evaluation import pareto_front, pareto_markdown, pareto_settings
+
+    none, plain, rot, outl, both = pareto_settings(["mxfp4"], [8])
+    rows = [
+        _row(none.label, vars(none), 20.0, wire_bits_per_element=16.0, compression_vs_bf16=1.0, variant="plain"),
+        _row(plain.label, vars(plain), 25.0, wire_bits_per_element=4.25, compression_vs_bf16=16 / 4.25,
+             variant="plain"),
+        _row(rot.label, vars(rot), 22.0, wire_bits_per_element=4.25, compression_vs_bf16=16 / 4.25,
+             variant="rotation"),
+        _row(outl.label, vars(outl), 22.5, wire_bits_per_element=4.5, compression_vs_bf16=16 / 4.5,
+             variant="outliers", outlier_bytes_per_forward=2048),
+        _row(both.label, vars(both), 20.3, wire_bits_per_element=4.5, compression_vs_bf16=16 / 4.5,
+             variant="rotation+outliers", outlier_bytes_per_forward=2048),
+    ]
+    assert [r["label"] for r in pareto_front(rows)] == [rot.label, both.label]
+    table = pareto_markdown(rows)
+    assert "| mxfp4_e2m1 | rotation+outliers | 4.500 | 3.56x | 2 KiB | 20.3000 | +1.50% | yes | **yes** |" in table
+    assert "| mxfp4_e2m1 | outliers | 4.500 | 3.56x | 2 KiB | 22.5000 | +12.50% |  |  |" in table
+
+
+def test_ttft_setting_syntax():
+    from mxcomm.cli.evaluate import parse_ttft_setting
+
+    s = parse_ttft_setting("mxfp4:two_shot:rot:k8", 9)
+    assert (s.fmt, s.algorithm, s.rotation_seed, s.outliers) == ("mxfp4_e2m1", "two_shot", 9, 8)
+    assert parse_ttft_setting("mxint8:auto", 9).rotation_seed is None
+    for bad in ("mxfp4", "mxfp4:ring", "mxfp4:allgather:k0", "mxfp4:allgather:spin"):
+        with pytest.raises(EvalSetupError):
+            parse_ttft_setting(bad, 9)
+
+
+def test_windows_from_an_offset():
+    tokens = torch.arange(100)
+    assert windows(tokens, 2, 10, start=50)[0, 0] == 50
+    with pytest.raises(EvalSetupError):
+        windows(tokens, 2, 30, start=50)
+
+
+def test_paired_delta_matches_the_perplexity_ratio():
+    from mxcomm.tp.evaluation import paired_delta
+
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(4000, generator=g, dtype=torch.float64) * 5
+    worse = base + 0.02 + 0.05 * torch.randn(4000, generator=g, dtype=torch.float64)
+    d = paired_delta(worse.tolist(), base.tolist())
+    ratio = math.exp(worse.mean()) / math.exp(base.mean())
+    assert d["delta_pct"] == pytest.approx(100 * (ratio - 1), rel=1e-9)
+    assert d["ci95_low_pct"] < d["delta_pct"] < d["ci95_high_pct"]
+    assert d["ci95_low_pct"] > 0 and d["tokens"] == 4000  # 0.02 nats with 0.05 noise: clearly worse
+    same = paired_delta(base.tolist(), base.tolist())
+    assert same["delta_pct"] == same["ci95_low_pct"] == same["ci95_high_pct"] == 0
+    with pytest.raises(EvalSetupError):
+        paired_delta([1.0], [1.0])

@@ -171,6 +171,102 @@ def test_indivisible_heads_raise_plan_error(ranks):
         assert r["indivisible_error"].startswith("TPPlanError") and "num_key_value_heads" in r["indivisible_error"]
 
 
+# -- outlier channels and rotation -----------------------------------------------------------------
+
+
+def test_calibration_saved_and_loaded_with_the_plan(ranks):
+    for r in ranks:
+        assert r["calibration_roundtrip"]
+        cal = r["calibration"]
+        names = sorted(cal["modules"])
+        assert names == sorted(f"model.layers.{i}.{p}" for i in range(W.LAYERS)
+                               for p in ("self_attn.o_proj", "mlp.down_proj"))
+        assert cal["tokens"] == W.BATCH * W.SEQ and cal["hidden"] == W.HIDDEN
+        for m in cal["modules"].values():
+            assert len(m["channels"]) == 8 and m["scores"] == sorted(m["scores"], reverse=True)
+    # every rank measured the same channels (same weights, same data)
+    assert ranks[0]["calibration"] == ranks[1]["calibration"]
+
+
+def test_outlier_plan_sends_exactly_the_calibrated_channels(ranks):
+    for r in ranks:
+        assert r["outlier_described"] == [f"mxfp4_e2m1[rne]/allgather+{W.OUTLIER_K}ch"]
+        recs = r["outlier_records"]
+        compressed = [x for x in recs if x["op"] == "all_reduce"]
+        dense = [x for x in recs if x["op"] == "outlier_channels"]
+        assert len(compressed) == len(dense) == 2 * W.LAYERS
+        for x in compressed:
+            assert x["format"] == "mxfp4_e2m1" and x["bytes_sent"] == allgather_sent("mxfp4_e2m1")
+        # k channels of every token, fp32 (the compute dtype), to each peer
+        for x in dense:
+            assert x["numel"] == W.BATCH * W.SEQ * W.OUTLIER_K
+            assert x["bytes_sent"] == (WORLD - 1) * W.BATCH * W.SEQ * W.OUTLIER_K * 4
+        # the rotated format keeps the channels; removing them leaves plain compressed records
+        assert sum(x["op"] == "outlier_channels" for x in r["both_records"]) == 2 * W.LAYERS
+        assert {x["format"] for x in r["both_records"] if x["op"] == "all_reduce"} == {W.ROTATED_FP4.name}
+        assert r["removed_leaves"] == 0
+        assert all(x["op"] == "all_reduce" for x in r["rot_records"] + r["rot2s_records"])
+        assert {x["algorithm"] for x in r["rot2s_records"]} == {"two_shot"}
+
+
+def test_outlier_and_rotated_tp_bitwise_identical_and_close(ranks):
+    for key in ("outlier_logits", "both_logits", "rot_logits", "rot2s_logits", "mlp2_out"):
+        assert torch.equal(ranks[0][key], ranks[1][key]), key
+    r = ranks[0]
+    for key in ("outlier_logits", "both_logits", "rot_logits", "rot2s_logits"):
+        assert torch.isfinite(r[key]).all()
+        # 4-bit everywhere: clearly lossy, clearly not broken (a broken codec gives ~100%)
+        assert 1e-3 < rel_err(r[key], r["ref_logits"]) < 0.6, key
+
+
+def test_style_outlier_channels_are_exact_the_rest_compressed(ranks):
+    for r in ranks:
+        out, ref = r["mlp2_out"], r["mlp2_ref"]
+        ch = W.MLP_OUTLIERS
+        rest = [c for c in range(W.HIDDEN) if c not in ch]
+        # the channels are fp32 sums of the two partials (only summation order differs from unsharded)
+        torch.testing.assert_close(out[:, ch], ref[:, ch], atol=1e-4, rtol=1e-5)
+        assert ref[:, ch].abs().mean() > 10 * ref[:, rest].abs().mean()
+        assert rel_err(out[:, rest], ref[:, rest]) > 1e-3  # the rest went through mxfp4
+        kinds = [x["op"] for x in r["mlp2_records"]]
+        assert sorted(kinds) == ["all_reduce", "outlier_channels"]
+
+
+def test_outlier_arguments_are_checked():
+    plan = llama_tp_plan(2, "mxfp4", outlier_channels={"model.layers.1.mlp.down_proj": [5, 1, 5]})
+    assert plan["model.layers.1.mlp.down_proj"].comm.outlier_channels.tolist() == [1, 5]
+    assert plan["model.layers.0.mlp.down_proj"].comm.outlier_channels is None
+    with pytest.raises(TPPlanError):  # a module the plan leaves uncompressed
+        llama_tp_plan(2, "mxfp4", uncompressed_layers=[1], outlier_channels={"model.layers.1.mlp.down_proj": [5]})
+    with pytest.raises(TPPlanError):
+        CompressedRowwiseParallel("mxfp4", outlier_channels=[-1])
+    with pytest.raises(TPPlanError):
+        CompressedRowwiseParallel("mxfp4", outlier_channels=["a"])
+
+
+def test_calibration_file_errors(tmp_path):
+    from mxcomm.tp import OutlierCalibration
+
+    cal = OutlierCalibration({"a": (3, 1)}, {"a": (2.0, 1.0)}, hidden=4, tokens=10)
+    assert cal.top(1) == {"a": [3]} and cal.max_k == 2
+    with pytest.raises(TPPlanError):
+        cal.top(3)
+    path = tmp_path / "cal.json"
+    cal.save(path)
+    assert OutlierCalibration.load(path) == cal
+    path.write_text("{not json")
+    with pytest.raises(TPPlanError):
+        OutlierCalibration.load(path)
+    path.write_text('{"version": 1, "modules": {"a": {"channels": [9], "scores": [1.0]}}, "hidden": 4, "tokens": 1}')
+    with pytest.raises(TPPlanError):  # channel out of range
+        OutlierCalibration.load(path)
+    path.write_text('{"version": 2}')
+    with pytest.raises(TPPlanError):
+        OutlierCalibration.load(path)
+    with pytest.raises(TPPlanError):
+        OutlierCalibration.load(tmp_path / "missing.json")
+
+
 # -- plans and argument checks (no processes) -----------------------------------------------------
 
 
