@@ -220,7 +220,9 @@ def render(doc: dict[str, Any]) -> str:
                 c = r["calibration"]
                 out += [f"Calibrated for `auto` at {r['rate']}: alpha {c['alpha_s'] * 1e6:.0f} us, "
                         f"{c['gbit_per_s_per_rank']:.3f} Gbit/s per rank.", ""]
-        known = (ppl["rows"] if ppl else []) + (pareto["rows"] if pareto else [])
+        # Δ ppl only from the perplexity table's windows: the main Pareto section (same windows), then the
+        # perplexity table itself, which wins for labels in both; held-out sections use other windows.
+        known = doc.get("pareto", {}).get("rows", []) + (ppl["rows"] if ppl else [])
         out += [ttft_markdown(ttft["results"], known or None), ""]
     if "ttft" not in doc and doc.get("ttft_skipped"):
         out += [f"TTFT not measured: {doc['ttft_skipped']}", ""]
@@ -405,7 +407,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 "setup": {"world_size": args.world_size, "windows": args.windows,
                           "window_tokens": args.window_tokens, "start": args.pareto_start, "outlier_k": ks,
                           "rotation_seed": args.rotation_seed,
-                          "calibration_file": os.path.relpath(args.outliers or calibration_out),
+                          # relative to the directory above the output's (the repository root for docs/results.md)
+                          "calibration_file": os.path.relpath(args.outliers or calibration_out,
+                                                              args.output.resolve().parent.parent),
                           "calibration": {k: v for k, v in (calibration or {}).items() if k != "modules"}},
                 "rows": rows, "plot": plot_ref,
             }
