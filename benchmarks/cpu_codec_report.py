@@ -6,6 +6,11 @@ One row per (dtype, size, format): wall-clock GB/s of the uncompressed tensor
 for encode / decode / decode_sum, each with its ratio to ``copy_`` measured in
 the same test, the per-core (CPU-time) throughput, and at 1 MiB the speed-up
 over the eager torch reference.
+
+Where the file has ``test_cpu_rotation_cost`` results (``-k rot``), a second table: per
+(size, format, op) the GB/s of the bf16 tensor without and with a random Hadamard rotation,
+their ratio (wall-clock and per CPU-second), each against ``copy_``, and the rotation transform
+alone; then the speed-up of ``rotate`` over the plainly spelled-out transform.
 """
 
 from __future__ import annotations
@@ -17,15 +22,44 @@ from collections import defaultdict
 OPS = ("encode", "decode", "decode_sum")
 
 
-def load(path: str) -> dict[tuple[str, int, str], dict[str, dict]]:
+def _infos(path: str) -> list[dict]:
     with open(path) as fh:
         data = json.load(fh)
+    return [bench.get("extra_info", {}) for bench in data["benchmarks"]]
+
+
+def load(path: str) -> dict[tuple[str, int, str], dict[str, dict]]:
     rows: dict[tuple[str, int, str], dict[str, dict]] = defaultdict(dict)
-    for bench in data["benchmarks"]:
-        info = bench.get("extra_info", {})
+    for info in _infos(path):
         if "op" in info:
             rows[(info["dtype"], info["mib"], info["format"])][info["op"]] = info
     return rows
+
+
+def rotation_table(infos: list[dict]) -> str | None:
+    rot = [i for i in infos if "rotation_op" in i]
+    if not rot:
+        return None
+    lines = [
+        "| MiB | format | op | plain GB/s (x copy_) | rotated GB/s (x copy_) | rotated / plain "
+        "| per-core rotated / plain | rotation alone GB/s (share of the extra time) | copy_ GB/s |",
+        "|" + "---|" * 9,
+    ]
+    order = {"encode": 0, "decode": 1}
+    for i in sorted(rot, key=lambda i: (i["dtype"], i["mib"], i["format"], order.get(i["rotation_op"], 2))):
+        # seconds per byte: how much of what rotation adds is the transform itself (the rest is
+        # the front-end's padding, float32 codec pass and saturating cast, or the fused kernel's work)
+        extra = 1 / i["rotated_gbps"] - 1 / i["plain_gbps"]
+        # (a fused rotation does not run the front-end transform: no share then)
+        fused = i.get("rotation_fused", False)
+        share = f"{(1 / i['transform_gbps']) / extra:.0%}" if extra > 0 and not fused else "-"
+        lines.append(
+            f"| {i['mib']} | {i['format']} | {i['rotation_op']} "
+            f"| {i['plain_gbps']:.3f} ({i['plain_to_copy']:.2f}) | {i['rotated_gbps']:.3f} ({i['rotated_to_copy']:.3f}) "
+            f"| {i['rotated_over_plain']:.3f} | {i['cpu_rotated_over_plain']:.3f} "
+            f"| {i['transform_gbps']:.3f} ({share}) | {i['copy_gbps']:.2f} |"
+        )
+    return "\n".join(lines)
 
 
 def table(rows: dict[tuple[str, int, str], dict[str, dict]]) -> str:
@@ -53,13 +87,32 @@ def main(argv: list[str]) -> int:
         print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
         return 2
     rows = load(argv[1])
-    print(table(rows))
+    if rows:
+        print(table(rows))
     any_info = next((i for ops in rows.values() for i in ops.values()), None)
     if any_info:
         print(
             f"\nthreads: {any_info['threads']}; fresh build of the native library: "
             f"{any_info['build_seconds']:.1f} s, loading the cached build: {any_info['load_seconds'] * 1e3:.1f} ms"
         )
+    infos = _infos(argv[1])
+    rotation = rotation_table(infos)
+    if rotation:
+        fused = sorted(
+            {
+                "fused in the backend" if i.get("rotation_fused") else "in the API front-end"
+                for i in infos
+                if "rotation_op" in i
+            }
+        )
+        print(("\n" if rows else "") + f"Rotation cost (bf16 activations; rotation {', '.join(fused)}):\n\n" + rotation)
+    for i in infos:
+        if "transform_speedup" in i:
+            print(
+                f"\n{i['variant']}: {i['transform_gbps']:.3f} GB/s, the plain transform {i['plain_transform_gbps']:.3f} "
+                f"GB/s: {i['transform_speedup']:.1f}x wall-clock, {i['transform_cpu_speedup']:.1f}x per CPU-second "
+                f"(copy_ {i['copy_gbps']:.2f} GB/s)"
+            )
     return 0
 
 

@@ -21,6 +21,16 @@ in the same test, ``dst.copy_(src)`` of the same tensor. ``extra_info``:
 * at 1 MiB, ``reference_gbps`` / ``speedup_vs_reference``: the eager torch reference, and where
   torchao is installed ``torchao_gbps`` (its ``to_mx``, MX formats only).
 
+``test_cpu_rotation_cost`` (select with ``-k rot``) times, for bf16 activations of the same
+sizes, encode or decode of a format with and without a random Hadamard rotation
+(``rotation_seed``) and ``copy_``, all alternating in one test; ``extra_info`` has
+``plain_gbps``, ``rotated_gbps`` (bytes of the bf16 tensor per second), ``rotated_over_plain``,
+the ratios to ``copy_``, the same per CPU-second, ``transform_gbps``: the rotation (``rotate`` / ``unrotate`` on the
+float32 blocks) alone, and ``rotation_fused``: whether the backend rotates inside its kernels
+(else the API front-end rotates around it). ``test_rotation_transform_speedup``
+times that transform against the plainly spelled-out one (``hadamard_blocks_reference``, signs
+hashed per call).
+
 No timing is asserted.
 """
 
@@ -37,6 +47,8 @@ import mxcomm
 from mxcomm.formats import BlockFormat, FloatElement
 from mxcomm.formats.builtins import NVFP4, OCP_FORMATS
 from mxcomm.kernels import backend_status, cpu_backend
+from mxcomm.kernels.dispatch import resolve_backend
+from mxcomm.kernels.rotation import hadamard_blocks_reference, rotate, rotation_signs, unrotate
 
 _REASON = backend_status("cpu", "cpu")
 if _REASON is not None:
@@ -190,6 +202,119 @@ def test_cpu_codec_throughput(benchmark, build_costs, mib: int, dtype_name: str,
             if ao_s is not None:
                 info["torchao_gbps"] = tensor_bytes / ao_s / 1e9
     benchmark.extra_info.update(info)
+
+
+# -- rotation cost: the same format with and without a random Hadamard rotation ------------
+ROTATION_SEED = 1234
+ROTATION_FORMATS = ("mxfp4_e2m1", "int4", "mxfp8_e4m3")
+ROTATION_ROUNDS = {1: 21, 16: 11, 64: 7}
+
+
+def _interleaved_medians(fns: dict[str, object], rounds: int) -> dict[str, tuple[float, float]]:
+    """Median (wall, CPU) seconds of each function, called in turn every round (one warm-up call
+    each first), so every function sees the same machine load."""
+    for fn in fns.values():
+        fn()
+    wall: dict[str, list[float]] = {name: [] for name in fns}
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    return {name: (sorted(wall[name])[rounds // 2], sorted(cpu[name])[rounds // 2]) for name in fns}
+
+
+@pytest.mark.parametrize("op", ("encode", "decode"))
+@pytest.mark.parametrize("fmt_name", ROTATION_FORMATS)
+@pytest.mark.parametrize("mib", SIZES_MIB)
+def test_cpu_rotation_cost(benchmark, mib: int, fmt_name: str, op: str) -> None:
+    plain = mxcomm.get_format(fmt_name)
+    rotated = plain.with_options(name=f"{fmt_name}_rht", rotation_seed=ROTATION_SEED)
+    x = _activation(mib, torch.bfloat16)
+    tensor_bytes = x.numel() * x.element_size()
+    packed = {f.name: mxcomm.encode(x, f, backend="cpu") for f in (plain, rotated)}
+    assert all(p.backend == "cpu" for p in packed.values())
+    # whether the backend rotates inside its kernels or the API front-end rotates around it
+    fuses = getattr(resolve_backend("cpu", x.device), "fuses_rotation", None)
+    fused = fuses is not None and bool(fuses(rotated))
+    rows, length = x.shape  # whole blocks already: the front-end's padding is a plain copy here
+    fp32_blocks = x.float()
+    if op == "encode":
+        runs = {f.name: (lambda f=f: mxcomm.encode(x, f, backend="cpu")) for f in (plain, rotated)}
+        transform = lambda: rotate(fp32_blocks, ROTATION_SEED, plain.block_size)  # noqa: E731
+    else:
+        runs = {name: (lambda p=p: mxcomm.decode(p, backend="cpu")) for name, p in packed.items()}
+        transform = lambda: unrotate(fp32_blocks, ROTATION_SEED, plain.block_size)  # noqa: E731
+    dst = torch.empty_like(x)
+    rounds = ROTATION_ROUNDS[mib]
+    med = _interleaved_medians(
+        {
+            "plain": runs[plain.name],
+            "rotated": runs[rotated.name],
+            "transform": transform,
+            "copy": lambda: dst.copy_(x),
+        },
+        rounds,
+    )
+    benchmark.pedantic(runs[rotated.name], rounds=min(rounds, 3), iterations=1, warmup_rounds=0)
+
+    gbps = {name: tensor_bytes / wall_s / 1e9 for name, (wall_s, _) in med.items()}
+    cpu_gbps = {name: tensor_bytes / cpu_s / 1e9 for name, (_, cpu_s) in med.items()}
+    benchmark.extra_info.update(
+        {
+            "format": fmt_name,
+            "rotation_op": op,
+            "dtype": "bf16",
+            "mib": mib,
+            "shape": [rows, length],
+            "rounds": rounds,
+            "threads": torch.get_num_threads(),
+            "rotation_fused": fused,
+            "plain_gbps": gbps["plain"],
+            "rotated_gbps": gbps["rotated"],
+            "copy_gbps": gbps["copy"],
+            "transform_gbps": gbps["transform"],
+            "rotated_over_plain": gbps["rotated"] / gbps["plain"],
+            "plain_to_copy": gbps["plain"] / gbps["copy"],
+            "rotated_to_copy": gbps["rotated"] / gbps["copy"],
+            "plain_cpu_gbps": cpu_gbps["plain"],
+            "rotated_cpu_gbps": cpu_gbps["rotated"],
+            "cpu_rotated_over_plain": cpu_gbps["rotated"] / cpu_gbps["plain"],
+        }
+    )
+
+
+def test_rotation_transform_speedup(benchmark) -> None:
+    """``rotate`` of 16 MiB of bf16 activations (as float32 blocks of 32) against the plainly
+    spelled-out transform it must equal bit for bit (checked here too), and ``copy_``."""
+    x = _activation(16, torch.bfloat16)
+    blocks = x.float()
+    tensor_bytes = x.numel() * x.element_size()
+
+    def plain_rotate() -> torch.Tensor:
+        signs = rotation_signs(ROTATION_SEED, blocks.shape[1])
+        return hadamard_blocks_reference(blocks * signs, 32) * (1.0 / 32)
+
+    fast = rotate(blocks, ROTATION_SEED, 32)
+    assert torch.equal(fast.view(torch.int32), plain_rotate().view(torch.int32))
+    dst = torch.empty_like(x)
+    med = _interleaved_medians(
+        {"fast": lambda: rotate(blocks, ROTATION_SEED, 32), "plain": plain_rotate, "copy": lambda: dst.copy_(x)}, 5
+    )
+    benchmark.pedantic(lambda: rotate(blocks, ROTATION_SEED, 32), rounds=3, iterations=1, warmup_rounds=0)
+    gbps = {name: tensor_bytes / wall_s / 1e9 for name, (wall_s, _) in med.items()}
+    benchmark.extra_info.update(
+        {
+            "variant": "rotate(), 16 MiB bf16 activations as float32 blocks of 32",
+            "transform_gbps": gbps["fast"],
+            "plain_transform_gbps": gbps["plain"],
+            "transform_speedup": gbps["fast"] / gbps["plain"],
+            "transform_cpu_speedup": med["plain"][1] / med["fast"][1],
+            "copy_gbps": gbps["copy"],
+        }
+    )
 
 
 # -- the alternative that was measured and not taken: torch.compile ---------------------------

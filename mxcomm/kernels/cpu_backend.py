@@ -13,6 +13,16 @@ by inductor, is bit-exact but about 6x slower here (its generated loops convert
 vectors to bytes lane by lane and bit-cast through memory); see
 docs/performance.md ("CPU codec") and benchmarks/test_cpu_codec.py.
 
+Rotated formats (``rotation_seed``) with blocks of at most ``ROTATION_MAX_BLOCK`` elements are
+rotated inside the kernels (``CpuBackend.fuses_rotation``; ``mxcomm.kernels.api`` then hands the
+rotated format and the unpadded rows to this backend): the encoder rotates every zero-padded
+block (signs, butterfly stages, times 1/B) in registers before its scale and codes, and encodes
+the padded positions too; the decoder sums the parts' float32 values of the whole block,
+un-rotates them (stages, signs) and only then casts the valid elements. The float32 operations
+and their order are those of ``rotation.py``, so bytes and values equal the front-end path's
+(``tests/kernels/test_cpu_rotation.py``). Larger blocks are rotated by the front-end, and this
+backend refuses them rotated.
+
 Work is split into ranges of whole blocks that start on byte boundaries of the
 code stream and run on a small thread pool (``torch.get_num_threads()``
 threads; ctypes releases the GIL during a call).
@@ -52,11 +62,15 @@ from mxcomm.kernels.packed import SCALE_STORAGE_DTYPES
 from mxcomm.kernels.reference import SCALE_SPECS_FP32, EncodedBlocks, round_up_to_scale
 
 SOURCE_PATH = Path(__file__).with_name("cpu_codec.cpp")
-ABI_VERSION = 6
+ABI_VERSION = 7
 CXX_ENV = "MXCOMM_CXX"
 CACHE_ENV = "MXCOMM_CACHE_DIR"
 # Work per thread-pool task (elements): small inputs run on the calling thread only.
 MIN_TASK_ELEMENTS = 1 << 17
+# Rotated formats with blocks up to this size are rotated inside the kernels (``fuses_rotation``),
+# whose float32 block buffers then stay in the L1 cache; larger blocks are rotated by the API
+# front-end around the plain codec.
+ROTATION_MAX_BLOCK = 2048
 
 _DTYPE_KIND = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 _ROUNDING = {"rne": 0, "away": 1, "zero": 2, "stochastic": 3}
@@ -92,7 +106,8 @@ class CpuFormat(ctypes.Structure):
         ("table_has_inf", ctypes.c_int32),
         ("float_rne", ctypes.c_int32),
         ("table_max", ctypes.c_float),
-        ("reserved", ctypes.c_int32),
+        ("rotate", ctypes.c_int32),
+        ("rotation_seed", ctypes.c_uint64),
     ]
 
 
@@ -136,8 +151,24 @@ def cpu_format(fmt: BlockFormat) -> CpuFormat:
         table_has_inf=int(any(math.isinf(v) for v in cached_code_values(elem))),
         float_rne=int(_float_rne_exact(fmt, grid_mbits, grid_emin)),
         table_max=max((abs(v) for v in values if math.isfinite(v)), default=0.0),
-        reserved=0,
+        rotate=int(fuses_rotation(fmt)),
+        rotation_seed=fmt.rotation_seed if fuses_rotation(fmt) else 0,
     )
+
+
+def fuses_rotation(fmt: BlockFormat) -> bool:
+    """Whether the cpu kernels rotate ``fmt`` themselves: a rotated format with blocks of at most
+    ``ROTATION_MAX_BLOCK`` elements."""
+    return fmt.rotation_seed is not None and fmt.block_size <= ROTATION_MAX_BLOCK
+
+
+def _check_rotation(fmt: BlockFormat) -> None:
+    """Refuse rotated formats the kernels do not rotate: they would be encoded unrotated, silently."""
+    if fmt.rotation_seed is not None and not fuses_rotation(fmt):
+        raise FormatError(
+            f"the cpu kernels rotate blocks of at most {ROTATION_MAX_BLOCK} elements, {fmt.name} has "
+            f"{fmt.block_size} (mxcomm.encode/decode/decode_sum apply such a rotation around them)"
+        )
 
 
 def _float_rne_exact(fmt: BlockFormat, grid_mbits: int, grid_emin: int) -> bool:
@@ -293,6 +324,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.mx_encode.restype = ctypes.c_int
     lib.mx_finite_amax.argtypes = [i32, p, i64, i64, i32, i64, i64]
     lib.mx_finite_amax.restype = ctypes.c_uint32
+    lib.mx_rotated_finite_amax.argtypes = [p, i32, p, i64, i64, i64, i64]
+    lib.mx_rotated_finite_amax.restype = ctypes.c_uint32
     lib.mx_decode.argtypes = [p, i32, i32, p, p, p, p, i64, i64, i64, i64, p]
     lib.mx_decode.restype = ctypes.c_int
 
@@ -434,8 +467,14 @@ class CpuBackend:
             return str(exc)
         return None
 
+    def fuses_rotation(self, fmt: BlockFormat) -> bool:
+        """True where ``encode_blocks`` / ``decode*_blocks`` take ``fmt`` rotated: they then get the
+        unpadded rows and rotate every zero-padded block themselves (see the module doc)."""
+        return fuses_rotation(fmt)
+
     # -- encode -------------------------------------------------------------------------------
     def encode_blocks(self, x2d: torch.Tensor, fmt: BlockFormat, seed: int | None) -> EncodedBlocks:
+        _check_rotation(fmt)
         lib = self.library()
         if x2d.device.type != "cpu":
             raise FormatError(f"the cpu backend takes CPU tensors, got {x2d.device}")
@@ -456,7 +495,15 @@ class CpuBackend:
         tensor_scale = None
         ts_value = 1.0
         if fmt.tensor_scale:
-            amaxes = _run(ranges, lambda b0, b1: lib.mx_finite_amax(kind, x_ptr, length, bpr, bs, b0, b1))
+            if params.rotate:  # the amax of the rotated blocks, which are what gets encoded
+                fmt_ref = ctypes.byref(params)
+                amaxes = _run(
+                    ranges, lambda b0, b1: lib.mx_rotated_finite_amax(fmt_ref, kind, x_ptr, length, bpr, b0, b1)
+                )
+                if any(a >= 0x7F800000 for a in amaxes):
+                    raise RuntimeError("mxcomm cpu codec: rotated amax failed (out of memory)")
+            else:
+                amaxes = _run(ranges, lambda b0, b1: lib.mx_finite_amax(kind, x_ptr, length, bpr, bs, b0, b1))
             amax_bits = max(amaxes, default=0)
             tensor_scale = _tensor_scale_from_amax(amax_bits, fmt)
             ts_value = float(tensor_scale)
@@ -484,6 +531,7 @@ class CpuBackend:
     def decode_sum_blocks(
         self, parts: list[EncodedBlocks], fmt: BlockFormat, rows: int, length: int, dtype: torch.dtype
     ) -> torch.Tensor:
+        _check_rotation(fmt)
         lib = self.library()
         if dtype not in _DTYPE_KIND:
             raise FormatError(f"decode produces float32, bfloat16 or float16, got {dtype}")
@@ -551,7 +599,9 @@ def load() -> CpuBackend:
         return _backend
 
 
-__all__ = ["CpuBackend", "CpuFormat", "BuildInfo", "block_ranges", "build_library", "cpu_format", "load"]
+__all__ = [
+    "CpuBackend", "CpuFormat", "BuildInfo", "block_ranges", "build_library", "cpu_format", "fuses_rotation", "load",
+]
 
 if sys.byteorder != "little":  # pragma: no cover - the packed layout is defined little-endian
     raise ImportError("the cpu codec backend needs a little-endian machine")

@@ -12,7 +12,7 @@
 // reference makes in float64. Round-to-nearest-even may instead use the FPU's own rounding
 // where that is provably the same (element_codes_rne_fpu). Nothing here may be compiled with
 // fast-math or FMA contraction: decode rounds every product and every sum separately, as the
-// reference does.
+// reference does, and so does the random Hadamard rotation of rotated formats (see "rotation").
 
 #include <cmath>
 #include <cstdint>
@@ -23,7 +23,7 @@
 #include <cstring>
 #include <limits>
 
-#define MX_ABI_VERSION 6
+#define MX_ABI_VERSION 7
 
 #if defined(__GNUC__)
 #define MX_INLINE inline __attribute__((always_inline))
@@ -38,6 +38,9 @@ static_assert(sizeof(float) == 4 && sizeof(double) == 8, "IEEE float/double expe
 namespace {
 
 enum { DT_FP32 = 0, DT_BF16 = 1, DT_FP16 = 2 };
+// internal: float32 blocks laid out per 16 elements as the 8 even-indexed, then the 8 odd-indexed
+// ones (the rotated blocks of the fast encode path, see "rotation")
+enum { DT_PAIRED = 3 };
 enum { RND_RNE = 0, RND_AWAY = 1, RND_ZERO = 2, RND_STOCHASTIC = 3 };
 enum { SC_E8M0 = 0, SC_E4M3 = 1, SC_FP16 = 2, SC_BF16 = 3, SC_FP32 = 4 };
 enum { MODE_FLOOR = 0, MODE_CEIL = 1, MODE_RCEIL = 2, MODE_EVEN = 3 };
@@ -66,7 +69,8 @@ struct Format {
     int32_t table_has_inf;  // some element code decodes to +-inf (decode skips the saturation otherwise)
     int32_t float_rne;      // rne encodes may round with the FPU (element_codes_rne_fpu)
     float table_max;        // largest finite |element value|
-    int32_t reserved;
+    int32_t rotate;         // rotate every block (random Hadamard, see "rotation" below)
+    uint64_t rotation_seed; // seed of the rotation's signs
 };
 
 MX_INLINE uint32_t f2u(float f) {
@@ -145,7 +149,10 @@ MX_INLINE vu32 load8<DT_FP16>(const void* p, int64_t i) {
 // (lane l of both holds the pair that shares code byte l of 4-bit codes).
 template <int DT>
 MX_INLINE void load16_pairs(const void* p, int64_t i, vu32& even, vu32& odd) {
-    if constexpr (DT == DT_FP32) {
+    if constexpr (DT == DT_PAIRED) {
+        even = load8<DT_FP32>(p, i);
+        odd = load8<DT_FP32>(p, i + W);
+    } else if constexpr (DT == DT_FP32) {
         const vu32 a = load8<DT_FP32>(p, i), b = load8<DT_FP32>(p, i + W);
 #if defined(__clang__)
         even = __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14);
@@ -766,12 +773,10 @@ struct BlockPlan {
     bool norm;        // subnormal inputs need normalising (element_codes NORM=true)
 };
 
-template <int DT>
-MX_INLINE BlockPlan plan_block(const Format& f, const void* x, int64_t off, int32_t n, int64_t k, double denom,
-                               float tensor_scale, void* scales_out) {
-    // over all elements: a block with a non-finite element is a NaN block, whose scale and codes
-    // do not depend on the amax of its finite elements
-    const uint32_t amax = any_block_amax<DT, false>(x, off, n);
+// The plan of block k from its amax over all elements (float32 bits of the largest |x|; >= inf
+// if some element is not finite).
+MX_INLINE BlockPlan plan_from_amax(const Format& f, uint32_t amax, int64_t k, double denom, float tensor_scale,
+                                   void* scales_out) {
     const bool nan_block = amax >= 0x7F800000u;
     BlockPlan plan{0, 1.0f, nan_block, false};
     if (f.scale_kind == SC_E8M0) {
@@ -791,6 +796,14 @@ MX_INLINE BlockPlan plan_block(const Format& f, const void* x, int64_t off, int3
         plan.norm = -126 > f.grid_emin;
     }
     return plan;
+}
+
+template <int DT>
+MX_INLINE BlockPlan plan_block(const Format& f, const void* x, int64_t off, int32_t n, int64_t k, double denom,
+                               float tensor_scale, void* scales_out) {
+    // over all elements: a block with a non-finite element is a NaN block, whose scale and codes
+    // do not depend on the amax of its finite elements
+    return plan_from_amax(f, any_block_amax<DT, false>(x, off, n), k, denom, tensor_scale, scales_out);
 }
 
 // General path: any layout, width, rounding (blocks may end in row padding; codes through a buffer
@@ -1082,6 +1095,733 @@ void decode_range(const Format& f, int32_t nparts, const uint8_t* const* codes, 
 #undef MX_DEC_IMPL
 }
 
+
+// -- random Hadamard rotation (mxcomm/kernels/rotation.py) --------------------------------------
+// Encode: signs, the butterfly stages h = 1, 2, 4, ..., bs/2, then times 1/bs, of every block of
+// the zero-padded float32 row, before its scale is computed. Decode: the float32 sum of the parts,
+// the same stages, then times the signs, before the output cast. Each sum, difference and
+// product is one float32 rounding in exactly the reference's order (no contraction, no
+// reassociation: see the build flags), so codes and outputs are bit-identical to rotating around
+// the plain codec. The sign of position pos along the padded row is the low bit of its random
+// word (the stochastic-rounding hash, keyed by the rotation seed). A block never straddles a
+// multiple of 2**32 positions (bs is a power of two), so one key serves a whole block.
+//
+// Two layouts of a block in registers / in the rotation buffer: natural (8 consecutive elements
+// per vector), and paired (per 16 elements, one vector of the 8 even-indexed and one of the 8
+// odd-indexed ones; blocks of 16k with 4- or 8-bit codes). In the paired layout stage h = 1 is a
+// plain vector sum / difference, 16-bit inputs and outputs split / join with shifts, and the
+// encoder's element loop (block_codes_pairs) reads it as it is.
+
+#if defined(__GNUC__)
+#define MX_NOINLINE __attribute__((noinline))
+#else
+#define MX_NOINLINE
+#endif
+
+MX_INLINE vf32 loadf8(const float* p) {
+    vf32 v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+}
+
+MX_INLINE void storef8(float* p, vf32 v) { std::memcpy(p, &v, sizeof(v)); }
+
+// +-1.0f for positions pos0 + step * lane
+template <uint32_t STEP>
+MX_INLINE vf32 rotation_signs8(uint32_t key, uint32_t pos0) {
+    const vu32 lane = {0, STEP, 2 * STEP, 3 * STEP, 4 * STEP, 5 * STEP, 6 * STEP, 7 * STEP};
+    return (vf32)((mix32(key ^ (pos0 + lane)) << 31) | 0x3F800000u);
+}
+
+// The signs of one block: from a table of the row's signs (in the block's layout), or hashed.
+struct BlockSigns {
+    const float* table;  // the block's first sign in the row table, or null
+    uint32_t key, pos;   // seed_key of the block's high position word; low word of its first position
+    // natural layout: positions j .. j + 7 of the block
+    MX_INLINE vf32 at(int32_t j) const {
+        return table ? loadf8(table + j) : rotation_signs8<1>(key, pos + uint32_t(j));
+    }
+    // paired layout: positions j, j + 2, ..., j + 14 and j + 1, j + 3, ..., j + 15 (j % 16 == 0)
+    MX_INLINE void pair(int32_t j, vf32& even, vf32& odd) const {
+        if (table) {
+            even = loadf8(table + j);
+            odd = loadf8(table + j + W);
+        } else {
+            even = rotation_signs8<2>(key, pos + uint32_t(j));
+            odd = rotation_signs8<2>(key, pos + uint32_t(j) + 1u);
+        }
+    }
+};
+
+// Signs for the blocks of one call: a table of one padded row's signs where rows are short and
+// the call covers at least two of them (rows share their signs), else hashed per block.
+class RotationSigns {
+  public:
+    static constexpr int64_t MAX_TABLE = int64_t(1) << 16;  // positions (256 KiB of floats)
+
+    RotationSigns(const Format& f, int64_t bpr, int64_t b0, int64_t b1, bool paired)
+        : seed_(f.rotation_seed), bs_(f.block_size) {
+        const int64_t row = bpr * bs_;
+        if (row > MAX_TABLE || b1 - b0 < 2 * bpr || (paired && bs_ % 16 != 0)) return;
+        // whole vectors, past the row's end too: a block of bs < 8 reads 8 signs
+        table_ = static_cast<float*>(std::malloc(sizeof(float) * size_t(row + 2 * W)));
+        if (!table_) return;  // hashing per block gives the same signs
+        const uint32_t key = seed_key(seed_, 0);
+        if (paired) {
+            for (int64_t j = 0; j < row; j += 2 * W) {
+                storef8(table_ + j, rotation_signs8<2>(key, uint32_t(j)));
+                storef8(table_ + j + W, rotation_signs8<2>(key, uint32_t(j) + 1u));
+            }
+        } else {
+            for (int64_t j = 0; j < row + W; j += W) storef8(table_ + j, rotation_signs8<1>(key, uint32_t(j)));
+        }
+    }
+    ~RotationSigns() { std::free(table_); }
+    RotationSigns(const RotationSigns&) = delete;
+    RotationSigns& operator=(const RotationSigns&) = delete;
+
+    MX_INLINE BlockSigns block(int64_t col) const {
+        const uint64_t pos = uint64_t(col) * uint64_t(bs_);
+        if (table_) return BlockSigns{table_ + pos, 0, 0};
+        return BlockSigns{nullptr, seed_key(seed_, uint32_t(pos >> 32)), uint32_t(pos)};
+    }
+
+  private:
+    uint64_t seed_;
+    int64_t bs_;
+    float* table_ = nullptr;
+};
+
+// Lane l of the result is lane l ^ H of x.
+template <int H>
+MX_INLINE vf32 partner_lanes(vf32 x) {
+#if defined(__clang__)
+    if constexpr (H == 1) return __builtin_shufflevector(x, x, 1, 0, 3, 2, 5, 4, 7, 6);
+    else if constexpr (H == 2) return __builtin_shufflevector(x, x, 2, 3, 0, 1, 6, 7, 4, 5);
+    else return __builtin_shufflevector(x, x, 4, 5, 6, 7, 0, 1, 2, 3);
+#else
+    return __builtin_shuffle(x, vi32{0 ^ H, 1 ^ H, 2 ^ H, 3 ^ H, 4 ^ H, 5 ^ H, 6 ^ H, 7 ^ H});
+#endif
+}
+
+// One butterfly stage between lanes H apart (H < 8): lane l (l & H == 0) gets a + b with
+// a = x[l], b = x[l + H]; lane l + H gets a - b, computed as (-b) + a -- IEEE subtraction is the
+// addition of the negated operand and addition commutes, so it is the same float32 result.
+template <int H>
+MX_INLINE vf32 stage_in_vector(vf32 x) {
+#if defined(__AVX2__)
+    if constexpr (H == 4) {  // the 128-bit halves: lane-crossing permutes are slow on some CPUs
+        const __m128 a = _mm256_castps256_ps128((__m256)x), b = _mm256_extractf128_ps((__m256)x, 1);
+        return (vf32)_mm256_insertf128_ps(_mm256_castps128_ps256(_mm_add_ps(a, b)), _mm_sub_ps(a, b), 1);
+    }
+#endif
+    constexpr uint32_t S = 0x80000000u;
+    const vu32 negate = {0, 1 & H ? S : 0, 2 & H ? S : 0, 3 & H ? S : 0,
+                         4 & H ? S : 0, 5 & H ? S : 0, 6 & H ? S : 0, 7 & H ? S : 0};
+    return (vf32)((vu32)x ^ negate) + partner_lanes<H>(x);
+}
+
+// Natural layout: the stages h < min(bs, 8) of 8 lanes (one block of bs <= 8 in the low lanes,
+// or 8 elements of a larger one).
+MX_INLINE vf32 stages_in_vector(vf32 x, int32_t bs) {
+    x = stage_in_vector<1>(x);
+    if (bs >= 4) x = stage_in_vector<2>(x);
+    if (bs >= 8) x = stage_in_vector<4>(x);
+    return x;
+}
+
+// Paired layout: the stages h = 1, 2, 4, 8 of 16 elements.
+MX_INLINE void stages_in_pair(vf32& even, vf32& odd) {
+    const vf32 a = even, b = odd;
+    even = stage_in_vector<4>(stage_in_vector<2>(stage_in_vector<1>(a + b)));
+    odd = stage_in_vector<4>(stage_in_vector<2>(stage_in_vector<1>(a - b)));
+}
+
+// The stages h = first_h, 2 * first_h, ..., last_h (first_h >= 8) of one block in memory (either
+// layout: from h = 16 on, both put the partners of a stage h apart).
+MX_INLINE void stages_across_vectors(float* v, int32_t bs, int32_t first_h, int32_t last_h) {
+    for (int32_t h = first_h; h <= last_h; h *= 2) {
+        for (int32_t i0 = 0; i0 < bs; i0 += 2 * h) {
+            for (int32_t j = i0; j < i0 + h; j += W) {
+                const vf32 a = loadf8(v + j), b = loadf8(v + j + h);
+                storef8(v + j, a + b);
+                storef8(v + j + h, a - b);
+            }
+        }
+    }
+}
+
+// The stages between vectors 1, 2, 4, ... apart of NV vectors in registers.
+template <int NV>
+MX_INLINE void stages_across_registers(vf32* v) {
+    for (int h = 1; h < NV; h *= 2) {
+        for (int i0 = 0; i0 < NV; i0 += 2 * h) {
+            for (int i = i0; i < i0 + h; ++i) {
+                const vf32 a = v[i], b = v[i + h];
+                v[i] = a + b;
+                v[i + h] = a - b;
+            }
+        }
+    }
+}
+
+MX_INLINE vi32 abs_bits(vf32 v) { return (vi32)v & 0x7FFFFFFF; }
+
+// The last stage (h = bs / 2) of a block in memory, times mul; returns the amax of the results
+// when AMAX (in plan_from_amax's convention: abs bit patterns order like magnitudes, NaN above inf).
+template <bool AMAX>
+MX_INLINE uint32_t last_stage(float* v, int32_t bs, vf32 mul) {
+    const int32_t h = bs / 2;
+    vi32 amax = {};
+    for (int32_t j = 0; j < h; j += W) {
+        const vf32 a = loadf8(v + j), b = loadf8(v + j + h);
+        const vf32 lo = (a + b) * mul, hi = (a - b) * mul;
+        storef8(v + j, lo);
+        storef8(v + j + h, hi);
+        if (AMAX) amax = vmax(amax, vmax(abs_bits(lo), abs_bits(hi)));
+    }
+    return uint32_t(hmax(amax));
+}
+
+// Elements [i, i + 16) of x as pairs, of which the first m < 16 are valid (the rest zero).
+template <int DT>
+MX_INLINE void load16_pairs_partial(const void* x, int64_t i, int32_t m, vu32& even, vu32& odd) {
+    uint32_t tmp[2 * W] = {};
+    const size_t esize = DT == DT_FP32 ? 4 : 2;
+    if (m > 0) std::memcpy(tmp, static_cast<const char*>(x) + i * int64_t(esize), size_t(m) * esize);
+    load16_pairs<DT>(tmp, 0, even, odd);
+}
+
+// Encode: H D x / bs of the block of n <= bs valid elements at x + off (zero-padded to bs) into
+// rot as float32 (bs + W floats), natural layout. Returns the block's amax over all elements.
+template <int DT>
+MX_INLINE uint32_t rotate_block(const void* x, int64_t off, int32_t n, int32_t bs, const BlockSigns& s, float* rot) {
+    const float inv = 1.0f / float(bs);  // a power of two: exact
+    if (bs <= W) {  // one vector; lanes >= bs are not part of the block
+        const vu32 u = n >= W ? load8<DT>(x, off) : load_tail<DT>(x, off, n);
+        const vf32 v = stages_in_vector((vf32)u * s.at(0), bs) * inv;
+        storef8(rot, v);
+        const vi32 lane = {0, 1, 2, 3, 4, 5, 6, 7};
+        return uint32_t(hmax(lane < bs ? abs_bits(v) : vi32{}));
+    }
+    for (int32_t j = 0; j < bs; j += W) {
+        const vu32 u = n - j >= W ? load8<DT>(x, off + j) : (n > j ? load_tail<DT>(x, off + j, n - j) : vu32{});
+        storef8(rot + j, stages_in_vector((vf32)u * s.at(j), W));
+    }
+    stages_across_vectors(rot, bs, W, bs / 4);
+    return last_stage<true>(rot, bs, vf32{} + inv);
+}
+
+// rotate_block for bs = 8 * NV, in registers.
+template <int DT, int NV>
+MX_INLINE uint32_t rotate_block_in_registers(const void* x, int64_t off, int32_t n, const BlockSigns& s, float* rot) {
+    constexpr float inv = 1.0f / float(NV * W);
+    vf32 v[NV];
+    for (int i = 0; i < NV; ++i) {
+        const int32_t j = i * W;
+        const vu32 u = n - j >= W ? load8<DT>(x, off + j) : (n > j ? load_tail<DT>(x, off + j, n - j) : vu32{});
+        v[i] = stages_in_vector((vf32)u * s.at(j), W);
+    }
+    stages_across_registers<NV>(v);
+    vi32 amax = {};
+    for (int i = 0; i < NV; ++i) {
+        v[i] = v[i] * inv;
+        amax = vmax(amax, abs_bits(v[i]));
+        storef8(rot + i * W, v[i]);
+    }
+    return uint32_t(hmax(amax));
+}
+
+MX_NOINLINE uint32_t rotate_natural(int32_t dt, const void* x, int64_t off, int32_t n, int32_t bs,
+                                    const BlockSigns& s, float* rot) {
+#define MX_ROTATE(DT)                                                        \
+    switch (bs) {                                                            \
+        case 16: return rotate_block_in_registers<DT, 2>(x, off, n, s, rot); \
+        case 32: return rotate_block_in_registers<DT, 4>(x, off, n, s, rot); \
+        case 64: return rotate_block_in_registers<DT, 8>(x, off, n, s, rot); \
+        default: return rotate_block<DT>(x, off, n, bs, s, rot);             \
+    }
+    switch (dt) {
+        case DT_FP32: MX_ROTATE(DT_FP32);
+        case DT_BF16: MX_ROTATE(DT_BF16);
+        default: MX_ROTATE(DT_FP16);
+    }
+#undef MX_ROTATE
+}
+
+// Elements [j, j + 16) of the block at x + off with n valid elements, times their signs, as pairs.
+template <int DT>
+MX_INLINE void signed_pairs(const void* x, int64_t off, int32_t n, int32_t j, const BlockSigns& s, vf32& even,
+                            vf32& odd) {
+    vu32 ue, uo;
+    if (n - j >= 2 * W) {
+        load16_pairs<DT>(x, off + j, ue, uo);
+    } else {
+        load16_pairs_partial<DT>(x, off + j, n - j, ue, uo);
+    }
+    vf32 se, so;
+    s.pair(j, se, so);
+    even = (vf32)ue * se;
+    odd = (vf32)uo * so;
+}
+
+// rotate_block into the paired layout, for bs = 16 * NG in registers, or (NG = 0) any bs % 16 == 0.
+template <int DT, int NG>
+MX_INLINE uint32_t rotate_block_paired(const void* x, int64_t off, int32_t n, int32_t bs, const BlockSigns& s,
+                                       float* rot) {
+    const float inv = 1.0f / float(bs);
+    if constexpr (NG == 0) {
+        for (int32_t j = 0; j < bs; j += 2 * W) {
+            vf32 even, odd;
+            signed_pairs<DT>(x, off, n, j, s, even, odd);
+            stages_in_pair(even, odd);
+            storef8(rot + j, even);
+            storef8(rot + j + W, odd);
+        }
+        stages_across_vectors(rot, bs, 2 * W, bs / 4);
+        return last_stage<true>(rot, bs, vf32{} + inv);
+    } else {
+        vf32 even[NG], odd[NG];
+        for (int g = 0; g < NG; ++g) {
+            signed_pairs<DT>(x, off, n, 2 * W * g, s, even[g], odd[g]);
+            stages_in_pair(even[g], odd[g]);
+        }
+        stages_across_registers<NG>(even);
+        stages_across_registers<NG>(odd);
+        vi32 amax = {};
+        for (int g = 0; g < NG; ++g) {
+            even[g] = even[g] * inv;
+            odd[g] = odd[g] * inv;
+            amax = vmax(amax, vmax(abs_bits(even[g]), abs_bits(odd[g])));
+            storef8(rot + 2 * W * g, even[g]);
+            storef8(rot + 2 * W * g + W, odd[g]);
+        }
+        return uint32_t(hmax(amax));
+    }
+}
+
+MX_NOINLINE uint32_t rotate_paired(int32_t dt, const void* x, int64_t off, int32_t n, int32_t bs,
+                                   const BlockSigns& s, float* rot) {
+#define MX_ROTATE(DT)                                                         \
+    switch (bs) {                                                             \
+        case 16: return rotate_block_paired<DT, 1>(x, off, n, bs, s, rot);    \
+        case 32: return rotate_block_paired<DT, 2>(x, off, n, bs, s, rot);    \
+        case 64: return rotate_block_paired<DT, 4>(x, off, n, bs, s, rot);    \
+        default: return rotate_block_paired<DT, 0>(x, off, n, bs, s, rot);    \
+    }
+    switch (dt) {
+        case DT_FP32: MX_ROTATE(DT_FP32);
+        case DT_BF16: MX_ROTATE(DT_BF16);
+        default: MX_ROTATE(DT_FP16);
+    }
+#undef MX_ROTATE
+}
+
+// A paired-layout block (bs % 16 == 0) in natural order.
+MX_INLINE void unpair_block(const float* paired, int32_t bs, float* natural) {
+    for (int32_t j = 0; j < bs; j += 2 * W) {
+        for (int32_t l = 0; l < W; ++l) {
+            natural[j + 2 * l] = paired[j + l];
+            natural[j + 2 * l + 1] = paired[j + W + l];
+        }
+    }
+}
+
+// Blocks rotated (and their scales computed) before their codes: independent work for the
+// out-of-order core, in place of one block's chain of rotation -> amax -> scale -> codes.
+constexpr int32_t ROT_CHUNK_ELEMENTS = 1024;
+constexpr int32_t ROT_CHUNK_MAX_BLOCKS = 64;
+
+MX_INLINE int32_t rot_chunk_blocks(int32_t bs) {
+    const int32_t c = ROT_CHUNK_ELEMENTS / bs;
+    return c < 1 ? 1 : (c > ROT_CHUNK_MAX_BLOCKS ? ROT_CHUNK_MAX_BLOCKS : c);
+}
+
+// Floats of the encoder's rotation buffer: a chunk of rotated blocks, then one block in natural order.
+MX_INLINE size_t rot_buffer_floats(int32_t bs) { return size_t(rot_chunk_blocks(bs) + 1) * size_t(bs) + 2 * W; }
+
+// Encode blocks [b0, b1) of a rotated format: every block is rotated into rot and encoded from
+// there like a float32 block of the plain format (whole blocks: the padding is encoded too).
+// PACK: the fast path's code layout (rne / stochastic, 4- or 8-bit codes, bs % 16 == 0; the
+// blocks are rotated into the paired layout), else PACK_BUFFER (natural layout); FPU as in
+// block_codes_pairs. rot: rot_buffer_floats(bs) floats.
+template <int RND, int PACK, bool FPU>
+void encode_rotated_range(const Format& f, int32_t dt, const void* x, int64_t length, int64_t bpr, int64_t b0,
+                          int64_t b1, float tensor_scale, uint64_t seed, uint8_t* codes_out, void* scales_out,
+                          uint16_t* cbuf, float* rot) {
+    constexpr bool paired = PACK != PACK_BUFFER;
+    const int32_t bs = f.block_size, bits = f.bits;
+    const Grid grid{f.grid_mbits, f.grid_emin, f.max_code, bits, f.is_int};
+    const bool pow2 = f.scale_kind == SC_E8M0;
+    const bool aligned = (int64_t(bs) * bits) % 8 == 0;
+    const int64_t block_bytes = aligned ? int64_t(bs) * bits / 8 : 0;
+    const double denom = f.max_normal * (f.has_tensor_scale ? double(tensor_scale) : 1.0);
+    const int32_t chunk = rot_chunk_blocks(bs);
+    float* natural = rot + int64_t(chunk) * bs + W;
+    const RotationSigns signs(f, bpr, b0, b1, paired);
+    BlockPlan plans[ROT_CHUNK_MAX_BLOCKS];
+    BitWriter stream{codes_out + (b0 * bs * bits) / 8};  // the caller starts ranges on byte boundaries
+    BlockCursor cur(length, bpr, bs, b0);
+    for (int64_t c0 = b0; c0 < b1; c0 += chunk) {
+        const int64_t c1 = c0 + chunk < b1 ? c0 + chunk : b1;
+        for (int64_t k = c0; k < c1; ++k, cur.next()) {
+            float* r = rot + (k - c0) * bs;
+            const BlockSigns s = signs.block(cur.col);
+            const uint32_t amax = paired ? rotate_paired(dt, x, cur.offset(), cur.valid(), bs, s, r)
+                                         : rotate_natural(dt, x, cur.offset(), cur.valid(), bs, s, r);
+            plans[k - c0] = plan_from_amax(f, amax, k, denom, tensor_scale, scales_out);
+        }
+        for (int64_t k = c0; k < c1; ++k) {
+            const BlockPlan& plan = plans[k - c0];
+            const float* r = rot + (k - c0) * bs;
+            uint8_t* out = codes_out + k * block_bytes;
+            const uint64_t base = uint64_t(k) * uint64_t(bs);
+            if (plan.zero_codes) {
+                if (aligned) {
+                    std::memset(out, 0, size_t(block_bytes));
+                    continue;
+                }
+                std::memset(cbuf, 0, sizeof(uint16_t) * size_t(bs));
+            } else if (paired && !plan.norm) {
+                if constexpr (paired) {
+                    block_codes_pairs<DT_PAIRED, RND, PACK, FPU>(r, 0, bs, plan.e, pow2, plan.divisor, grid, seed,
+                                                                base, out);
+                }
+                continue;
+            } else if (plan.norm) {
+                if (paired) {
+                    unpair_block(r, bs, natural);
+                    r = natural;
+                }
+                block_codes<DT_FP32, RND, true, PACK_BUFFER>(r, 0, bs, plan.e, pow2, plan.divisor, grid, seed, base,
+                                                            out, cbuf);
+            } else {
+                block_codes<DT_FP32, RND, false, PACK_BUFFER>(r, 0, bs, plan.e, pow2, plan.divisor, grid, seed, base,
+                                                             out, cbuf);
+            }
+            if (aligned) {
+                pack_block(cbuf, bs, bits, out);
+            } else {
+                for (int32_t j = 0; j < bs; ++j) stream.put(cbuf[j], bits);
+            }
+        }
+    }
+    if (!aligned) stream.flush();
+}
+
+template <int RND>
+void encode_rotated_dispatch(const Format& f, int32_t dt, const void* x, int64_t length, int64_t bpr, int64_t b0,
+                             int64_t b1, float tensor_scale, uint64_t seed, uint8_t* codes_out, void* scales_out,
+                             uint16_t* cbuf, float* rot) {
+    const int32_t bs = f.block_size, bits = f.bits;
+#define MX_ROT(PACK, FPU)                                                                                       \
+    encode_rotated_range<RND, PACK, FPU>(f, dt, x, length, bpr, b0, b1, tensor_scale, seed, codes_out, scales_out, \
+                                         cbuf, rot)
+    // (round-half-away and toward-zero take the general path only: fewer kernels to compile)
+    if constexpr (RND == RND_RNE || RND == RND_STOCHASTIC) {
+        if (bs % (2 * W) == 0 && (bits == 4 || bits == 8)) {
+            if constexpr (RND == RND_RNE) {
+                if (f.float_rne != 0) {
+                    if (bits == 4) {
+                        MX_ROT(PACK_NIBBLES, true);
+                    } else {
+                        MX_ROT(PACK_BYTES, true);
+                    }
+                    return;
+                }
+            }
+            if (bits == 4) {
+                MX_ROT(PACK_NIBBLES, false);
+            } else {
+                MX_ROT(PACK_BYTES, false);
+            }
+            return;
+        }
+    }
+    MX_ROT(PACK_BUFFER, false);
+#undef MX_ROT
+}
+
+// Decode (sum) blocks [b0, b1) of a rotated format, natural layout: per block, the float32 sum of
+// the parts' values over the whole block (padding included), un-rotated, then its valid elements
+// stored.
+template <int ODT, int UNPACK>
+void decode_rotated_impl(const Format& f, int32_t nparts, const uint8_t* const* codes, const void* const* scales,
+                         const float* tensor_scales, const float* table, int64_t length, int64_t bpr, int64_t b0,
+                         int64_t b1, void* out, uint16_t* cbuf, float* acc, BitReader* readers) {
+    const int32_t bs = f.block_size, bits = f.bits;
+    const bool aligned = (int64_t(bs) * bits) % 8 == 0;
+    const int64_t block_bytes = aligned ? int64_t(bs) * bits / 8 : 0;
+    const bool check_inf = f.table_has_inf != 0;
+    const float fmax = std::numeric_limits<float>::max();
+    const RotationSigns signs(f, bpr, b0, b1, false);
+    vf32 tlo = {}, thi = {};
+    if constexpr (UNPACK == UNPACK_NIBBLES) {
+        std::memcpy(&tlo, table, sizeof(tlo));
+        std::memcpy(&thi, table + 8, sizeof(thi));
+    }
+    for (int32_t p = 0; p < nparts; ++p) readers[p] = BitReader{codes[p] + (b0 * bs * bits) / 8};
+    BlockCursor cur(length, bpr, bs, b0);
+    for (int64_t k = b0; k < b1; ++k, cur.next()) {
+        for (int32_t p = 0; p < nparts; ++p) {
+            const uint8_t* in = codes[p] + k * block_bytes;
+            if constexpr (UNPACK == UNPACK_BUFFER) {
+                if (aligned) {
+                    unpack_block(in, bs, bits, cbuf);
+                } else {
+                    for (int32_t j = 0; j < bs; ++j) cbuf[j] = uint16_t(readers[p].get(bits));
+                }
+            }
+            const float X = block_multiplier(scales[p], k, f, tensor_scales[p]);
+            const bool no_overflow = std::fabs(X) * f.table_max <= fmax;  // (NaN X: false)
+            const bool last = p == nparts - 1;
+            for (int32_t j = 0; j < bs; j += W) {  // (bs < 8: one vector, lanes >= bs unused)
+                const vf32 v = block_values<UNPACK>(in, cbuf, j, table, tlo, thi);
+                const vf32 prod = no_overflow ? v * X : saturated_products(v, X, check_inf);
+                vf32 y = p > 0 ? loadf8(acc + j) + prod : prod;  // float32 accumulation in part order
+                if (last) y = stages_in_vector(y, bs);
+                storef8(acc + j, y);
+            }
+        }
+        const BlockSigns s = signs.block(cur.col);
+        const int64_t off = cur.offset();
+        const int32_t n = cur.valid();
+        if (bs > W) {
+            stages_across_vectors(acc, bs, W, bs / 4);
+            const int32_t h = bs / 2;
+            for (int32_t j = 0; j < h; j += W) {  // the last stage, times the signs
+                const vf32 a = loadf8(acc + j), b = loadf8(acc + j + h);
+                const vf32 lo = (a + b) * s.at(j), hi = (a - b) * s.at(j + h);
+                if (n == bs) {
+                    store8<ODT>(out, off + j, lo);
+                    store8<ODT>(out, off + j + h, hi);
+                } else {
+                    storef8(acc + j, lo);
+                    storef8(acc + j + h, hi);
+                }
+            }
+            if (n == bs) continue;
+        } else {
+            storef8(acc, loadf8(acc) * s.at(0));
+        }
+        for (int32_t j = 0; j < n; j += W) {
+            if (n - j >= W) {
+                store8<ODT>(out, off + j, loadf8(acc + j));
+            } else {
+                store_tail<ODT>(out, off + j, loadf8(acc + j), n - j);
+            }
+        }
+    }
+}
+
+// The float32 values of the 16 codes of a 4-bit element as four byte planes (plane b, byte c:
+// byte b of the value of code c), looked up 16 codes at a time with byte shuffles.
+struct NibbleTable {
+#if defined(__AVX2__)
+    __m128i plane[4];
+#endif
+    explicit NibbleTable(const float* table) {
+#if defined(__AVX2__)
+        alignas(16) uint8_t bytes[4][16];
+        for (int code = 0; code < 16; ++code) {
+            const uint32_t u = f2u(table[code]);
+            for (int b = 0; b < 4; ++b) bytes[b][code] = uint8_t(u >> (8 * b));
+        }
+        for (int b = 0; b < 4; ++b) plane[b] = _mm_load_si128(reinterpret_cast<const __m128i*>(bytes[b]));
+#else
+        (void)table;
+#endif
+    }
+};
+
+// Element values of codes [j, j + 16) of a block (4- or 8-bit codes) in the paired layout.
+template <int UNPACK>
+MX_INLINE void paired_values(const uint8_t* in, int32_t j, const float* table, const NibbleTable& nt, vf32& even,
+                             vf32& odd) {
+    vi32 ie, io;
+    if constexpr (UNPACK == UNPACK_NIBBLES) {  // byte l: code j + 2l (low nibble), j + 2l + 1 (high)
+#if defined(__AVX2__)
+        const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(in + j / 2));
+        const __m128i nibble = _mm_set1_epi8(0x0F);
+        // bytes 0-7: the even codes, 8-15: the odd ones
+        const __m128i idx = _mm_unpacklo_epi64(_mm_and_si128(b, nibble), _mm_and_si128(_mm_srli_epi16(b, 4), nibble));
+        const __m128i p0 = _mm_shuffle_epi8(nt.plane[0], idx), p1 = _mm_shuffle_epi8(nt.plane[1], idx);
+        const __m128i p2 = _mm_shuffle_epi8(nt.plane[2], idx), p3 = _mm_shuffle_epi8(nt.plane[3], idx);
+        const __m128i low_even = _mm_unpacklo_epi8(p0, p1), low_odd = _mm_unpackhi_epi8(p0, p1);
+        const __m128i high_even = _mm_unpacklo_epi8(p2, p3), high_odd = _mm_unpackhi_epi8(p2, p3);
+        even = (vf32)_mm256_set_m128i(_mm_unpackhi_epi16(low_even, high_even), _mm_unpacklo_epi16(low_even, high_even));
+        odd = (vf32)_mm256_set_m128i(_mm_unpackhi_epi16(low_odd, high_odd), _mm_unpacklo_epi16(low_odd, high_odd));
+        return;
+#else
+        vu8 bytes;
+        std::memcpy(&bytes, in + j / 2, sizeof(bytes));
+        const vi32 w = __builtin_convertvector(bytes, vi32);
+        ie = w & 0xF;
+        io = w >> 4;
+#endif
+    } else {  // 16-bit word l: code j + 2l (low byte), j + 2l + 1 (high byte)
+        vu16 h;
+        std::memcpy(&h, in + j, sizeof(h));
+        const vi32 w = __builtin_convertvector(h, vi32);
+        ie = w & 0xFF;
+        io = w >> 8;
+#if defined(__AVX2__)
+        even = (vf32)_mm256_i32gather_ps(table, (__m256i)ie, 4);
+        odd = (vf32)_mm256_i32gather_ps(table, (__m256i)io, 4);
+        return;
+#endif
+    }
+    (void)nt;
+    for (int l = 0; l < W; ++l) {
+        even[l] = table[ie[l]];
+        odd[l] = table[io[l]];
+    }
+}
+
+// to_bf16 / to_fp16 of values known finite and within the output type's range.
+template <int ODT>
+MX_INLINE vu32 to_half_in_range(vf32 y) {
+    if constexpr (ODT == DT_BF16) {
+        return to_bf16_in_range(y);
+    } else {
+#if defined(__F16C__) && defined(__AVX2__)
+        return (vu32)_mm256_cvtepu16_epi32(_mm256_cvtps_ph((__m256)y, _MM_FROUND_TO_NEAREST_INT));
+#else
+        return to_fp16(y);
+#endif
+    }
+}
+
+// Elements [i, i + 16) in natural order from the paired layout, stored as ODT (IN_RANGE: every
+// value is finite and within ODT's range).
+template <int ODT, bool IN_RANGE>
+MX_INLINE void store16_paired(void* out, int64_t i, vf32 even, vf32 odd) {
+    if constexpr (ODT == DT_FP32) {
+#if defined(__AVX2__)
+        const __m256 lo = _mm256_unpacklo_ps((__m256)even, (__m256)odd);  // e0 o0 e1 o1 | e4 o4 e5 o5
+        const __m256 hi = _mm256_unpackhi_ps((__m256)even, (__m256)odd);  // e2 o2 e3 o3 | e6 o6 e7 o7
+        float* o = static_cast<float*>(out) + i;
+        _mm_storeu_ps(o, _mm256_castps256_ps128(lo));
+        _mm_storeu_ps(o + 4, _mm256_castps256_ps128(hi));
+        _mm_storeu_ps(o + 8, _mm256_extractf128_ps(lo, 1));
+        _mm_storeu_ps(o + 12, _mm256_extractf128_ps(hi, 1));
+#else
+        float* o = static_cast<float*>(out) + i;
+        for (int l = 0; l < W; ++l) {
+            o[2 * l] = even[l];
+            o[2 * l + 1] = odd[l];
+        }
+#endif
+    } else {  // word l: element 2l in the low half, 2l + 1 in the high half (little-endian)
+        const vu32 e = IN_RANGE ? to_half_in_range<ODT>(even) : ODT == DT_BF16 ? to_bf16(even) : to_fp16(even);
+        const vu32 o = IN_RANGE ? to_half_in_range<ODT>(odd) : ODT == DT_BF16 ? to_bf16(odd) : to_fp16(odd);
+        const vu32 w = e | (o << 16);
+        std::memcpy(static_cast<uint16_t*>(out) + i, &w, sizeof(w));
+    }
+}
+
+// decode_rotated_impl in the paired layout, for bs = 16 * NG and 4- or 8-bit codes, in registers.
+template <int ODT, int UNPACK, int NG>
+void decode_rotated_paired(const Format& f, int32_t nparts, const uint8_t* const* codes, const void* const* scales,
+                           const float* tensor_scales, const float* table, int64_t length, int64_t bpr, int64_t b0,
+                           int64_t b1, void* out, float* acc) {
+    constexpr int32_t bs = 16 * NG;
+    constexpr int64_t block_bytes = UNPACK == UNPACK_NIBBLES ? bs / 2 : bs;
+    const bool check_inf = f.table_has_inf != 0;
+    const float fmax = std::numeric_limits<float>::max();
+    const RotationSigns signs(f, bpr, b0, b1, true);
+    // a bound on |output| below which it needs no saturation: the un-rotated sum is at most
+    // bs * table_max * sum_p |X_p| exactly, and its float32 roundings add far less than the margin
+    const double half_max = ODT == DT_BF16 ? double(u2f(0x7F7F0000u)) : 65504.0;
+    const double range_limit = half_max * (1.0 - 1.0 / 4096) / (double(bs) * double(f.table_max));
+    const NibbleTable nt(table);
+    BlockCursor cur(length, bpr, bs, b0);
+    for (int64_t k = b0; k < b1; ++k, cur.next()) {
+        vf32 even[NG] = {}, odd[NG] = {};
+        double sum_x = 0.0;
+        for (int32_t p = 0; p < nparts; ++p) {
+            const uint8_t* in = codes[p] + k * block_bytes;
+            const float X = block_multiplier(scales[p], k, f, tensor_scales[p]);
+            sum_x += std::fabs(double(X));
+            const bool no_overflow = std::fabs(X) * f.table_max <= fmax;  // (NaN X: false)
+            for (int g = 0; g < NG; ++g) {
+                vf32 ve, vo;
+                paired_values<UNPACK>(in, 2 * W * g, table, nt, ve, vo);
+                const vf32 pe = no_overflow ? ve * X : saturated_products(ve, X, check_inf);
+                const vf32 po = no_overflow ? vo * X : saturated_products(vo, X, check_inf);
+                even[g] = p > 0 ? even[g] + pe : pe;  // float32 accumulation in part order
+                odd[g] = p > 0 ? odd[g] + po : po;
+            }
+        }
+        for (int g = 0; g < NG; ++g) stages_in_pair(even[g], odd[g]);
+        stages_across_registers<NG>(even);
+        stages_across_registers<NG>(odd);
+        const BlockSigns s = signs.block(cur.col);
+        const int64_t off = cur.offset();
+        const int32_t n = cur.valid();
+        for (int g = 0; g < NG; ++g) {
+            vf32 se, so;
+            s.pair(2 * W * g, se, so);
+            even[g] = even[g] * se;
+            odd[g] = odd[g] * so;
+        }
+        if (n == bs) {
+            // no element decodes to +-inf, no scale is NaN, and the bound holds (NaN sum_x: false)
+            if (ODT != DT_FP32 && !check_inf && sum_x <= range_limit) {
+                for (int g = 0; g < NG; ++g) store16_paired<ODT, true>(out, off + 2 * W * g, even[g], odd[g]);
+            } else {
+                for (int g = 0; g < NG; ++g) store16_paired<ODT, false>(out, off + 2 * W * g, even[g], odd[g]);
+            }
+            continue;
+        }
+        for (int g = 0; g < NG; ++g) {
+            storef8(acc + 2 * W * g, even[g]);
+            storef8(acc + 2 * W * g + W, odd[g]);
+        }
+        float natural[bs + W];
+        unpair_block(acc, bs, natural);
+        for (int32_t j = 0; j < n; j += W) {
+            if (n - j >= W) {
+                store8<ODT>(out, off + j, loadf8(natural + j));
+            } else {
+                store_tail<ODT>(out, off + j, loadf8(natural + j), n - j);
+            }
+        }
+    }
+}
+
+template <int ODT>
+void decode_rotated_range(const Format& f, int32_t nparts, const uint8_t* const* codes, const void* const* scales,
+                          const float* tensor_scales, const float* table, int64_t length, int64_t bpr, int64_t b0,
+                          int64_t b1, void* out, uint16_t* cbuf, float* acc, BitReader* readers) {
+    const int32_t bs = f.block_size, bits = f.bits;
+#define MX_DEC_PAIRED(UNPACK, NG)                                                                             \
+    decode_rotated_paired<ODT, UNPACK, NG>(f, nparts, codes, scales, tensor_scales, table, length, bpr, b0, b1, \
+                                           out, acc)
+#define MX_DEC_PAIRED_BS(UNPACK)               \
+    switch (bs) {                              \
+        case 16: MX_DEC_PAIRED(UNPACK, 1); return; \
+        case 32: MX_DEC_PAIRED(UNPACK, 2); return; \
+        case 64: MX_DEC_PAIRED(UNPACK, 4); return; \
+        default: break;                        \
+    }
+    if (bits == 4) MX_DEC_PAIRED_BS(UNPACK_NIBBLES);
+    if (bits == 8) MX_DEC_PAIRED_BS(UNPACK_BYTES);
+#undef MX_DEC_PAIRED_BS
+#undef MX_DEC_PAIRED
+#define MX_DEC_ROT(UNPACK)                                                                                          \
+    decode_rotated_impl<ODT, UNPACK>(f, nparts, codes, scales, tensor_scales, table, length, bpr, b0, b1, out, cbuf, \
+                                     acc, readers)
+    if (bs % W == 0 && bits == 4) {
+        MX_DEC_ROT(UNPACK_NIBBLES);
+    } else if (bs % W == 0 && bits == 8) {
+        MX_DEC_ROT(UNPACK_BYTES);
+    } else {
+        MX_DEC_ROT(UNPACK_BUFFER);
+    }
+#undef MX_DEC_ROT
+}
+
 }  // namespace
 
 extern "C" {
@@ -1098,6 +1838,25 @@ int mx_encode(const Format* f, int32_t dt, const void* x, int64_t length, int64_
     // + W: whole vectors may be written past the last valid code
     uint16_t* cbuf = static_cast<uint16_t*>(std::malloc(sizeof(uint16_t) * size_t(f->block_size + W)));
     if (!cbuf) return -2;
+    if (f->rotate) {
+        float* rot = static_cast<float*>(std::malloc(sizeof(float) * rot_buffer_floats(f->block_size)));
+        if (!rot) {
+            std::free(cbuf);
+            return -2;
+        }
+#define MX_ENC_ROT(RND) \
+    encode_rotated_dispatch<RND>(*f, dt, x, length, bpr, b0, b1, tensor_scale, seed, codes_out, scales_out, cbuf, rot)
+        switch (f->rounding) {
+            case RND_RNE: MX_ENC_ROT(RND_RNE); break;
+            case RND_AWAY: MX_ENC_ROT(RND_AWAY); break;
+            case RND_ZERO: MX_ENC_ROT(RND_ZERO); break;
+            default: MX_ENC_ROT(RND_STOCHASTIC); break;
+        }
+#undef MX_ENC_ROT
+        std::free(rot);
+        std::free(cbuf);
+        return 0;
+    }
 #define MX_ENC(DT, RND) \
     encode_dispatch<DT, RND>(*f, x, length, bpr, b0, b1, tensor_scale, seed, codes_out, scales_out, cbuf)
 #define MX_ENC_DT(DT)                          \
@@ -1134,6 +1893,25 @@ uint32_t mx_finite_amax(int32_t dt, const void* x, int64_t length, int64_t bpr, 
     return best;
 }
 
+// Per-block amax over the finite elements of the rotated blocks [b0, b1) of a rotated format (padding
+// included) as float32 bits; returns their max (the tensor scale's amax).
+uint32_t mx_rotated_finite_amax(const Format* f, int32_t dt, const void* x, int64_t length, int64_t bpr, int64_t b0,
+                                int64_t b1) {
+    const int32_t bs = f->block_size;
+    float* rot = static_cast<float*>(std::malloc(sizeof(float) * size_t(bs + W)));
+    if (!rot) return 0xFFFFFFFFu;  // not a finite amax: the caller reports the failure
+    const RotationSigns signs(*f, bpr, b0, b1, false);
+    BlockCursor cur(length, bpr, bs, b0);
+    uint32_t best = 0;
+    for (int64_t k = b0; k < b1; ++k, cur.next()) {
+        rotate_natural(dt, x, cur.offset(), cur.valid(), bs, signs.block(cur.col), rot);
+        const uint32_t fin = any_block_amax<DT_FP32, true>(rot, 0, bs);
+        best = fin > best ? fin : best;
+    }
+    std::free(rot);
+    return best;
+}
+
 // sum_p decode_fp32(part p) over blocks [b0, b1), accumulated in float32 in part order, stored
 // as odt (saturating). table: float32 value of every element code.
 int mx_decode(const Format* f, int32_t odt, int32_t nparts, const uint8_t* const* codes, const void* const* scales,
@@ -1151,11 +1929,21 @@ int mx_decode(const Format* f, int32_t odt, int32_t nparts, const uint8_t* const
         std::free(readers);
         return -2;
     }
-    switch (odt) {
-        case DT_FP32: decode_range<DT_FP32>(*f, nparts, codes, scales, tensor_scales, table, length, bpr, b0, b1, out, cbuf, acc, readers); break;
-        case DT_BF16: decode_range<DT_BF16>(*f, nparts, codes, scales, tensor_scales, table, length, bpr, b0, b1, out, cbuf, acc, readers); break;
-        default: decode_range<DT_FP16>(*f, nparts, codes, scales, tensor_scales, table, length, bpr, b0, b1, out, cbuf, acc, readers); break;
+#define MX_DEC(RANGE, ODT) \
+    RANGE<ODT>(*f, nparts, codes, scales, tensor_scales, table, length, bpr, b0, b1, out, cbuf, acc, readers)
+#define MX_DEC_ODT(RANGE)                              \
+    switch (odt) {                                     \
+        case DT_FP32: MX_DEC(RANGE, DT_FP32); break;   \
+        case DT_BF16: MX_DEC(RANGE, DT_BF16); break;   \
+        default: MX_DEC(RANGE, DT_FP16); break;        \
     }
+    if (f->rotate) {
+        MX_DEC_ODT(decode_rotated_range);
+    } else {
+        MX_DEC_ODT(decode_range);
+    }
+#undef MX_DEC_ODT
+#undef MX_DEC
     std::free(cbuf);
     std::free(acc);
     std::free(readers);

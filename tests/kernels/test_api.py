@@ -346,3 +346,23 @@ def test_backend_is_recorded() -> None:
     p = mxcomm.encode(_x((2, 32)), "mxfp4", backend="torch")
     assert p.backend == "torch"
     assert "mxfp4" in repr(p)
+
+
+@pytest.mark.parametrize("backend,block", [("torch", 32), ("cpu", 8192)])
+def test_backends_refuse_rotated_formats_handed_to_them_directly(backend: str, block: int) -> None:
+    # mxcomm.encode rotates in front of these backends (the cpu backend: for blocks larger than it
+    # rotates itself); a rotated format reaching their block functions would otherwise be encoded
+    # unrotated, silently.
+    from mxcomm.errors import FormatError
+    from mxcomm.kernels.dispatch import resolve_backend
+
+    be = resolve_backend(backend, torch.device("cpu"))
+    rotated = mxcomm.get_format("mxfp4").with_options(rotation_seed=3, block_size=block)
+    assert not getattr(be, "fuses_rotation", lambda f: False)(rotated)
+    with pytest.raises(FormatError, match="rotat"):
+        be.encode_blocks(torch.randn(2, 2 * block), rotated, None)
+    parts = be.encode_blocks(torch.randn(2, 2 * block), rotated.with_options(rotation_seed=None), None)
+    with pytest.raises(FormatError, match="rotat"):
+        be.decode_sum_blocks([parts], rotated, 2, 2 * block, torch.float32)
+    with pytest.raises(FormatError, match="rotat"):
+        be.decode_blocks(parts, rotated, 2, 2 * block, torch.float32)

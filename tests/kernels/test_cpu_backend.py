@@ -185,6 +185,12 @@ def test_fast_path_layouts(case, seed, threads) -> None:
 def test_decode_of_random_payloads(fmt, rows, length, nparts, seed, threads) -> None:
     """Every code and scale bit pattern (NaN/inf codes and scales, subnormal scales, overflowing
     products) decodes like the reference, alone and summed."""
+    check_random_payloads_decode(fmt, rows, length, nparts, seed, threads)
+
+
+def check_random_payloads_decode(fmt: BlockFormat, rows: int, length: int, nparts: int, seed: int,
+                                 threads: int) -> None:
+    """Random payload bytes of ``fmt`` decode (alone and summed) like the reference, in every dtype."""
     g = _gen(seed)
     n = fmt.packed_nbytes((rows, length))
     parts = [
