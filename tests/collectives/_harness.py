@@ -13,20 +13,46 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import socket
 import subprocess
 import sys
 import tempfile
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 class RankFailure(RuntimeError):
     pass
+
+
+def _spawned_rank(rank: int, body: Callable[[int], dict], world_size: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
+        timeout=datetime.timedelta(seconds=60),
+    )
+    try:
+        torch.save(body(rank), Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn_ranks(body: Callable[[int], dict], world_size: int) -> list[dict]:
+    """Run ``body(rank) -> dict`` on ``world_size`` spawned gloo ranks (group initialised, threads 1);
+    returns each rank's dict. For small test modules whose scenarios live next to their tests."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with tempfile.TemporaryDirectory(prefix="mxcomm-ranks-") as tmp:
+        mp.spawn(_spawned_rank, args=(body, world_size, port, tmp), nprocs=world_size, join=True)
+        return [torch.load(Path(tmp) / f"rank{r}.pt", weights_only=False) for r in range(world_size)]
 
 
 def run_world(world_size: int, suite: str, timeout: float = 600.0) -> list[dict]:

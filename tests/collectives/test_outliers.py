@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import datetime
-import socket
-import tempfile
-from pathlib import Path
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import mxcomm
 from mxcomm.collectives.outliers import all_reduce_with_outliers, channel_index
+from tests.collectives._harness import spawn_ranks
 
 pytestmark = pytest.mark.multiprocess
 
@@ -30,43 +24,27 @@ def _input(rank: int) -> torch.Tensor:
     return x.to(torch.bfloat16)
 
 
-def _worker(rank: int, port: int, out: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
-        timeout=datetime.timedelta(seconds=60),
-    )
+def _rank_body(rank: int) -> dict:
+    result: dict = {}
+    x = _input(rank)
+    with mxcomm.track_comm() as stats:
+        all_reduce_with_outliers(x, FMT, CHANNELS, algorithm="allgather")
+    result["out"] = x
+    result["records"] = [r.as_dict() for r in stats.records]
+    result["summary"] = stats.summary()
+    plain = _input(rank)
+    mxcomm.all_reduce(plain, FMT, algorithm="allgather")
+    result["plain"] = plain
     try:
-        result: dict = {}
-        x = _input(rank)
-        with mxcomm.track_comm() as stats:
-            all_reduce_with_outliers(x, FMT, CHANNELS, algorithm="allgather")
-        result["out"] = x
-        result["records"] = [r.as_dict() for r in stats.records]
-        result["summary"] = stats.summary()
-        plain = _input(rank)
-        mxcomm.all_reduce(plain, FMT, algorithm="allgather")
-        result["plain"] = plain
-        try:
-            all_reduce_with_outliers(_input(rank), FMT, [SHAPE[-1]])
-        except mxcomm.FormatError as e:
-            result["bad_channel_error"] = str(e)
-        torch.save(result, Path(out) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        all_reduce_with_outliers(_input(rank), FMT, [SHAPE[-1]])
+    except mxcomm.FormatError as e:
+        result["bad_channel_error"] = str(e)
+    return result
 
 
 @pytest.fixture(scope="module")
 def ranks() -> list[dict]:
-    with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_worker, args=(_free_port(), tmp), nprocs=WORLD, join=True)
-        return [torch.load(Path(tmp) / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    return spawn_ranks(_rank_body, WORLD)
 
 
 def _exact_sum() -> torch.Tensor:

@@ -9,21 +9,15 @@ pin the algorithm, not just "close to the sum".
 
 from __future__ import annotations
 
-import datetime
-import socket
-import tempfile
-from pathlib import Path
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import mxcomm
 from mxcomm.collectives.planner import all_reduce_wire_bytes, chunk_bounds, segment_bounds
 from mxcomm.kernels.reference import saturating_cast
 from mxcomm.kernels.rotation import rotate, unrotate
 from mxcomm.synthetic import llm_activation
+from tests.collectives._harness import spawn_ranks
 
 pytestmark = pytest.mark.multiprocess
 
@@ -39,37 +33,21 @@ def _input(rank: int) -> torch.Tensor:
     return llm_activation(*SHAPE, outlier_channels=2, seed=100 + rank, dtype=torch.bfloat16)
 
 
-def _worker(rank: int, port: int, out: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
-        timeout=datetime.timedelta(seconds=60),
-    )
-    try:
-        result: dict = {}
-        for algorithm, segment in CASES:
-            for fmt in (ROTATED, ROTATED.with_options(rotation_seed=None)):
-                x = _input(rank)
-                with mxcomm.track_comm() as stats:
-                    mxcomm.all_reduce(x, fmt, algorithm=algorithm, segment_elems=segment, backend="torch")
-                key = (algorithm, segment, fmt.rotation_seed is not None)
-                result[key] = {"out": x, "records": [r.as_dict() for r in stats.records]}
-        torch.save(result, Path(out) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _rank_body(rank: int) -> dict:
+    result: dict = {}
+    for algorithm, segment in CASES:
+        for fmt in (ROTATED, ROTATED.with_options(rotation_seed=None)):
+            x = _input(rank)
+            with mxcomm.track_comm() as stats:
+                mxcomm.all_reduce(x, fmt, algorithm=algorithm, segment_elems=segment, backend="torch")
+            key = (algorithm, segment, fmt.rotation_seed is not None)
+            result[key] = {"out": x, "records": [r.as_dict() for r in stats.records]}
+    return result
 
 
 @pytest.fixture(scope="module")
 def ranks() -> list[dict]:
-    with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_worker, args=(_free_port(), tmp), nprocs=WORLD, join=True)
-        return [torch.load(Path(tmp) / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    return spawn_ranks(_rank_body, WORLD)
 
 
 def _q(x: torch.Tensor, fmt: mxcomm.BlockFormat) -> torch.Tensor:
