@@ -70,7 +70,8 @@ def encode(
     seed = _draw_seed(generator) if f.rounding == "stochastic" else None
     be = resolve_backend(backend, x.device)
     x2d = x.reshape(1, 1) if x.dim() == 0 else x.movedim(lay.axis, -1).reshape(lay.rows, lay.length)
-    if f.rotation_seed is not None and not _fuses_rotation(be, f):
+    front_end = _rotates_in_front_end(be, f)
+    if front_end:
         # Rotation runs here for backends that do not fuse it: pad to whole blocks,
         # rotate in float32, and hand the backend the plain (unrotated) format.
         padded = x2d.new_zeros((lay.rows, lay.padded_length), dtype=torch.float32)
@@ -80,9 +81,8 @@ def encode(
         # A fusing backend gets the rotated format and the unpadded rows: its kernels
         # pad, rotate and encode, byte-identical to the path above.
         parts = be.encode_blocks(x2d, f, seed)
-    log.debug(
-        "encode %s %s %s on %s via %s%s", f.name, tuple(x.shape), x.dtype, x.device, be.name, _rotation_note(be, f)
-    )
+    log.debug("encode %s %s %s on %s via %s%s", f.name, tuple(x.shape), x.dtype, x.device, be.name,
+              _NOTE[f.rotation_seed is not None, front_end])
     return Packed(f, x.shape, x.dtype, lay.axis, parts.codes, parts.scales, parts.tensor_scale, be.name)
 
 
@@ -90,21 +90,27 @@ def _plain(fmt: BlockFormat) -> BlockFormat:
     return fmt.with_options(rotation_seed=None)
 
 
-def _fuses_rotation(be: object, fmt: BlockFormat) -> bool:
-    """Whether backend ``be`` applies ``fmt``'s rotation inside its own kernels.
+def _rotates_in_front_end(be: object, fmt: BlockFormat) -> bool:
+    """Whether this module must rotate / un-rotate around backend ``be`` for ``fmt``.
 
-    A backend opts in with a ``fuses_rotation(fmt) -> bool`` method (the Triton
-    backend does, for blocks that fit its tiles); every other backend gets the
-    plain format and the front-end rotates / un-rotates around it.
+    A backend opts into doing it inside its kernels with a ``fuses_rotation(fmt) -> bool``
+    method (Triton and cpu do, for blocks that fit them); every other backend gets the plain
+    format and the front-end rotates / un-rotates around it.
     """
-    fuses = getattr(be, "fuses_rotation", None)
-    return fmt.rotation_seed is not None and fuses is not None and bool(fuses(fmt))
-
-
-def _rotation_note(be: object, fmt: BlockFormat) -> str:
     if fmt.rotation_seed is None:
-        return ""
-    return " (rotation fused in the backend)" if _fuses_rotation(be, fmt) else " (rotation in the front-end)"
+        return False
+    fuses = getattr(be, "fuses_rotation", None)
+    return fuses is None or not fuses(fmt)
+
+
+# debug-log suffix by (format rotated, rotation in the front-end)
+_NOTE = {(False, False): "", (True, False): " (rotation fused in the backend)", (True, True): " (rotation in the front-end)"}
+
+
+def _unrotated(rotated: torch.Tensor, fmt: BlockFormat, length: int, dtype: torch.dtype) -> torch.Tensor:
+    """Front-end inverse: un-rotate the float32 padded rows, crop the padding, cast (saturating)."""
+    assert fmt.rotation_seed is not None
+    return saturating_cast(unrotate(rotated, fmt.rotation_seed, fmt.block_size)[:, :length], dtype)
 
 
 def _parts(p: Packed) -> EncodedBlocks:
@@ -133,12 +139,14 @@ def decode(p: Packed, *, dtype: torch.dtype | None = None, backend: str = "auto"
     lay = p.layout
     be = resolve_backend(backend, p.device)
     f = p.format
-    if f.rotation_seed is not None and not _fuses_rotation(be, f):
+    front_end = _rotates_in_front_end(be, f)
+    if front_end:
         rotated = be.decode_blocks(_parts(p), _plain(f), lay.rows, lay.padded_length, torch.float32)
-        y2d = saturating_cast(unrotate(rotated, f.rotation_seed, f.block_size)[:, : lay.length], out)
+        y2d = _unrotated(rotated, f, lay.length, out)
     else:
         y2d = be.decode_blocks(_parts(p), f, lay.rows, lay.length, out)
-    log.debug("decode %s %s on %s via %s%s", f.name, tuple(p.shape), p.device, be.name, _rotation_note(be, f))
+    log.debug("decode %s %s on %s via %s%s", f.name, tuple(p.shape), p.device, be.name,
+              _NOTE[f.rotation_seed is not None, front_end])
     return _restore(y2d, p)
 
 
@@ -186,14 +194,15 @@ def decode_sum(
     lay = first.layout
     be = resolve_backend(backend, first.device)
     f = first.format
-    if f.rotation_seed is not None and not _fuses_rotation(be, f):
+    front_end = _rotates_in_front_end(be, f)
+    if front_end:
         # Sum in the rotated domain (linear), un-rotate once.
         rotated = be.decode_sum_blocks([_parts(p) for p in items], _plain(f), lay.rows, lay.padded_length, torch.float32)
-        y2d = saturating_cast(unrotate(rotated, f.rotation_seed, f.block_size)[:, : lay.length], out)
+        y2d = _unrotated(rotated, f, lay.length, out)
     else:
         y2d = be.decode_sum_blocks([_parts(p) for p in items], f, lay.rows, lay.length, out)
     log.debug(
         "decode_sum of %d %s %s on %s via %s%s",
-        len(items), f.name, tuple(first.shape), first.device, be.name, _rotation_note(be, f),
+        len(items), f.name, tuple(first.shape), first.device, be.name, _NOTE[f.rotation_seed is not None, front_end],
     )
     return _restore(y2d, first)
