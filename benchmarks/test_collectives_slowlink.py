@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pytest
 
-from mxcomm.collectives.slowlink import (
+from mxcomm.bench.slowlink import (
     SlowLinkUnavailable,
     SweepConfig,
     check_environment,

@@ -47,7 +47,7 @@ import mxcomm
 from mxcomm.formats import BlockFormat, FloatElement
 from mxcomm.formats.builtins import NVFP4, OCP_FORMATS
 from mxcomm.kernels import backend_status, cpu_backend
-from mxcomm.kernels.dispatch import resolve_backend
+from mxcomm.kernels.dispatch import fuses_rotation, resolve_backend
 from mxcomm.kernels.rotation import hadamard_blocks_reference, rotate, rotation_signs, unrotate
 
 _REASON = backend_status("cpu", "cpu")
@@ -237,8 +237,7 @@ def test_cpu_rotation_cost(benchmark, mib: int, fmt_name: str, op: str) -> None:
     packed = {f.name: mxcomm.encode(x, f, backend="cpu") for f in (plain, rotated)}
     assert all(p.backend == "cpu" for p in packed.values())
     # whether the backend rotates inside its kernels or the API front-end rotates around it
-    fuses = getattr(resolve_backend("cpu", x.device), "fuses_rotation", None)
-    fused = fuses is not None and bool(fuses(rotated))
+    fused = fuses_rotation(resolve_backend("cpu", x.device), rotated)
     rows, length = x.shape  # whole blocks already: the front-end's padding is a plain copy here
     fp32_blocks = x.float()
     if op == "encode":

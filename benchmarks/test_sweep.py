@@ -4,9 +4,9 @@
 
 Each point times the public ``mxcomm.encode`` / ``mxcomm.decode`` (backend "auto") and
 records in ``extra_info`` the format, block size, dtype, shape, bits/element (from
-``Packed.nbytes``), compression ratio, SQNR and relative errors (mxcomm.metrics). The
+``Packed.nbytes``), compression ratio, SQNR and relative errors (mxcomm.bench.metrics). The
 sweep's extent comes from environment variables (``MXCOMM_SWEEP_QUICK=1`` for a tiny
-one; see mxcomm/sweep.py); the full default sweep takes a long time with the torch
+one; see mxcomm/bench/sweep.py); the full default sweep takes a long time with the torch
 reference backend.
 """
 
@@ -17,7 +17,7 @@ import time
 import pytest
 
 import mxcomm
-from mxcomm.sweep import OPS, SweepConfig, point_info, source_unavailable, sweep_points
+from mxcomm.bench.sweep import OPS, SweepConfig, point_info, source_unavailable, sweep_points
 
 CONFIG = SweepConfig.from_env()
 

@@ -8,9 +8,9 @@ import time
 import torch
 
 import mxcomm
+from mxcomm.bench.metrics import max_abs_error, sqnr_db
+from mxcomm.bench.synthetic import llm_activation
 from mxcomm.formats import list_aliases
-from mxcomm.metrics import max_abs_error, sqnr_db
-from mxcomm.synthetic import llm_activation
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 

@@ -7,11 +7,11 @@ import json
 import sys
 import time
 
-from mxcomm.collectives.slowlink import (
-    ALGORITHMS,
+from mxcomm.bench.slowlink import (
     OCP_FORMATS,
     RATES,
     SIZES_MIB,
+    VARIANTS,
     SlowLinkUnavailable,
     SweepConfig,
     format_table,
@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--world-sizes", nargs="+", type=int, default=[2, 4])
     p.add_argument("--sizes-mib", nargs="+", type=float, default=list(SIZES_MIB), help="bf16 message sizes")
     p.add_argument("--formats", nargs="+", default=list(OCP_FORMATS))
-    p.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS)
+    p.add_argument("--algorithms", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--max-seconds", type=float, default=1.5,
                    help="skip sizes whose uncompressed ring all-reduce would exceed this per iteration")

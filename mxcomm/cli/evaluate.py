@@ -32,7 +32,7 @@ def _csv(value: str) -> list[str]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from mxcomm.tp.evaluation import (
+    from mxcomm.bench.evaluation import (
         DEFAULT_PARETO_FORMATS,
         DEFAULT_PARETO_TWO_SHOT,
         DEFAULT_ROTATION_SEED,
@@ -130,7 +130,7 @@ def _environment() -> dict[str, Any]:
 
 
 def render(doc: dict[str, Any]) -> str:
-    from mxcomm.tp.evaluation import pareto_markdown, ppl_markdown, ttft_markdown
+    from mxcomm.bench.evaluation import pareto_markdown, ppl_markdown, ttft_markdown
 
     out = [BEGIN, ""]
     ppl = doc.get("perplexity")
@@ -236,8 +236,8 @@ VARIANT_STYLE = {"plain": ("o", "tab:gray"), "rotation": ("s", "tab:blue"), "out
 
 def pareto_plot(rows: list[dict[str, Any]], path: Path) -> None:
     """Wire bits/element vs Δ perplexity, one marker per variant, the front drawn as a line."""
-    from mxcomm.report import _pyplot
-    from mxcomm.tp.evaluation import _base_ppl, pareto_front
+    from mxcomm.bench.evaluation import _base_ppl, pareto_front
+    from mxcomm.bench.report import _pyplot
 
     plt = _pyplot()
     base = _base_ppl(rows)
@@ -271,8 +271,8 @@ def pareto_plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def parse_ttft_setting(text: str, rotation_seed: int) -> Any:
     """``FORMAT:ALGORITHM[:rot][:kN]`` -> CommSetting (rne)."""
-    from mxcomm.tp.evaluation import CommSetting
-    from mxcomm.tp.smollm2 import EvalSetupError
+    from mxcomm.bench.evaluation import CommSetting
+    from mxcomm.bench.smollm2 import EvalSetupError
 
     name, _, rest = text.partition(":")
     algo, *mods = rest.split(":")
@@ -308,8 +308,7 @@ def write_results(doc: dict[str, Any], md_path: Path, json_path: Path) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from mxcomm.collectives.slowlink import SlowLinkUnavailable, check_environment
-    from mxcomm.tp.evaluation import (
+    from mxcomm.bench.evaluation import (
         DEFAULT_PPL_FORMATS,
         CommSetting,
         emulate_perplexity,
@@ -318,7 +317,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         run_perplexity,
         run_ttft,
     )
-    from mxcomm.tp.smollm2 import EvalSetupError, prepare_assets
+    from mxcomm.bench.slowlink import SlowLinkUnavailable, check_environment
+    from mxcomm.bench.smollm2 import EvalSetupError, prepare_assets
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)

@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import mxcomm
-from mxcomm.errors import MxcommError
-from mxcomm.sweep import (
+from mxcomm.bench.sweep import (
     DTYPES,
     SOURCES,
     SweepConfig,
@@ -24,6 +23,7 @@ from mxcomm.sweep import (
     source_unavailable,
     sweep_points,
 )
+from mxcomm.errors import MxcommError
 
 T = TypeVar("T")
 
@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "sweep",
         help="encode/decode every format on LLM-like activations; print bits/element, error and codec throughput",
-        description="Runs the points of benchmarks/test_sweep.py (same environment variables, see mxcomm/sweep.py); "
+        description="Runs the points of benchmarks/test_sweep.py (same environment variables, see mxcomm/bench/sweep.py); "
         "options override the environment.",
     )
     p.add_argument("--quick", action="store_true", help="tiny sweep (as MXCOMM_SWEEP_QUICK=1)")
@@ -213,7 +213,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from mxcomm.report import write_report
+    from mxcomm.bench.report import write_report
 
     out = args.out if args.out is not None else args.json_file.with_name(args.json_file.stem + "-report")
     try:

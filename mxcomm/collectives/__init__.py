@@ -5,10 +5,11 @@ accounting and the planner's cost model.
 """
 
 from mxcomm.collectives.accounting import CommRecord, CommStats, track_comm
+from mxcomm.collectives.algorithms import ALL_REDUCE_ALGORITHMS, REQUESTABLE, Algorithm
+from mxcomm.collectives.handshake import DESCRIPTOR_NBYTES, format_fingerprint
 from mxcomm.collectives.ops import CollectiveHandle, all_gather, all_reduce, reduce_scatter
 from mxcomm.collectives.outliers import all_reduce_with_outliers, channel_index
 from mxcomm.collectives.planner import (
-    ALGORITHMS,
     CodecCost,
     CostModel,
     Plan,
@@ -21,10 +22,11 @@ from mxcomm.collectives.planner import (
     reduce_scatter_wire_bytes,
     set_cost_model,
 )
-from mxcomm.collectives.wire import DESCRIPTOR_NBYTES, format_fingerprint
 
 __all__ = [
-    "ALGORITHMS",
+    "ALL_REDUCE_ALGORITHMS",
+    "REQUESTABLE",
+    "Algorithm",
     "DESCRIPTOR_NBYTES",
     "CodecCost",
     "CollectiveHandle",

@@ -2,7 +2,7 @@
 
 Every call runs in three stages on every rank:
 
-1. the 64-byte descriptor all-gather (``mxcomm.collectives.wire``; skipped with
+1. the 64-byte descriptor all-gather (``mxcomm.collectives.handshake``; skipped with
    ``verify=False``): every rank checks that all agree, or every rank raises;
 2. ``start``: encode and post the (async) payload exchanges of every pipeline
    segment;
@@ -29,9 +29,17 @@ import torch
 import torch.distributed as dist
 
 from mxcomm.collectives.accounting import CommRecord, current_trackers, emit
+from mxcomm.collectives.algorithms import REQUESTABLE, Algorithm
+from mxcomm.collectives.handshake import (
+    DESCRIPTOR_NBYTES,
+    Descriptor,
+    WireDescriptor,
+    algorithm_name,
+    check_descriptors,
+    format_fingerprint,
+)
 from mxcomm.collectives.planner import (
     DEFAULT_SEGMENT_ELEMS,
-    REQUESTABLE,
     CostModel,
     Plan,
     all_reduce_logical_bytes,
@@ -42,15 +50,7 @@ from mxcomm.collectives.planner import (
     segment_bounds,
     two_shot_slot_nbytes,
 )
-from mxcomm.collectives.wire import (
-    ALGORITHMS,
-    DESCRIPTOR_NBYTES,
-    Descriptor,
-    WireDescriptor,
-    algorithm_name,
-    check_descriptors,
-    format_fingerprint,
-)
+from mxcomm.collectives.transport import Transport, group_device
 from mxcomm.errors import FormatError, MxcommError
 from mxcomm.formats import BlockFormat, get_format
 from mxcomm.kernels import Packed, decode, decode_sum, encode, resolve_backend
@@ -59,43 +59,6 @@ from mxcomm.kernels.reference import saturating_cast
 from mxcomm.kernels.rotation import rotate, unrotate
 
 log = logging.getLogger("mxcomm.collectives")
-
-_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-
-
-def all_gather_bytes(out: torch.Tensor, inp: torch.Tensor, group: Any = None, async_op: bool = False):
-    """all_gather_into_tensor under whichever name this torch has."""
-    return _all_gather_single(out, inp, group=group, async_op=async_op)
-
-
-def group_device(group: Any = None) -> torch.device:
-    """Where a group's communication buffers must live (CUDA for NCCL, else CPU)."""
-    if dist.get_backend(group) == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-class _Wire:
-    """Posts byte exchanges on the group and counts what this rank sends and receives."""
-
-    def __init__(self, group: Any, world_size: int) -> None:
-        self.group = group
-        self.n = world_size
-        self.sent = 0
-        self.received = 0
-
-    def all_gather(self, out: torch.Tensor, inp: torch.Tensor, async_op: bool = True):
-        # Each rank's slot reaches the n-1 others; the own slot is a local copy.
-        self.sent += (self.n - 1) * inp.numel()
-        self.received += (self.n - 1) * inp.numel()
-        return all_gather_bytes(out, inp, self.group, async_op)
-
-    def all_to_all(self, out: torch.Tensor, inp: torch.Tensor, async_op: bool = True):
-        slot = inp.numel() // self.n
-        self.sent += (self.n - 1) * slot
-        self.received += (self.n - 1) * slot
-        return dist.all_to_all_single(out, inp, group=self.group, async_op=async_op)
-
 
 # -- argument checks and the descriptor exchange --------------------------------------------------
 
@@ -108,16 +71,16 @@ def _check_tensor(t: Any, what: str) -> torch.Tensor:
     return t
 
 
-def _exchange_descriptors(desc: Descriptor, group: Any, device: torch.device, n: int, wire: _Wire) -> list:
+def _exchange_descriptors(desc: Descriptor, group: Any, device: torch.device, n: int, transport: Transport) -> list:
     inp = desc.to_tensor(device)
     out = torch.empty(n * DESCRIPTOR_NBYTES, dtype=torch.uint8, device=device)
-    wire.all_gather(out, inp, async_op=False)
+    transport.all_gather(out, inp, async_op=False)
     raw = out.cpu().numpy().tobytes()
     return [WireDescriptor.unpack(raw[i * DESCRIPTOR_NBYTES : (i + 1) * DESCRIPTOR_NBYTES]) for i in range(n)]
 
 
 def _agree(
-    desc: Descriptor, local_error: Exception | None, group: Any, device: torch.device, n: int, wire: _Wire,
+    desc: Descriptor, local_error: Exception | None, group: Any, device: torch.device, n: int, transport: Transport,
     verify: bool,
 ) -> WireDescriptor:
     """Exchange descriptors; raise on every rank unless all agree. Returns rank 0's descriptor.
@@ -130,7 +93,7 @@ def _agree(
         if local_error is not None:
             raise local_error
         return WireDescriptor.unpack(desc.pack())
-    received = _exchange_descriptors(desc, group, device, n, wire)
+    received = _exchange_descriptors(desc, group, device, n, transport)
     if local_error is not None:
         raise local_error
     check_descriptors(received, compare_format=desc.requested != "none")
@@ -138,7 +101,7 @@ def _agree(
 
 
 def _invalid_descriptor(op: str, requested: str) -> Descriptor:
-    return Descriptor(op, requested if requested in ALGORITHMS else "none", "none", torch.float32, (), b"\0" * 8,
+    return Descriptor(op, requested if requested in tuple(Algorithm) else "none", "none", torch.float32, (), b"\0" * 8,
                       "", 0, invalid=True)
 
 
@@ -166,13 +129,13 @@ class _Job:
         self,
         steps: Generator[None, None, None],
         info: _CallInfo,
-        wire: _Wire,
+        transport: Transport,
         t0: float,
         result: Callable[[], Any],
     ) -> None:
         self._steps = steps
         self._info = info
-        self._wire = wire
+        self._wire = transport
         self._t0 = t0
         self._result = result
         self._trackers = current_trackers()
@@ -242,13 +205,13 @@ def _from_slot(buf: torch.Tensor, start: int, fmt: BlockFormat, numel: int, dtyp
 
 def _one_shot(
     src: torch.Tensor, dst: torch.Tensor, fmt: BlockFormat, segs: Sequence[tuple[int, int]], rank: int,
-    n: int, wire: _Wire, backend: str,
+    n: int, transport: Transport, backend: str,
 ) -> Generator[None, None, None]:
     posted = []
     for s0, s1 in segs:
         payload = encode(src[s0:s1], fmt, backend=backend).payload()
         out = torch.empty(n * payload.numel(), dtype=torch.uint8, device=src.device)
-        posted.append((s0, s1, payload.numel(), out, wire.all_gather(out, payload)))
+        posted.append((s0, s1, payload.numel(), out, transport.all_gather(out, payload)))
     yield
     for s0, s1, size, out, work in posted:
         work.wait()
@@ -258,17 +221,17 @@ def _one_shot(
 
 def _two_shot(
     src: torch.Tensor, dst: torch.Tensor, fmt: BlockFormat, segs: Sequence[tuple[int, int]], rank: int,
-    n: int, wire: _Wire, backend: str,
+    n: int, transport: Transport, backend: str,
 ) -> Generator[None, None, None]:
     if fmt.rotation_seed is not None:
-        yield from _two_shot_rotated(src, dst, fmt, segs, rank, n, wire, backend)
+        yield from _two_shot_rotated(src, dst, fmt, segs, rank, n, transport, backend)
         return
-    yield from _two_shot_plain(src, dst, fmt, segs, rank, n, wire, backend)
+    yield from _two_shot_plain(src, dst, fmt, segs, rank, n, transport, backend)
 
 
 def _two_shot_rotated(
     src: torch.Tensor, dst: torch.Tensor, fmt: BlockFormat, segs: Sequence[tuple[int, int]], rank: int,
-    n: int, wire: _Wire, backend: str,
+    n: int, transport: Transport, backend: str,
 ) -> Generator[None, None, None]:
     """Two-shot with a rotated format: rotate each segment once, run both phases in the
     rotated domain with the plain format, un-rotate once at the end.
@@ -291,7 +254,7 @@ def _two_shot_rotated(
         start += padded.shape[1]
     flat_rotated = torch.cat(rotated) if rotated else torch.zeros(0, dtype=torch.float32, device=src.device)
     summed = torch.empty_like(flat_rotated)
-    yield from _two_shot_plain(flat_rotated, summed, plain, padded_segs, rank, n, wire, backend)
+    yield from _two_shot_plain(flat_rotated, summed, plain, padded_segs, rank, n, transport, backend)
     for (s0, s1), (p0, p1) in zip(segs, padded_segs):
         back = unrotate(summed[p0:p1].view(1, -1), seed, block)[0, : s1 - s0]
         dst[s0:s1].copy_(saturating_cast(back, dst.dtype))
@@ -299,7 +262,7 @@ def _two_shot_rotated(
 
 def _two_shot_plain(
     src: torch.Tensor, dst: torch.Tensor, fmt: BlockFormat, segs: Sequence[tuple[int, int]], rank: int,
-    n: int, wire: _Wire, backend: str,
+    n: int, transport: Transport, backend: str,
 ) -> Generator[None, None, None]:
     device = src.device
     phase1 = []
@@ -316,7 +279,7 @@ def _two_shot_plain(
         a, b = chunks[rank]
         own = src[s0 + a : s0 + b].clone()
         recv = torch.empty(n * slot, dtype=torch.uint8, device=device)
-        phase1.append((s0, chunks, slot, own, recv, wire.all_to_all(recv, send)))
+        phase1.append((s0, chunks, slot, own, recv, transport.all_to_all(recv, send)))
     yield
     phase2 = []
     for s0, chunks, slot, own, recv, work in phase1:
@@ -335,7 +298,7 @@ def _two_shot_plain(
             payload = encode(reduced, fmt, backend=backend).payload()
             reencoded[: payload.numel()] = payload
         out = torch.empty(n * slot, dtype=torch.uint8, device=device)
-        phase2.append((s0, chunks, slot, out, wire.all_gather(out, reencoded)))
+        phase2.append((s0, chunks, slot, out, transport.all_gather(out, reencoded)))
     for s0, chunks, slot, out, work in phase2:
         work.wait()
         for c, (a, b) in enumerate(chunks):
@@ -385,14 +348,14 @@ def all_reduce(
     t0 = time.perf_counter()
     n = dist.get_world_size(group)
     rank = dist.get_rank(group)
-    wire = _Wire(group, n)
+    transport = Transport(group, n)
     local_error: MxcommError | None = None
     f: BlockFormat | None = None
     plan: Plan | None = None
     try:
         _check_tensor(tensor, "all_reduce tensor")
         if algorithm not in REQUESTABLE:
-            raise FormatError(f"algorithm must be one of {REQUESTABLE}, got {algorithm!r}")
+            raise FormatError(f"algorithm must be one of {tuple(a.value for a in REQUESTABLE)}, got {algorithm!r}")
         if fmt is None and algorithm != "none":
             raise FormatError("fmt is required unless algorithm='none'")
         f = get_format(fmt) if fmt is not None else None
@@ -420,7 +383,7 @@ def all_reduce(
         local_error = e
         desc = _invalid_descriptor("all_reduce", algorithm if isinstance(algorithm, str) else "none")
     device = tensor.device if isinstance(tensor, torch.Tensor) else group_device(group)
-    agreed = _agree(desc, local_error, group, device, n, wire, verify)
+    agreed = _agree(desc, local_error, group, device, n, transport, verify)
     assert plan is not None
     chosen = algorithm_name(agreed.planned)
     reason = plan.reason
@@ -437,13 +400,13 @@ def all_reduce(
         steps = _plain(work, group)
         # What a bandwidth-optimal ring all-reduce moves; the backend's own algorithm may differ.
         logical = all_reduce_logical_bytes(tensor.numel(), tensor.element_size(), n)
-        wire.sent += logical
-        wire.received += logical
+        transport.sent += logical
+        transport.received += logical
     else:
         assert f is not None
         # The result is written segment by segment after all of them were encoded: no input is read late.
         algo = _one_shot if chosen == "allgather" else _two_shot
-        steps = algo(flat, flat, f, segs, rank, n, wire, backend)
+        steps = algo(flat, flat, f, segs, rank, n, transport, backend)
 
     def result() -> torch.Tensor:
         if work is not tensor:
@@ -455,7 +418,7 @@ def all_reduce(
         tensor.numel(), tensor.dtype, all_reduce_logical_bytes(tensor.numel(), tensor.element_size(), n),
         len(segs) if chosen != "none" else 1, reason,
     )
-    job = _Job(steps, info, wire, t0, result)
+    job = _Job(steps, info, transport, t0, result)
     handle = _run(job, async_op)
     return handle if async_op else None
 
@@ -478,7 +441,7 @@ def all_gather(
     t0 = time.perf_counter()
     n = dist.get_world_size(group)
     rank = dist.get_rank(group)
-    wire = _Wire(group, n)
+    transport = Transport(group, n)
     local_error: MxcommError | None = None
     try:
         _check_tensor(tensor, "all_gather tensor")
@@ -490,7 +453,7 @@ def all_gather(
         local_error = e
         desc = _invalid_descriptor("all_gather", "allgather")
     device = tensor.device if isinstance(tensor, torch.Tensor) else group_device(group)
-    _agree(desc, local_error, group, device, n, wire, verify)
+    _agree(desc, local_error, group, device, n, transport, verify)
     src = tensor.reshape(-1)
     numel = src.numel()
     outputs: list[torch.Tensor] = []
@@ -501,7 +464,7 @@ def all_gather(
             encode(src, f, backend=backend).payload() if numel else torch.empty(0, dtype=torch.uint8, device=device)
         )
         out = torch.empty(n * size, dtype=torch.uint8, device=device)
-        work = wire.all_gather(out, payload)
+        work = transport.all_gather(out, payload)
         yield
         work.wait()
         for r in range(n):
@@ -514,7 +477,7 @@ def all_gather(
     info = _CallInfo("all_gather", "allgather", "allgather", f.name, n, numel, tensor.dtype,
                      (n - 1) * numel * tensor.element_size(), 1, "requested")
     log.debug("all_gather rank %d/%d numel=%d %s fmt=%s", rank, n, numel, tensor.dtype, f.name)
-    return _run(_Job(steps(), info, wire, t0, lambda: outputs), async_op)
+    return _run(_Job(steps(), info, transport, t0, lambda: outputs), async_op)
 
 
 def reduce_scatter(
@@ -540,7 +503,7 @@ def reduce_scatter(
     t0 = time.perf_counter()
     n = dist.get_world_size(group)
     rank = dist.get_rank(group)
-    wire = _Wire(group, n)
+    transport = Transport(group, n)
     local_error: MxcommError | None = None
     chunks: list[torch.Tensor] = []
     try:
@@ -571,7 +534,7 @@ def reduce_scatter(
         local_error = e
         desc = _invalid_descriptor("reduce_scatter", "all_to_all")
     device = output.device if isinstance(output, torch.Tensor) else group_device(group)
-    _agree(desc, local_error, group, device, n, wire, verify)
+    _agree(desc, local_error, group, device, n, transport, verify)
 
     def steps() -> Generator[None, None, None]:
         size = payload_nbytes(f, m)
@@ -582,7 +545,7 @@ def reduce_scatter(
                     send[r * size : (r + 1) * size] = encode(c, f, backend=backend).payload()
         own = chunks[rank].clone()  # never leaves the rank: summed exactly
         recv = torch.empty(n * size, dtype=torch.uint8, device=device)
-        work = wire.all_to_all(recv, send)
+        work = transport.all_to_all(recv, send)
         yield
         work.wait()
         if m:
@@ -596,5 +559,5 @@ def reduce_scatter(
     info = _CallInfo("reduce_scatter", "all_to_all", "all_to_all", f.name, n, m, output.dtype,
                      (n - 1) * m * output.element_size(), 1, "requested")
     log.debug("reduce_scatter rank %d/%d numel=%d %s fmt=%s", rank, n, m, output.dtype, f.name)
-    handle = _run(_Job(steps(), info, wire, t0, lambda: output), async_op)
+    handle = _run(_Job(steps(), info, transport, t0, lambda: output), async_op)
     return handle if async_op else None

@@ -36,14 +36,15 @@ from dataclasses import dataclass, field, replace
 import torch
 import torch.distributed as dist
 
-from mxcomm.collectives.wire import DESCRIPTOR_NBYTES
+from mxcomm.collectives.algorithms import ALL_REDUCE_ALGORITHMS, COMPRESSED
+from mxcomm.collectives.handshake import DESCRIPTOR_NBYTES
+from mxcomm.collectives.transport import all_gather_bytes, group_device
 from mxcomm.errors import FormatError
 from mxcomm.formats import BlockFormat, get_format
+from mxcomm.kernels import Packed, decode_sum, encode
 
 log = logging.getLogger("mxcomm.collectives")
 
-ALGORITHMS = ("none", "allgather", "two_shot")
-REQUESTABLE = ("auto", *ALGORITHMS)
 
 # Pipeline segment (elements) for large compressed all-reduces. Big enough that
 # per-call codec overhead stays small, small enough that a 16 MiB bf16 message
@@ -247,10 +248,10 @@ def plan_all_reduce(
 ) -> Plan:
     """The planner: the fastest predicted algorithm; compression only when it wins by ``min_gain``."""
     seg = DEFAULT_SEGMENT_ELEMS
-    predicted = {a: model.predict(a, fmt, numel, elem_size, world_size, seg) for a in ALGORITHMS}
+    predicted = {a: model.predict(a, fmt, numel, elem_size, world_size, seg) for a in ALL_REDUCE_ALGORITHMS}
     if world_size == 1 or numel == 0:
         return Plan("none", seg, "nothing to exchange", predicted)
-    best = min(("allgather", "two_shot"), key=lambda a: predicted[a])
+    best = min(COMPRESSED, key=lambda a: predicted[a])
     base = predicted["none"]
     shown = ", ".join(f"{a} {t * 1e3:.3g} ms" for a, t in predicted.items())
     if predicted[best] <= (1.0 - model.min_gain) * base:
@@ -309,8 +310,6 @@ def measure_codec(
     reps: int = 5,
 ) -> CodecCost:
     """Time encode / decode_sum of this process's codec for ``fmt`` (median of ``reps``)."""
-    from mxcomm.kernels import Packed, decode_sum, encode
-
     f = get_format(fmt)
     gen = torch.Generator(device="cpu").manual_seed(0)
     big = torch.randn(numel, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
@@ -352,8 +351,6 @@ def calibrate(
     constant is the maximum over ranks. With ``install`` the model becomes the
     one ``auto`` uses for ``group``.
     """
-    from mxcomm.collectives.ops import all_gather_bytes, group_device
-
     n = dist.get_world_size(group)
     device = group_device(group)
     fmts = [get_format(f) for f in formats]

@@ -1,19 +1,23 @@
-"""Format model: element types, block formats, the registry and the built-ins."""
+"""Format model: element types, block formats, the codec's policy enums, the registry and the built-ins."""
 
 from mxcomm.formats.block import (
     E4M3_NAN,
     E8M0_BIAS,
     E8M0_NAN,
-    ROUNDINGS,
+    E8M0_SCALE_MODES,
+    FLOAT_SCALE_MODES,
     SCALE_SPECS,
     BlockFormat,
     BlockLayout,
     ScaleSpec,
     block_layout,
     normalize_axis,
+    plain_name,
+    rotated_name,
 )
 from mxcomm.formats.builtins import CUSTOM_FORMATS, NVFP4, OCP_FORMATS, custom_name, register_builtins
 from mxcomm.formats.element import Element, FloatElement, IntElement, cached_code_values, code_values
+from mxcomm.formats.enums import CodedEnum, NanEncoding, Rounding, ScaleMode, ScaleType
 from mxcomm.formats.registry import (
     get_format,
     list_aliases,
@@ -30,16 +34,22 @@ __all__ = [
     "E4M3_NAN",
     "E8M0_BIAS",
     "E8M0_NAN",
+    "E8M0_SCALE_MODES",
+    "FLOAT_SCALE_MODES",
     "NVFP4",
     "OCP_FORMATS",
-    "ROUNDINGS",
     "SCALE_SPECS",
     "BlockFormat",
     "BlockLayout",
+    "CodedEnum",
     "Element",
     "FloatElement",
     "IntElement",
+    "NanEncoding",
+    "Rounding",
+    "ScaleMode",
     "ScaleSpec",
+    "ScaleType",
     "block_layout",
     "cached_code_values",
     "code_values",
@@ -48,7 +58,9 @@ __all__ = [
     "list_aliases",
     "list_formats",
     "normalize_axis",
+    "plain_name",
     "register_alias",
     "register_format",
+    "rotated_name",
     "unregister_format",
 ]

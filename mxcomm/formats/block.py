@@ -6,18 +6,13 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 from mxcomm.errors import FormatError
 from mxcomm.formats.element import Element, FloatElement, IntElement
+from mxcomm.formats.enums import Rounding, ScaleMode, ScaleType
 
-ScaleType = Literal["e8m0", "e4m3", "fp16", "bf16", "fp32"]
-ScaleMode = Literal["floor", "ceil", "rceil", "even"]
-Rounding = Literal["rne", "away", "zero", "stochastic"]
-
-ROUNDINGS: tuple[str, ...] = ("rne", "away", "zero", "stochastic")
-E8M0_SCALE_MODES: tuple[str, ...] = ("floor", "ceil", "rceil", "even")
-FLOAT_SCALE_MODES: tuple[str, ...] = ("rceil",)
+E8M0_SCALE_MODES: tuple[ScaleMode, ...] = tuple(ScaleMode)
+FLOAT_SCALE_MODES: tuple[ScaleMode, ...] = (ScaleMode.RCEIL,)
 MAX_BLOCK_SIZE = 1 << 16
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
@@ -31,13 +26,14 @@ class ScaleSpec:
     exactly; ``max_value`` is the largest finite scale.
     """
 
-    name: str
+    name: ScaleType
     bits: int
     power_of_two: bool
     ebits: int = 0
     mbits: int = 0
     bias: int = 0
     max_value: float = 0.0
+    nan_bits: int = 0  # the stored bit pattern of a NaN block's scale (every backend writes exactly this)
 
     @property
     def nbytes(self) -> int:
@@ -48,18 +44,22 @@ class ScaleSpec:
         return math.ldexp(1.0, 1 - self.bias - self.mbits)
 
 
-SCALE_SPECS: dict[str, ScaleSpec] = {
+SCALE_SPECS: dict[ScaleType, ScaleSpec] = {
     # OCP E8M0: unsigned power of two 2**(code-127); code 0xFF is NaN.
-    "e8m0": ScaleSpec("e8m0", 8, True),
+    ScaleType.E8M0: ScaleSpec(ScaleType.E8M0, 8, True, nan_bits=0xFF),
     # Unsigned use of FP8 E4M3 (sign bit always 0); 0x7F is NaN.
-    "e4m3": ScaleSpec("e4m3", 8, False, 4, 3, 7, 448.0),
-    "fp16": ScaleSpec("fp16", 16, False, 5, 10, 15, 65504.0),
-    "bf16": ScaleSpec("bf16", 16, False, 8, 7, 127, math.ldexp(255.0, 120)),
-    "fp32": ScaleSpec("fp32", 32, False, 8, 23, 127, math.ldexp(float(2**24 - 1), 104)),
+    ScaleType.E4M3: ScaleSpec(ScaleType.E4M3, 8, False, 4, 3, 7, 448.0, nan_bits=0x7F),
+    # IEEE types: the canonical quiet NaN. (torch's own float->bf16 cast writes 0x7FC0 or 0xFFFF
+    # depending on vectorisation, so the codecs write these bits explicitly.)
+    ScaleType.FP16: ScaleSpec(ScaleType.FP16, 16, False, 5, 10, 15, 65504.0, nan_bits=0x7E00),
+    ScaleType.BF16: ScaleSpec(ScaleType.BF16, 16, False, 8, 7, 127, math.ldexp(255.0, 120), nan_bits=0x7FC0),
+    ScaleType.FP32: ScaleSpec(
+        ScaleType.FP32, 32, False, 8, 23, 127, math.ldexp(float(2**24 - 1), 104), nan_bits=0x7FC00000
+    ),
 }
 E8M0_BIAS = 127
-E8M0_NAN = 0xFF
-E4M3_NAN = 0x7F
+E8M0_NAN = SCALE_SPECS[ScaleType.E8M0].nan_bits
+E4M3_NAN = SCALE_SPECS[ScaleType.E4M3].nan_bits
 
 
 @dataclass(frozen=True)
@@ -79,9 +79,9 @@ class BlockFormat:
     name: str
     element: Element
     block_size: int = 32
-    scale: ScaleType = "e8m0"
+    scale: ScaleType = ScaleType.E8M0
     scale_mode: ScaleMode | None = None
-    rounding: Rounding = "rne"
+    rounding: Rounding = Rounding.RNE
     tensor_scale: bool = field(default=False, kw_only=True)
     rotation_seed: int | None = field(default=None, kw_only=True)
 
@@ -100,18 +100,18 @@ class BlockFormat:
             or not 1 <= self.block_size <= MAX_BLOCK_SIZE
         ):
             raise FormatError(f"block_size must be an int in 1..{MAX_BLOCK_SIZE}, got {self.block_size!r}")
-        if self.scale not in SCALE_SPECS:
-            raise FormatError(f"scale must be one of {tuple(SCALE_SPECS)}, got {self.scale!r}")
+        object.__setattr__(self, "scale", ScaleType.parse(self.scale, "scale"))
         spec = SCALE_SPECS[self.scale]
         if self.scale_mode is None:
-            object.__setattr__(self, "scale_mode", "floor" if spec.power_of_two else "rceil")
+            object.__setattr__(self, "scale_mode", ScaleMode.FLOOR if spec.power_of_two else ScaleMode.RCEIL)
+        object.__setattr__(self, "scale_mode", ScaleMode.parse(self.scale_mode, "scale_mode"))
         allowed = E8M0_SCALE_MODES if spec.power_of_two else FLOAT_SCALE_MODES
         if self.scale_mode not in allowed:
             raise FormatError(
-                f"scale type {self.scale!r} supports scale_mode {allowed}, got {self.scale_mode!r}"
+                f"scale type {self.scale!r} supports scale_mode {tuple(m.value for m in allowed)}, "
+                f"got {self.scale_mode!r}"
             )
-        if self.rounding not in ROUNDINGS:
-            raise FormatError(f"rounding must be one of {ROUNDINGS}, got {self.rounding!r}")
+        object.__setattr__(self, "rounding", Rounding.parse(self.rounding, "rounding"))
         if not isinstance(self.tensor_scale, bool):
             raise FormatError(f"tensor_scale must be a bool, got {self.tensor_scale!r}")
         if self.tensor_scale and spec.power_of_two:
@@ -153,7 +153,14 @@ class BlockFormat:
         return bits / self.bits_per_element
 
     def with_options(self, **changes: object) -> BlockFormat:
-        """A copy with some fields changed (validated like a new format)."""
+        """A copy with some fields changed (validated like a new format).
+
+        Changing ``rotation_seed`` (without an explicit ``name``) also renames:
+        a rotated format is ``<plain name>.rot<seed>``, so planner costs and
+        accounting never mix it with the plain format (``rotated_name``).
+        """
+        if "rotation_seed" in changes and "name" not in changes and changes["rotation_seed"] != self.rotation_seed:
+            changes = {**changes, "name": rotated_name(plain_name(self.name), changes["rotation_seed"])}  # type: ignore[arg-type]
         values = {
             "name": self.name,
             "element": self.element,
@@ -185,6 +192,20 @@ class BlockFormat:
         tensor = " +fp32 tensor scale" if self.tensor_scale else ""
         rotation = f" +hadamard(seed={self.rotation_seed})" if self.rotation_seed is not None else ""
         return f"{self.element} x{self.block_size} {self.scale}{mode}{tensor}{rotation} {self.rounding}"
+
+
+ROTATION_SUFFIX = ".rot"
+
+
+def plain_name(name: str) -> str:
+    """``name`` without a rotation suffix (``"mxfp4_e2m1.rot7"`` -> ``"mxfp4_e2m1"``)."""
+    base, sep, seed = name.rpartition(ROTATION_SUFFIX)
+    return base if sep and seed.isdigit() else name
+
+
+def rotated_name(plain: str, seed: int | None) -> str:
+    """The name of the rotated variant of format ``plain`` (``plain`` itself for ``seed=None``)."""
+    return plain if seed is None else f"{plain}{ROTATION_SUFFIX}{seed}"
 
 
 @dataclass(frozen=True)

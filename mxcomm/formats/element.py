@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Union
 
 from mxcomm.errors import FormatError
-
-NanEncoding = Literal["none", "all_ones", "ieee"]
-_NAN_ENCODINGS = ("none", "all_ones", "ieee")
+from mxcomm.formats.enums import NanEncoding
 
 # Every element value must be exactly representable as a float32, because the
 # decoders build their values in float32 (and the Triton kernels compute in it).
@@ -44,7 +42,7 @@ class FloatElement:
     mbits: int
     bias: int | None = field(default=None, kw_only=True)
     inf: bool = field(default=False, kw_only=True)
-    nan: NanEncoding = field(default="none", kw_only=True)
+    nan: NanEncoding = field(default=NanEncoding.NONE, kw_only=True)
 
     def __post_init__(self) -> None:
         for name in ("ebits", "mbits"):
@@ -66,8 +64,7 @@ class FloatElement:
             raise FormatError(f"FloatElement.bias must be an int or None, got {self.bias!r}")
         if not isinstance(self.inf, bool):
             raise FormatError(f"FloatElement.inf must be a bool, got {self.inf!r}")
-        if self.nan not in _NAN_ENCODINGS:
-            raise FormatError(f"FloatElement.nan must be one of {_NAN_ENCODINGS}, got {self.nan!r}")
+        object.__setattr__(self, "nan", NanEncoding.parse(self.nan, "FloatElement.nan"))
         if (self.inf, self.nan) not in ((False, "none"), (False, "all_ones"), (True, "ieee")):
             raise FormatError(
                 f"FloatElement(inf={self.inf}, nan={self.nan!r}) is not a legal combination; "

@@ -8,9 +8,10 @@ from collections.abc import Sequence
 import torch
 
 from mxcomm.errors import FormatError
-from mxcomm.formats import ROUNDINGS, BlockFormat, block_layout, get_format
-from mxcomm.kernels.dispatch import resolve_backend
-from mxcomm.kernels.packed import INPUT_DTYPES, Packed
+from mxcomm.formats import BlockFormat, Rounding, block_layout, get_format
+from mxcomm.kernels.dispatch import CodecBackend, fuses_rotation, resolve_backend
+from mxcomm.kernels.dtypes import INPUT_DTYPES
+from mxcomm.kernels.packed import Packed
 from mxcomm.kernels.reference import EncodedBlocks, saturating_cast
 from mxcomm.kernels.rotation import rotate, unrotate
 
@@ -22,9 +23,7 @@ def effective_format(fmt: str | BlockFormat, rounding: str | None = None, scale_
     base = get_format(fmt)
     changes: dict[str, object] = {}
     if rounding is not None:
-        if rounding not in ROUNDINGS:
-            raise FormatError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
-        changes["rounding"] = rounding
+        changes["rounding"] = Rounding.parse(rounding, "rounding")
     if scale_mode is not None:
         changes["scale_mode"] = scale_mode
     return base.with_options(**changes) if changes else base
@@ -32,7 +31,7 @@ def effective_format(fmt: str | BlockFormat, rounding: str | None = None, scale_
 
 def _draw_seed(generator: torch.Generator | None) -> int:
     # One 62-bit seed per encode call; the counter-based hash derives every
-    # element's random word from it (mxcomm.kernels.random).
+    # element's random word from it (mxcomm.kernels.counter_rng).
     if generator is not None and not isinstance(generator, torch.Generator):
         raise FormatError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     return int(torch.randint(0, 2**62, (1,), generator=generator, device="cpu").item())
@@ -90,17 +89,10 @@ def _plain(fmt: BlockFormat) -> BlockFormat:
     return fmt.with_options(rotation_seed=None)
 
 
-def _rotates_in_front_end(be: object, fmt: BlockFormat) -> bool:
-    """Whether this module must rotate / un-rotate around backend ``be`` for ``fmt``.
-
-    A backend opts into doing it inside its kernels with a ``fuses_rotation(fmt) -> bool``
-    method (Triton and cpu do, for blocks that fit them); every other backend gets the plain
-    format and the front-end rotates / un-rotates around it.
-    """
-    if fmt.rotation_seed is None:
-        return False
-    fuses = getattr(be, "fuses_rotation", None)
-    return fuses is None or not fuses(fmt)
+def _rotates_in_front_end(be: CodecBackend, fmt: BlockFormat) -> bool:
+    """Whether this module must rotate / un-rotate around backend ``be`` for ``fmt``: a rotated
+    format the backend does not rotate in its kernels (``CodecBackend.max_fused_rotation_block``)."""
+    return fmt.rotation_seed is not None and not fuses_rotation(be, fmt)
 
 
 # debug-log suffix by (format rotated, rotation in the front-end)

@@ -14,7 +14,7 @@ vectors to bytes lane by lane and bit-cast through memory); see
 docs/performance.md ("CPU codec") and benchmarks/test_cpu_codec.py.
 
 Rotated formats (``rotation_seed``) with blocks of at most ``ROTATION_MAX_BLOCK`` elements are
-rotated inside the kernels (``CpuBackend.fuses_rotation``; ``mxcomm.kernels.api`` then hands the
+rotated inside the kernels (``CpuBackend.max_fused_rotation_block``; ``mxcomm.kernels.api`` then hands the
 rotated format and the unpadded rows to this backend): the encoder rotates every zero-padded
 block (signs, butterfly stages, times 1/B) in registers before its scale and codes, and encodes
 the padded positions too; the decoder sums the parts' float32 values of the whole block,
@@ -58,8 +58,9 @@ from mxcomm.errors import FormatError
 from mxcomm.formats import BlockFormat, FloatElement, IntElement
 from mxcomm.formats.element import cached_code_values
 from mxcomm.kernels.bitpack import packed_code_bytes
-from mxcomm.kernels.packed import SCALE_STORAGE_DTYPES
-from mxcomm.kernels.reference import SCALE_SPECS_FP32, EncodedBlocks, round_up_to_scale
+from mxcomm.kernels.dispatch import check_rotation
+from mxcomm.kernels.dtypes import INPUT_DTYPES, SCALE_STORAGE_DTYPES, dtype_code
+from mxcomm.kernels.reference import EncodedBlocks, tensor_scale_from_amax
 
 SOURCE_PATH = Path(__file__).with_name("cpu_codec.cpp")
 ABI_VERSION = 7
@@ -67,17 +68,11 @@ CXX_ENV = "MXCOMM_CXX"
 CACHE_ENV = "MXCOMM_CACHE_DIR"
 # Work per thread-pool task (elements): small inputs run on the calling thread only.
 MIN_TASK_ELEMENTS = 1 << 17
-# Rotated formats with blocks up to this size are rotated inside the kernels (``fuses_rotation``),
+# Rotated formats with blocks up to this size are rotated inside the kernels (``max_fused_rotation_block``),
 # whose float32 block buffers then stay in the L1 cache; larger blocks are rotated by the API
 # front-end around the plain codec.
 ROTATION_MAX_BLOCK = 2048
 
-_DTYPE_KIND = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
-_ROUNDING = {"rne": 0, "away": 1, "zero": 2, "stochastic": 3}
-_SCALE_KIND = {"e8m0": 0, "e4m3": 1, "fp16": 2, "bf16": 3, "fp32": 4}
-_SCALE_MODE = {"floor": 0, "ceil": 1, "rceil": 2, "even": 3}
-# The NaN scale bit patterns the reference stores (torch's float64 NaN cast to the type).
-_SCALE_NAN = {"e8m0": 0xFF, "e4m3": 0x7F, "fp16": 0x7E00, "bf16": 0x7FC0, "fp32": 0x7FC00000}
 
 
 class CpuFormat(ctypes.Structure):
@@ -136,9 +131,9 @@ def cpu_format(fmt: BlockFormat) -> CpuFormat:
         max_code=max_code,
         emax=elem.emax,
         block_size=fmt.block_size,
-        scale_kind=_SCALE_KIND[fmt.scale],
-        scale_mode=_SCALE_MODE[fmt.scale_mode],  # type: ignore[index]
-        rounding=_ROUNDING[fmt.rounding],
+        scale_kind=fmt.scale.code,
+        scale_mode=fmt.scale_mode.code,
+        rounding=fmt.rounding.code,
         rceil_exp=mn_exp - 1,
         rceil_frac=int(rceil_frac),
         even_frac=(1 << 23) - (1 << (22 - precision)),
@@ -147,28 +142,13 @@ def cpu_format(fmt: BlockFormat) -> CpuFormat:
         has_tensor_scale=int(fmt.tensor_scale),
         s_max=float(spec.max_value),
         max_normal=float(elem.max_normal),
-        scale_nan=_SCALE_NAN[fmt.scale],
+        scale_nan=spec.nan_bits,
         table_has_inf=int(any(math.isinf(v) for v in cached_code_values(elem))),
         float_rne=int(_float_rne_exact(fmt, grid_mbits, grid_emin)),
         table_max=max((abs(v) for v in values if math.isfinite(v)), default=0.0),
-        rotate=int(fuses_rotation(fmt)),
-        rotation_seed=fmt.rotation_seed if fuses_rotation(fmt) else 0,
+        rotate=int(fmt.rotation_seed is not None),
+        rotation_seed=fmt.rotation_seed or 0,
     )
-
-
-def fuses_rotation(fmt: BlockFormat) -> bool:
-    """Whether the cpu kernels rotate ``fmt`` themselves: a rotated format with blocks of at most
-    ``ROTATION_MAX_BLOCK`` elements."""
-    return fmt.rotation_seed is not None and fmt.block_size <= ROTATION_MAX_BLOCK
-
-
-def _check_rotation(fmt: BlockFormat) -> None:
-    """Refuse rotated formats the kernels do not rotate: they would be encoded unrotated, silently."""
-    if fmt.rotation_seed is not None and not fuses_rotation(fmt):
-        raise FormatError(
-            f"the cpu kernels rotate blocks of at most {ROTATION_MAX_BLOCK} elements, {fmt.name} has "
-            f"{fmt.block_size} (mxcomm.encode/decode/decode_sum apply such a rotation around them)"
-        )
 
 
 def _float_rne_exact(fmt: BlockFormat, grid_mbits: int, grid_emin: int) -> bool:
@@ -440,6 +420,7 @@ class CpuBackend:
     """Dispatch backend "cpu" (see the module docstring)."""
 
     name = "cpu"
+    max_fused_rotation_block = ROTATION_MAX_BLOCK
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -467,18 +448,13 @@ class CpuBackend:
             return str(exc)
         return None
 
-    def fuses_rotation(self, fmt: BlockFormat) -> bool:
-        """True where ``encode_blocks`` / ``decode*_blocks`` take ``fmt`` rotated: they then get the
-        unpadded rows and rotate every zero-padded block themselves (see the module doc)."""
-        return fuses_rotation(fmt)
-
     # -- encode -------------------------------------------------------------------------------
     def encode_blocks(self, x2d: torch.Tensor, fmt: BlockFormat, seed: int | None) -> EncodedBlocks:
-        _check_rotation(fmt)
+        check_rotation(self, fmt)
         lib = self.library()
         if x2d.device.type != "cpu":
             raise FormatError(f"the cpu backend takes CPU tensors, got {x2d.device}")
-        if x2d.dim() != 2 or x2d.dtype not in _DTYPE_KIND:
+        if x2d.dim() != 2 or x2d.dtype not in INPUT_DTYPES:
             raise FormatError(f"encode_blocks takes a 2-D float32/bfloat16/float16 tensor, got {x2d.dtype} {tuple(x2d.shape)}")
         x2d = x2d.contiguous()
         rows, length = x2d.shape
@@ -488,7 +464,7 @@ class CpuBackend:
         codes = empty_output((packed_code_bytes(num_blocks * bs, bits),), torch.uint8)
         scales = empty_output((num_blocks,), SCALE_STORAGE_DTYPES[fmt.scale])
         params = cpu_format(fmt)
-        kind = _DTYPE_KIND[x2d.dtype]
+        kind = dtype_code(x2d.dtype)
         ranges = block_ranges(num_blocks, bs, bits)
         x_ptr = x2d.data_ptr()
 
@@ -505,7 +481,8 @@ class CpuBackend:
             else:
                 amaxes = _run(ranges, lambda b0, b1: lib.mx_finite_amax(kind, x_ptr, length, bpr, bs, b0, b1))
             amax_bits = max(amaxes, default=0)
-            tensor_scale = _tensor_scale_from_amax(amax_bits, fmt)
+            amax = torch.tensor([amax_bits], dtype=torch.int32).view(torch.float32)
+            tensor_scale = tensor_scale_from_amax(amax, fmt)
             ts_value = float(tensor_scale)
         if seed is None:
             if fmt.rounding == "stochastic":
@@ -531,9 +508,9 @@ class CpuBackend:
     def decode_sum_blocks(
         self, parts: list[EncodedBlocks], fmt: BlockFormat, rows: int, length: int, dtype: torch.dtype
     ) -> torch.Tensor:
-        _check_rotation(fmt)
+        check_rotation(self, fmt)
         lib = self.library()
-        if dtype not in _DTYPE_KIND:
+        if dtype not in INPUT_DTYPES:
             raise FormatError(f"decode produces float32, bfloat16 or float16, got {dtype}")
         if not parts:
             raise FormatError("decode_sum needs at least one part")
@@ -564,7 +541,7 @@ class CpuBackend:
         ts_arr = (ctypes.c_float * k)(*ts_values)
         table = _code_table(fmt.element)
         params = ctypes.byref(cpu_format(fmt))
-        okind, out_ptr, table_ptr = _DTYPE_KIND[dtype], out.data_ptr(), table.data_ptr()
+        okind, out_ptr, table_ptr = dtype_code(dtype), out.data_ptr(), table.data_ptr()
 
         def work(b0: int, b1: int) -> None:
             status = lib.mx_decode(
@@ -575,15 +552,6 @@ class CpuBackend:
         _run(block_ranges(num_blocks, bs, bits), work)
         del keep
         return out
-
-
-def _tensor_scale_from_amax(amax_bits: int, fmt: BlockFormat) -> torch.Tensor:
-    """The per-tensor float32 scale from the tensor's finite amax (float32 bits), as the reference computes it."""
-    amax = torch.tensor([amax_bits], dtype=torch.int32).view(torch.float32).to(torch.float64)[0]
-    if float(amax) == 0.0:
-        return torch.ones((), dtype=torch.float32)
-    q = amax / (fmt.element.max_normal * fmt.scale_spec.max_value)
-    return round_up_to_scale(q.reshape(1), SCALE_SPECS_FP32)[0].to(torch.float32)
 
 
 _backend: CpuBackend | None = None
@@ -600,7 +568,7 @@ def load() -> CpuBackend:
 
 
 __all__ = [
-    "CpuBackend", "CpuFormat", "BuildInfo", "block_ranges", "build_library", "cpu_format", "fuses_rotation", "load",
+    "CpuBackend", "CpuFormat", "BuildInfo", "block_ranges", "build_library", "cpu_format", "load",
 ]
 
 if sys.byteorder != "little":  # pragma: no cover - the packed layout is defined little-endian

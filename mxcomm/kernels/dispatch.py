@@ -25,7 +25,7 @@ from typing import Protocol
 
 import torch
 
-from mxcomm.errors import BackendUnavailableError
+from mxcomm.errors import BackendUnavailableError, FormatError
 from mxcomm.formats import BlockFormat
 from mxcomm.kernels.reference import EncodedBlocks
 
@@ -35,9 +35,18 @@ BACKEND_ENV = "MXCOMM_BACKEND"
 
 
 class CodecBackend(Protocol):
-    """What a codec backend provides (FBGEMM's QuantizedCommCodec, per block format)."""
+    """What a codec backend provides (FBGEMM's QuantizedCommCodec, per block format).
+
+    ``max_fused_rotation_block``: rotated formats (``rotation_seed``) whose
+    blocks have at most this many elements are handed to the block functions
+    as they are, unpadded, and the backend rotates inside its kernels; larger
+    ones (and every rotated format when it is 0) are rotated by the front-end
+    (``mxcomm.kernels.api``) around the plain format. ``fuses_rotation`` is the
+    one rule.
+    """
 
     name: str
+    max_fused_rotation_block: int
 
     def availability(self, device: torch.device) -> str | None:
         """None when the backend can run on ``device``, else the reason it cannot."""
@@ -51,6 +60,22 @@ class CodecBackend(Protocol):
     def decode_sum_blocks(
         self, parts: list[EncodedBlocks], fmt: BlockFormat, rows: int, length: int, dtype: torch.dtype
     ) -> torch.Tensor: ...
+
+
+def fuses_rotation(backend: CodecBackend, fmt: BlockFormat) -> bool:
+    """Whether ``backend`` rotates ``fmt`` inside its kernels (see ``CodecBackend``)."""
+    return fmt.rotation_seed is not None and fmt.block_size <= backend.max_fused_rotation_block
+
+
+def check_rotation(backend: CodecBackend, fmt: BlockFormat) -> None:
+    """Refuse a rotated format that ``backend`` does not rotate itself: its block functions would
+    encode it unrotated, silently. (The front-end hands such formats over plain.)"""
+    if fmt.rotation_seed is not None and not fuses_rotation(backend, fmt):
+        raise FormatError(
+            f"the {backend.name} backend's block functions rotate blocks of at most "
+            f"{backend.max_fused_rotation_block} elements, {fmt.name} has {fmt.block_size}: "
+            "the front-end (mxcomm.encode/decode/decode_sum) applies such a rotation around them"
+        )
 
 
 _lock = threading.Lock()

@@ -8,16 +8,9 @@ import torch
 
 from mxcomm.errors import FormatError
 from mxcomm.formats import BlockFormat, block_layout
+from mxcomm.kernels import frame
 from mxcomm.kernels.bitpack import packed_code_bytes
-
-SCALE_STORAGE_DTYPES: dict[str, torch.dtype] = {
-    "e8m0": torch.uint8,
-    "e4m3": torch.uint8,
-    "fp16": torch.float16,
-    "bf16": torch.bfloat16,
-    "fp32": torch.float32,
-}
-INPUT_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
+from mxcomm.kernels.dtypes import INPUT_DTYPES, SCALE_STORAGE_DTYPES
 
 
 @dataclass(eq=False)
@@ -110,15 +103,15 @@ class Packed:
 
     # -- self-describing frame -----------------------------------------------------
     def to_bytes(self) -> bytes:
-        from mxcomm.kernels.wire import packed_to_bytes
-
-        return packed_to_bytes(self)
+        """The versioned, self-describing, CRC32-checked frame (docs/wire-format.md)."""
+        tscale = None if self.tensor_scale is None else float(self.tensor_scale)
+        return frame.frame_bytes(self.format, tuple(self.shape), self.dtype, self.axis, self.codes, self.scales, tscale)
 
     @classmethod
     def from_bytes(cls, data: bytes | bytearray | memoryview) -> Packed:
-        from mxcomm.kernels.wire import packed_from_bytes
-
-        return packed_from_bytes(data)
+        """Inverse of ``to_bytes``; a malformed or corrupted frame raises FormatError."""
+        c = frame.parse_frame(data)
+        return cls(c.format, torch.Size(c.shape), c.dtype, c.axis, c.codes, c.scales, c.tensor_scale, "torch")
 
     def __repr__(self) -> str:
         return (

@@ -18,10 +18,21 @@ from dataclasses import dataclass
 import torch
 
 from mxcomm.errors import FormatError
-from mxcomm.formats import E4M3_NAN, E8M0_BIAS, E8M0_NAN, BlockFormat, FloatElement, IntElement, ScaleSpec
+from mxcomm.formats import (
+    E4M3_NAN,
+    E8M0_BIAS,
+    E8M0_NAN,
+    SCALE_SPECS,
+    BlockFormat,
+    FloatElement,
+    IntElement,
+    ScaleSpec,
+    ScaleType,
+)
 from mxcomm.formats.element import cached_code_values
 from mxcomm.kernels.bitpack import pack_codes, unpack_codes
-from mxcomm.kernels.random import stochastic_bits
+from mxcomm.kernels.counter_rng import stochastic_bits
+from mxcomm.kernels.dtypes import SCALE_STORAGE_DTYPES
 
 
 @dataclass
@@ -157,37 +168,33 @@ def e4m3_values(codes: torch.Tensor) -> torch.Tensor:
     return table.to(codes.device)[codes.to(torch.int64) & 0x7F].where(codes < E4M3_NAN, torch.nan)
 
 
-_SCALE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-# The quiet NaN every backend writes for a NaN block's float scale. (torch's own
-# float->bf16 cast writes 0x7FC0 or 0xFFFF depending on vectorisation, so the
-# bytes are set explicitly.)
-CANONICAL_NAN_BITS = {torch.float16: 0x7E00, torch.bfloat16: 0x7FC0, torch.float32: 0x7FC00000}
 _INT_VIEW = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32}
 
 
-def canonical_nan_where(scales: torch.Tensor, nan_block: torch.Tensor) -> torch.Tensor:
-    """``scales`` with the canonical quiet NaN bit pattern at the NaN blocks."""
+def canonical_nan_where(scales: torch.Tensor, nan_block: torch.Tensor, spec: ScaleSpec) -> torch.Tensor:
+    """``scales`` (a float scale type) with the type's canonical NaN bit pattern at the NaN blocks."""
     bits = scales.view(_INT_VIEW[scales.dtype]).clone()
-    nan_bits = CANONICAL_NAN_BITS[scales.dtype]
-    if nan_bits >= 1 << 31:  # pragma: no cover - all patterns above are positive
-        nan_bits -= 1 << 32
+    nan_bits = spec.nan_bits
+    if nan_bits >= 1 << (8 * scales.element_size() - 1):  # pragma: no cover - all patterns are positive
+        nan_bits -= 1 << (8 * scales.element_size())
     bits[nan_block] = nan_bits
     return bits.view(scales.dtype)
 
 
-def _tensor_scale(amax: torch.Tensor, fmt: BlockFormat) -> torch.Tensor:
-    """Per-tensor float32 scale S = amax_tensor / (max_normal * scale_max), rounded up."""
-    amax_t = amax.max() if amax.numel() else amax.new_zeros(())
-    spec = fmt.scale_spec
-    if float(amax_t) == 0.0:
-        return torch.ones((), dtype=torch.float32, device=amax.device)
-    q = amax_t / (fmt.element.max_normal * spec.max_value)
-    s = round_up_to_scale(q.reshape(1), SCALE_SPECS_FP32)[0]
-    return s.to(torch.float32)
+def tensor_scale_from_amax(amax: torch.Tensor, fmt: BlockFormat) -> torch.Tensor:
+    """The per-tensor float32 scale of a two-level format, from the tensor's finite amax.
 
-
-# fp32 grid, for rounding the tensor scale up
-SCALE_SPECS_FP32 = ScaleSpec("fp32", 32, False, 8, 23, 127, math.ldexp(float(2**24 - 1), 104))
+    S = amax / (max_normal * scale_max), rounded *up* onto the float32 grid, so
+    that every block scale amax_block / (max_normal * S) fits the scale type;
+    1 for an all-zero tensor. ``amax`` is a one-element float32/float64 tensor
+    on any device; nothing synchronises with the host. Every backend calls this
+    one function (docs/semantics.md, "Tensor scale").
+    """
+    a = amax.reshape(1).to(torch.float64)
+    positive = a > 0
+    q = torch.where(positive, a / (fmt.element.max_normal * fmt.scale_spec.max_value), torch.ones_like(a))
+    s = round_up_to_scale(q, SCALE_SPECS[ScaleType.FP32])
+    return torch.where(positive, s, torch.ones_like(s)).to(torch.float32).reshape(())
 
 
 # -- encode ----------------------------------------------------------------------
@@ -219,7 +226,8 @@ def encode_blocks(x2d: torch.Tensor, fmt: BlockFormat, seed: int | None = None) 
         stored_scales = scale_codes
     else:
         if fmt.tensor_scale:
-            tensor_scale = _tensor_scale(amax, fmt)
+            amax_t = amax.max() if amax.numel() else amax.new_zeros(())
+            tensor_scale = tensor_scale_from_amax(amax_t, fmt)
             denom = elem.max_normal * tensor_scale.to(torch.float64)  # exact: <= 35 significant bits
         else:
             denom = torch.tensor(elem.max_normal, dtype=torch.float64, device=blocks.device)
@@ -240,7 +248,8 @@ def encode_blocks(x2d: torch.Tensor, fmt: BlockFormat, seed: int | None = None) 
         if fmt.scale == "e4m3":
             stored_scales = torch.where(nan_block, torch.full_like(amax, E4M3_NAN, dtype=torch.uint8), e4m3_codes(block_scale))
         else:
-            stored_scales = canonical_nan_where(block_scale.to(_SCALE_DTYPES[fmt.scale]), nan_block)
+            stored = block_scale.to(SCALE_STORAGE_DTYPES[fmt.scale])
+            stored_scales = canonical_nan_where(stored, nan_block, spec)
 
     codes = element_codes(scaled.reshape(-1), elem, fmt.rounding, seed)
     codes = torch.where(nan_block.repeat_interleave(fmt.block_size), torch.zeros_like(codes), codes)
@@ -326,12 +335,12 @@ def decode_sum_blocks(
     return saturating_cast(acc, dtype)
 
 
-def reject_rotated(fmt: BlockFormat, backend: str) -> None:
-    """Backends that do not fuse the rotation get the plain format from the front-end (mxcomm.encode);
-    a rotated format reaching them directly would be encoded unrotated, so it is refused."""
+def _reject_rotated(fmt: BlockFormat) -> None:
+    # The front-end (mxcomm.encode) hands this backend plain formats only (max_fused_rotation_block = 0);
+    # a rotated one reaching it directly would be encoded unrotated, silently.
     if fmt.rotation_seed is not None:
         raise FormatError(
-            f"the {backend} backend's block functions take unrotated formats; {fmt.name} carries a rotation, "
+            f"the torch backend's block functions take unrotated formats; {fmt.name} carries a rotation, "
             "which mxcomm.encode/decode/decode_sum apply around them"
         )
 
@@ -340,22 +349,23 @@ class ReferenceBackend:
     """The torch reference as a dispatch backend (runs on any device torch supports)."""
 
     name = "torch"
+    max_fused_rotation_block = 0  # the front-end rotates around this backend
 
     def availability(self, device: torch.device) -> str | None:
         return None
 
     def encode_blocks(self, x2d: torch.Tensor, fmt: BlockFormat, seed: int | None) -> EncodedBlocks:
-        reject_rotated(fmt, self.name)
+        _reject_rotated(fmt)
         return encode_blocks(x2d, fmt, seed)
 
     def decode_blocks(
         self, parts: EncodedBlocks, fmt: BlockFormat, rows: int, length: int, dtype: torch.dtype
     ) -> torch.Tensor:
-        reject_rotated(fmt, self.name)
+        _reject_rotated(fmt)
         return decode_blocks(parts, fmt, rows, length, dtype)
 
     def decode_sum_blocks(
         self, parts: list[EncodedBlocks], fmt: BlockFormat, rows: int, length: int, dtype: torch.dtype
     ) -> torch.Tensor:
-        reject_rotated(fmt, self.name)
+        _reject_rotated(fmt)
         return decode_sum_blocks(parts, fmt, rows, length, dtype)

@@ -4,7 +4,7 @@ A rotated format multiplies every block of ``B`` (a power of two) elements by
 ``H D / B`` before it is quantized, where ``H`` is the unnormalised Walsh-Hadamard
 matrix (entries +-1) and ``D`` a diagonal of random signs, one per position
 along the blocked axis, derived from the format's ``rotation_seed`` with the
-counter hash of ``mxcomm.kernels.random``. ``H H = B I``, so the inverse is
+counter hash of ``mxcomm.kernels.counter_rng``. ``H H = B I``, so the inverse is
 ``D H``. One outlier then spreads over its whole block instead of setting the
 block's scale alone. Because the transform is linear, a sum of rotated shards
 can be un-rotated once, after the sum (``decode_sum``).
@@ -26,7 +26,7 @@ import functools
 
 import torch
 
-from mxcomm.kernels.random import stochastic_bits
+from mxcomm.kernels.counter_rng import stochastic_bits
 
 # Signs of rows up to this many positions are cached (4 bytes each, a few entries):
 # encode/decode of the same shape and seed then hashes them once per process.

@@ -15,7 +15,7 @@ Every format parameter becomes a ``tl.constexpr`` (``format_constexprs``), so
 each format compiles to its own specialised kernel of one generic family.
 
 Rotated formats (``rotation_seed``) with blocks of at most ``TILE`` elements are
-rotated inside the kernels (``TritonBackend.fuses_rotation``): the encoder
+rotated inside the kernels (``TritonBackend.max_fused_rotation_block``): the encoder
 rotates each block in registers before quantizing it, the decoder un-rotates
 the (summed) float32 blocks before the output cast. ``mxcomm.kernels.api``
 then hands such formats to this backend unchanged.
@@ -36,9 +36,10 @@ from mxcomm.formats import BlockFormat, IntElement
 from mxcomm.formats.element import cached_code_values
 from mxcomm.kernels import triton_kernels as K
 from mxcomm.kernels.bitpack import packed_code_bytes
-from mxcomm.kernels.packed import SCALE_STORAGE_DTYPES
-from mxcomm.kernels.random import MASK32, seed_key
-from mxcomm.kernels.reference import SCALE_SPECS_FP32, EncodedBlocks, round_up_to_scale
+from mxcomm.kernels.counter_rng import MASK32, seed_key
+from mxcomm.kernels.dispatch import check_rotation
+from mxcomm.kernels.dtypes import INPUT_DTYPES, SCALE_STORAGE_DTYPES, dtype_code
+from mxcomm.kernels.reference import EncodedBlocks, tensor_scale_from_amax
 
 # Elements per program (encode and decode tiles, encode streaming chunks).
 TILE = 2048
@@ -47,10 +48,7 @@ NUM_WARPS = 4
 # exactly like the reference.
 LAUNCH_OPTIONS: dict[str, Any] = {"num_warps": NUM_WARPS, "enable_fp_fusion": False}
 
-_IN_KIND = {torch.float32: K.IN_FP32, torch.bfloat16: K.IN_BF16, torch.float16: K.IN_FP16}
-_OUT_KIND = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 _BITS_VIEW = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
-_SCALE_KIND = {"e8m0": K.SC_E8M0, "e4m3": K.SC_E4M3, "fp16": K.SC_FP16, "bf16": K.SC_BF16, "fp32": K.SC_FP32}
 _SCALE_BITS_VIEW = {
     "e8m0": torch.uint8,
     "e4m3": torch.uint8,
@@ -58,10 +56,6 @@ _SCALE_BITS_VIEW = {
     "bf16": torch.int16,
     "fp32": torch.int32,
 }
-# The NaN scale bit patterns the reference stores (torch's float64 NaN cast to the type).
-_SCALE_NAN = {"e8m0": 0xFF, "e4m3": 0x7F, "fp16": 0x7E00, "bf16": 0x7FC0, "fp32": 0x7FC00000}
-_SCALE_MODE = {"floor": K.MODE_FLOOR, "ceil": K.MODE_CEIL, "rceil": K.MODE_RCEIL, "even": K.MODE_EVEN}
-_ROUNDING = {"rne": K.RND_RNE, "away": K.RND_AWAY, "zero": K.RND_ZERO, "stochastic": K.RND_STOCHASTIC}
 
 
 def _next_pow2(n: int) -> int:
@@ -111,8 +105,8 @@ def format_constexprs(fmt: BlockFormat) -> dict[str, Any]:
         "MAXMAG": 0 if is_int else elem.max_code_magnitude,
         "KMAX": elem.kmax if is_int else 0,
         "MAX_NORMAL": _fp32_exact(mn),
-        "SCALE_KIND": _SCALE_KIND[fmt.scale],
-        "SCALE_MODE": _SCALE_MODE[fmt.scale_mode],
+        "SCALE_KIND": fmt.scale.code,
+        "SCALE_MODE": fmt.scale_mode.code,
         "MN_EXP": mn_exp,
         "MN_SIG24": int(mn_sig24),
         # sig >= 2 - 2**-(p+1), in units of 2**-23 (reference.e8m0_exponent, mode "even")
@@ -121,9 +115,9 @@ def format_constexprs(fmt: BlockFormat) -> dict[str, Any]:
         "SEMIN": 0,
         "SBIAS": 0,
         "SMAXCODE": 0,
-        "SNAN": _SCALE_NAN[fmt.scale],
+        "SNAN": spec.nan_bits,
         "TENSOR_SCALE": fmt.tensor_scale,
-        "ROUNDING": _ROUNDING[fmt.rounding],
+        "ROUNDING": fmt.rounding.code,
     }
     if not spec.power_of_two:
         c.update(
@@ -194,24 +188,12 @@ def _shard_base(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, int]:
     return torch.stack([t.reshape(-1) for t in tensors]), first.numel()
 
 
-def fuses_rotation(fmt: BlockFormat) -> bool:
-    """Whether the kernels rotate ``fmt`` themselves: a rotated format whose blocks fit one tile."""
-    return fmt.rotation_seed is not None and fmt.block_size <= TILE
-
-
-def _check_rotation(fmt: BlockFormat) -> None:
-    if fmt.rotation_seed is not None and not fuses_rotation(fmt):
-        raise FormatError(
-            f"the Triton kernels rotate blocks of at most {TILE} elements, {fmt.name} has {fmt.block_size} "
-            "(mxcomm.encode rotates such formats in its front-end)"
-        )
-
-
 def rotation_args(fmt: BlockFormat, padded_length: int) -> tuple[list[int], dict[str, Any]]:
     """Runtime arguments (hash key, seed words) and constexprs of the kernels' rotation."""
     if fmt.rotation_seed is None:
         return [0, 0, 0], {"ROTATE": False, "ROT_LARGE": False}
-    _check_rotation(fmt)
+    if fmt.block_size > TILE:
+        raise FormatError(f"the Triton kernels rotate blocks of at most {TILE} elements, {fmt.name} has {fmt.block_size}")
     seed = fmt.rotation_seed
     args = [_int32(seed_key(seed, 0)), _int32(seed), _int32(seed >> 32)]
     return args, {"ROTATE": True, "ROT_LARGE": padded_length > (1 << 32)}
@@ -309,9 +291,9 @@ def decode_launch(
     ]
     constexprs = {
         "BITS": fmt.element.bits,
-        "SCALE_KIND": _SCALE_KIND[fmt.scale],
+        "SCALE_KIND": fmt.scale.code,
         "TENSOR_SCALE": fmt.tensor_scale,
-        "OUT_KIND": _OUT_KIND[out.dtype],
+        "OUT_KIND": dtype_code(out.dtype),
         "CONTIG": length % bs == 0,
         **tiling,
         **rot_constexprs,
@@ -323,6 +305,7 @@ class TritonBackend:
     """mxcomm's Triton kernels as a dispatch backend."""
 
     name = "triton"
+    max_fused_rotation_block = TILE
 
     def __init__(self) -> None:
         from triton.runtime.interpreter import InterpretedFunction
@@ -349,15 +332,11 @@ class TritonBackend:
             return None
         return f"Triton kernels run on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), not on {device.type}"
 
-    def fuses_rotation(self, fmt: BlockFormat) -> bool:
-        """True where ``encode_blocks`` / ``decode*_blocks`` take ``fmt`` rotated (see the module doc)."""
-        return fuses_rotation(fmt)
-
     # -- encode ----------------------------------------------------------------------
     def encode_blocks(self, x2d: torch.Tensor, fmt: BlockFormat, seed: int | None) -> EncodedBlocks:
-        if x2d.dim() != 2 or x2d.dtype not in _IN_KIND:
+        if x2d.dim() != 2 or x2d.dtype not in INPUT_DTYPES:
             raise FormatError(f"encode_blocks takes a 2-D float32/bfloat16/float16 tensor, got {x2d.dtype} {x2d.dim()}-D")
-        _check_rotation(fmt)
+        check_rotation(self, fmt)
         rows, length = x2d.shape
         bs = fmt.block_size
         bits = fmt.element.bits
@@ -374,7 +353,7 @@ class TritonBackend:
                 tensor_scale = torch.ones((), dtype=torch.float32, device=dev)
             return EncodedBlocks(codes, scales, tensor_scale)
         x_bits = x2d.view(_BITS_VIEW[x2d.dtype])
-        in_kind = _IN_KIND[x2d.dtype]
+        in_kind = dtype_code(x2d.dtype)
         if fmt.tensor_scale:
             tensor_scale = self._tensor_scale(x_bits, in_kind, fmt)
         if fmt.rounding == "stochastic":
@@ -410,10 +389,7 @@ class TritonBackend:
                     x_bits, parts, x_bits.stride(0), x_bits.stride(1), rows, length, n_col_tiles,
                     IN_KIND=in_kind, TR=tr, TC=tc, **LAUNCH_OPTIONS,
                 )
-        amax = parts.amax().view(torch.float32).to(torch.float64)
-        q = amax / (fmt.element.max_normal * fmt.scale_spec.max_value)
-        s = round_up_to_scale(q.reshape(1), SCALE_SPECS_FP32)[0].to(torch.float32)
-        return torch.where(amax > 0, s, torch.ones_like(s))
+        return tensor_scale_from_amax(parts.amax().view(torch.float32), fmt)
 
     def _rotated_amax_parts(self, x_bits: torch.Tensor, in_kind: int, fmt: BlockFormat) -> torch.Tensor:
         rows, length = x_bits.shape
@@ -443,7 +419,7 @@ class TritonBackend:
     ) -> torch.Tensor:
         if not parts:
             raise FormatError("decode_sum needs at least one encoded tensor")
-        _check_rotation(fmt)
+        check_rotation(self, fmt)
         bs = fmt.block_size
         bits = fmt.element.bits
         nbpr = -(-length // bs) if length else 0
@@ -459,7 +435,7 @@ class TritonBackend:
             if fmt.tensor_scale and p.tensor_scale is None:
                 raise FormatError(f"encoded part {i} lacks the tensor scale of {fmt.name}")
         out = torch.empty((rows, length), dtype=dtype, device=dev)
-        if dtype not in _OUT_KIND:
+        if dtype not in INPUT_DTYPES:
             raise FormatError(f"decode produces float32, bfloat16 or float16, got {dtype}")
         if out.numel() == 0:
             return out

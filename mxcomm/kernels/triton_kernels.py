@@ -30,7 +30,7 @@ Kernels:
 * ``amax_kernel``: per-program max |x| over finite values (for the NVFP4
   tensor scale); ``rotated_amax_kernel`` the same over rotated blocks.
 * ``random_bits_kernel``: the stochastic-rounding words, exposed for testing
-  the hash against ``mxcomm.kernels.random``.
+  the hash against ``mxcomm.kernels.counter_rng``.
 
 ``ROTATE`` (a constexpr of the encode / decode kernels; FUSED tiling, whole
 blocks in one tile) fuses the random Hadamard rotation of
@@ -42,14 +42,23 @@ reference's stage order, so every float32 operation matches it one for one.
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
-# -- constexpr enumerations (mirrored in triton_backend.py) -----------------------
-IN_FP32, IN_BF16, IN_FP16 = 0, 1, 2
-SC_E8M0, SC_E4M3, SC_FP16, SC_BF16, SC_FP32 = 0, 1, 2, 3, 4
-MODE_FLOOR, MODE_CEIL, MODE_RCEIL, MODE_EVEN = 0, 1, 2, 3
-RND_RNE, RND_AWAY, RND_ZERO, RND_STOCHASTIC, RND_UP = 0, 1, 2, 3, 4
+from mxcomm.formats import Rounding, ScaleMode, ScaleType
+from mxcomm.kernels.dtypes import dtype_code
+
+# -- constexpr enumerations: the stable codes of mxcomm.formats.enums / mxcomm.kernels.dtypes ------
+IN_FP32, IN_BF16, IN_FP16 = dtype_code(torch.float32), dtype_code(torch.bfloat16), dtype_code(torch.float16)
+SC_E8M0, SC_E4M3, SC_FP16 = ScaleType.E8M0.code, ScaleType.E4M3.code, ScaleType.FP16.code
+SC_BF16, SC_FP32 = ScaleType.BF16.code, ScaleType.FP32.code
+MODE_FLOOR, MODE_CEIL, MODE_RCEIL, MODE_EVEN = (
+    ScaleMode.FLOOR.code, ScaleMode.CEIL.code, ScaleMode.RCEIL.code, ScaleMode.EVEN.code
+)
+RND_RNE, RND_AWAY, RND_ZERO = Rounding.RNE.code, Rounding.AWAY.code, Rounding.ZERO.code
+RND_STOCHASTIC = Rounding.STOCHASTIC.code
+RND_UP = max(r.code for r in Rounding) + 1  # internal: toward +inf, for rounding scales up
 
 
 # -- bit-level helpers ----------------------------------------------------------------
@@ -75,7 +84,7 @@ def _floor_log2_small(n):
 
 @triton.jit
 def _mix32(x):
-    """lowbias32 on uint32 (same constants as mxcomm.kernels.random.mix32)."""
+    """lowbias32 on uint32 (same constants as mxcomm.kernels.counter_rng.mix32)."""
     x = x ^ (x >> 16)
     x = x * 0x7FEB352D
     x = x ^ (x >> 15)

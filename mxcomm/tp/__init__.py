@@ -11,11 +11,10 @@
   :func:`set_outlier_channels` -- per-module outlier channels measured on real
   activations, saved with the plan, sent uncompressed beside the compressed rest.
 
-The end-to-end evaluation on SmolLM2-135M (``mxcomm eval``) lives in
-:mod:`mxcomm.tp.evaluation`.
+The end-to-end evaluation on SmolLM2-135M (``mxcomm eval``) is measurement
+harness and lives above the core, in :mod:`mxcomm.bench`.
 """
 
-from mxcomm.tp.launch import run_ranks
 from mxcomm.tp.llama import (
     COLWISE_PROJECTIONS,
     ROWWISE_PROJECTIONS,
@@ -48,7 +47,6 @@ __all__ = [
     "llama_tp_plan",
     "parallelize_llama",
     "reduce_partial",
-    "run_ranks",
     "set_comm_format",
     "set_outlier_channels",
 ]

@@ -28,15 +28,13 @@ from torch.distributed.tensor import DTensor, Replicate
 from torch.distributed.tensor.parallel import RowwiseParallel
 from torch.distributed.tensor.placement_types import Partial, Placement
 
-from mxcomm.collectives import all_reduce, all_reduce_with_outliers
+from mxcomm.collectives import REQUESTABLE, Algorithm, all_reduce, all_reduce_with_outliers
 from mxcomm.errors import FormatError, MxcommError
 from mxcomm.formats import BlockFormat, get_format
 
 #: Attribute name under which a parallelized module carries its :class:`RowwiseComm`.
 COMM_ATTR = "mxcomm_comm"
 
-#: Algorithms accepted by :func:`mxcomm.collectives.all_reduce`.
-ALGORITHMS: tuple[str, ...] = ("auto", "allgather", "two_shot", "none")
 
 _COMM_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -82,8 +80,9 @@ class RowwiseComm:
 
     def __post_init__(self) -> None:
         self.fmt = resolve_format(self.fmt)
-        if self.algorithm not in ALGORITHMS:
-            raise TPPlanError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
+        if self.algorithm not in REQUESTABLE:
+            raise TPPlanError(f"algorithm must be one of {tuple(a.value for a in REQUESTABLE)}, got {self.algorithm!r}")
+        self.algorithm = Algorithm(self.algorithm)
         if self.comm_dtype is not None and self.comm_dtype not in _COMM_DTYPES:
             raise TPPlanError(f"comm_dtype must be one of {_COMM_DTYPES} or None, got {self.comm_dtype!r}")
         self.set_outlier_channels(self.outlier_channels)

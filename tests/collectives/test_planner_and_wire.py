@@ -19,7 +19,7 @@ from mxcomm.collectives import (
     track_comm,
 )
 from mxcomm.collectives.accounting import CommRecord, emit
-from mxcomm.collectives.wire import Descriptor, WireDescriptor, check_descriptors
+from mxcomm.collectives.handshake import Descriptor, WireDescriptor, check_descriptors
 from mxcomm.errors import CollectiveMismatchError
 from tests.collectives import reference as ref
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 import mxcomm
+from mxcomm.bench.synthetic import llm_activation
 from mxcomm.collectives.planner import all_reduce_wire_bytes, chunk_bounds, segment_bounds
 from mxcomm.kernels.reference import saturating_cast
 from mxcomm.kernels.rotation import rotate, unrotate
-from mxcomm.synthetic import llm_activation
 from tests.collectives._harness import spawn_ranks
 
 pytestmark = pytest.mark.multiprocess

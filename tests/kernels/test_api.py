@@ -354,11 +354,11 @@ def test_backends_refuse_rotated_formats_handed_to_them_directly(backend: str, b
     # rotates itself); a rotated format reaching their block functions would otherwise be encoded
     # unrotated, silently.
     from mxcomm.errors import FormatError
-    from mxcomm.kernels.dispatch import resolve_backend
+    from mxcomm.kernels.dispatch import fuses_rotation, resolve_backend
 
     be = resolve_backend(backend, torch.device("cpu"))
     rotated = mxcomm.get_format("mxfp4").with_options(rotation_seed=3, block_size=block)
-    assert not getattr(be, "fuses_rotation", lambda f: False)(rotated)
+    assert not fuses_rotation(be, rotated)
     with pytest.raises(FormatError, match="rotat"):
         be.encode_blocks(torch.randn(2, 2 * block), rotated, None)
     parts = be.encode_blocks(torch.randn(2, 2 * block), rotated.with_options(rotation_seed=None), None)

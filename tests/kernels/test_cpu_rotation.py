@@ -1,7 +1,7 @@
 """Rotated formats (``rotation_seed``) on the fast CPU backend against the torch reference.
 
 The cpu backend rotates blocks of up to ``cpu_backend.ROTATION_MAX_BLOCK`` elements inside its
-kernels (``fuses_rotation``); the torch backend gets them rotated by the API front-end. Both
+kernels (``mxcomm.kernels.dispatch.fuses_rotation``); the torch backend gets them rotated by the API front-end. Both
 must give the same bytes (codes, scales, tensor scale) and the same decoded values, bit for bit
 (any NaN equals any NaN), for every layout the kernels special-case: the paired 4/8-bit encode
 and decode paths of blocks of 16, 32 and 64, the general loops of other widths and block sizes,
@@ -22,8 +22,8 @@ import mxcomm
 from mxcomm.errors import FormatError
 from mxcomm.formats import BlockFormat, FloatElement, IntElement
 from mxcomm.kernels import backend_status, cpu_backend, reference
-from mxcomm.kernels.dispatch import resolve_backend
-from mxcomm.kernels.random import seed_key, stochastic_bits
+from mxcomm.kernels.counter_rng import seed_key, stochastic_bits
+from mxcomm.kernels.dispatch import fuses_rotation, resolve_backend
 from mxcomm.kernels.rotation import hadamard_blocks_reference, rotate
 from tests.kernels.test_cpu_backend import (
     assert_same_packed,
@@ -89,10 +89,10 @@ def awkward(shape: tuple[int, int], dtype: torch.dtype, seed: int) -> torch.Tens
 # -- the hook and its limit ----------------------------------------------------------------------
 def test_fuses_rotation_up_to_the_block_limit() -> None:
     be = resolve_backend("cpu", torch.device("cpu"))
-    assert be.fuses_rotation(rotated("mxfp4"))
-    assert be.fuses_rotation(rotated("int4", block_size=cpu_backend.ROTATION_MAX_BLOCK))
-    assert not be.fuses_rotation(rotated("int4", block_size=2 * cpu_backend.ROTATION_MAX_BLOCK))
-    assert not be.fuses_rotation(mxcomm.get_format("mxfp4"))  # nothing to rotate
+    assert fuses_rotation(be, rotated("mxfp4"))
+    assert fuses_rotation(be, rotated("int4", block_size=cpu_backend.ROTATION_MAX_BLOCK))
+    assert not fuses_rotation(be, rotated("int4", block_size=2 * cpu_backend.ROTATION_MAX_BLOCK))
+    assert not fuses_rotation(be, mxcomm.get_format("mxfp4"))  # nothing to rotate
     assert cpu_backend.cpu_format(rotated("mxfp4", 7)).rotate == 1
     assert cpu_backend.cpu_format(rotated("mxfp4", 2**64 - 1)).rotation_seed == 2**64 - 1
     assert cpu_backend.cpu_format(mxcomm.get_format("mxfp4")).rotate == 0

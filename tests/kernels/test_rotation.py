@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import mxcomm
+from mxcomm.bench.metrics import sqnr_db
+from mxcomm.bench.synthetic import llm_activation
 from mxcomm.kernels.rotation import hadamard_blocks, rotate, rotation_signs, unrotate
-from mxcomm.metrics import sqnr_db
-from mxcomm.synthetic import llm_activation
 
 
 @pytest.mark.parametrize("block", [2, 4, 16, 32, 128])

@@ -34,7 +34,7 @@ from mxcomm.errors import BackendUnavailableError, FormatError  # noqa: E402
 from mxcomm.formats import FloatElement, IntElement  # noqa: E402
 from mxcomm.formats.block import E8M0_SCALE_MODES  # noqa: E402
 from mxcomm.kernels import backend_status, resolve_backend  # noqa: E402
-from mxcomm.kernels.random import seed_key, stochastic_bits  # noqa: E402
+from mxcomm.kernels.counter_rng import seed_key, stochastic_bits  # noqa: E402
 from mxcomm.kernels.reference import encode_blocks as reference_encode_blocks  # noqa: E402
 from tests import golden  # noqa: E402
 
@@ -498,6 +498,7 @@ _COMPILE_SCRIPT = textwrap.dedent(
     from triton.backends.compiler import GPUTarget
     import mxcomm
     from mxcomm.kernels import triton_backend as TB, triton_kernels as K
+    from mxcomm.kernels.dtypes import dtype_code
 
     TYPES = {torch.uint8: "*u8", torch.int16: "*i16", torch.int32: "*i32", torch.float32: "*fp32",
              torch.float16: "*fp16"}
@@ -530,7 +531,7 @@ _COMPILE_SCRIPT = textwrap.dedent(
         fmt = mxcomm.get_format(name).with_options(**opts)
         label = f"{name} {opts}"
         scales = torch.empty(8, dtype=TB.SCALE_STORAGE_DTYPES[fmt.scale])
-        _, args, cx = TB.encode_launch(x, codes, scales, ts, fmt, TB._IN_KIND[torch.bfloat16], 1, 2, 3)
+        _, args, cx = TB.encode_launch(x, codes, scales, ts, fmt, dtype_code(torch.bfloat16), 1, 2, 3)
         found["encode " + label] = sorted(set(inexact.findall(ptx(K.encode_kernel, args, cx))))
         out = torch.empty(4, 64, dtype=torch.bfloat16)
         _, args, cx = TB.decode_launch(codes, scales, ts, torch.empty(16), out, 4, 8, 8, fmt)

@@ -14,10 +14,11 @@ import torch
 from torch.distributed.tensor import Shard
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
 
+from mxcomm.bench.launch import run_ranks
 from mxcomm.collectives import DESCRIPTOR_NBYTES
 from mxcomm.errors import FormatError
 from mxcomm.formats import get_format
-from mxcomm.tp import CompressedRowwiseParallel, TPPlanError, llama_tp_plan, run_ranks
+from mxcomm.tp import CompressedRowwiseParallel, TPPlanError, llama_tp_plan
 
 pytest.importorskip("transformers")
 

@@ -18,8 +18,11 @@ All integers little-endian. Layout (version 1):
     codes, scales (native little-endian), tensor scale (float32)
     crc32 u32   over every byte before it
 
-``packed_from_bytes`` checks the CRC and every field and length against the
-buffer before allocating anything; anything malformed raises FormatError.
+Every enumerated field is the member's stable ``code`` (``mxcomm.formats.enums``,
+``mxcomm.kernels.dtypes``). ``parse_frame`` checks the CRC and every field and
+length against the buffer before allocating anything; anything malformed raises
+FormatError. ``Packed.to_bytes`` / ``Packed.from_bytes`` are the public entry
+points; this module knows nothing of ``Packed`` itself.
 """
 
 from __future__ import annotations
@@ -27,24 +30,29 @@ from __future__ import annotations
 import math
 import struct
 import zlib
+from dataclasses import dataclass
 
 import torch
 
 from mxcomm.errors import FormatError
-from mxcomm.formats import ROUNDINGS, BlockFormat, FloatElement, IntElement, block_layout
-from mxcomm.formats.block import E8M0_SCALE_MODES, SCALE_SPECS
+from mxcomm.formats import (
+    BlockFormat,
+    FloatElement,
+    IntElement,
+    NanEncoding,
+    Rounding,
+    ScaleMode,
+    ScaleType,
+    block_layout,
+)
 from mxcomm.kernels.bitpack import packed_code_bytes
-from mxcomm.kernels.packed import SCALE_STORAGE_DTYPES, Packed
+from mxcomm.kernels.dtypes import SCALE_STORAGE_DTYPES, dtype_code, dtype_from_code
 
 MAGIC = b"MXCP"
 VERSION = 1
 MAX_NDIM = 32
 MAX_DIM = 1 << 48
 
-_NAN_CODES = ("none", "all_ones", "ieee")
-_SCALES = tuple(SCALE_SPECS)
-_SCALE_MODES = E8M0_SCALE_MODES  # "rceil" is among them; float scale types use it
-_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _PREFIX = struct.Struct("<4sHH")
 _ELEM = struct.Struct("<BBBhBB")
 _BLOCK = struct.Struct("<IBBBBBQ")
@@ -53,40 +61,69 @@ _SECTIONS = struct.Struct("<QQB")
 _CRC = struct.Struct("<I")
 
 
-def packed_to_bytes(p: Packed) -> bytes:
-    fmt = p.format
+def format_description(fmt: BlockFormat) -> bytes:
+    """The frame's format section: name, element and block description (canonical bytes of a format)."""
     name = fmt.name.encode("ascii")
+    return bytes([len(name)]) + name + format_fields(fmt)
+
+
+def format_fields(fmt: BlockFormat) -> bytes:
+    """Everything that defines what ``fmt`` encodes, without its name, as the frame writes it."""
     el = fmt.element
     if isinstance(el, IntElement):
         elem = _ELEM.pack(1, el.bits, 0, 0, 0, 0)
     else:
-        elem = _ELEM.pack(0, el.ebits, el.mbits, el.bias, int(el.inf), _NAN_CODES.index(el.nan))
-    codes = p.codes.cpu().contiguous().numpy().tobytes()
-    scales = p.scales.cpu().contiguous().view(torch.uint8).numpy().tobytes()
-    tscale = b"" if p.tensor_scale is None else struct.pack("<f", float(p.tensor_scale))
+        elem = _ELEM.pack(0, el.ebits, el.mbits, el.bias, int(el.inf), el.nan.code)
+    block = _BLOCK.pack(
+        fmt.block_size,
+        fmt.scale.code,
+        fmt.scale_mode.code,
+        fmt.rounding.code,
+        int(fmt.tensor_scale),
+        int(fmt.rotation_seed is not None),
+        fmt.rotation_seed or 0,
+    )
+    return elem + block
+
+
+def frame_bytes(
+    fmt: BlockFormat,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    axis: int,
+    codes: torch.Tensor,
+    scales: torch.Tensor,
+    tensor_scale: float | None,
+) -> bytes:
+    """The frame of an encoded tensor's parts (``codes`` uint8, ``scales`` in their storage dtype)."""
+    code_bytes = codes.cpu().contiguous().numpy().tobytes()
+    scale_bytes = scales.cpu().contiguous().view(torch.uint8).numpy().tobytes()
+    tscale = b"" if tensor_scale is None else struct.pack("<f", tensor_scale)
     parts = [
         _PREFIX.pack(MAGIC, VERSION, 0),
-        bytes([len(name)]),
-        name,
-        elem,
-        _BLOCK.pack(
-            fmt.block_size,
-            _SCALES.index(fmt.scale),
-            _SCALE_MODES.index(fmt.scale_mode),
-            ROUNDINGS.index(fmt.rounding),
-            int(fmt.tensor_scale),
-            int(fmt.rotation_seed is not None),
-            fmt.rotation_seed or 0,
-        ),
-        _TENSOR.pack(_DTYPES.index(p.dtype), len(p.shape), p.axis),
-        struct.pack(f"<{len(p.shape)}Q", *p.shape),
-        _SECTIONS.pack(len(codes), len(scales), len(tscale)),
-        codes,
-        scales,
+        format_description(fmt),
+        _TENSOR.pack(dtype_code(dtype), len(shape), axis),
+        struct.pack(f"<{len(shape)}Q", *shape),
+        _SECTIONS.pack(len(code_bytes), len(scale_bytes), len(tscale)),
+        code_bytes,
+        scale_bytes,
         tscale,
     ]
     body = b"".join(parts)
     return body + _CRC.pack(zlib.crc32(body))
+
+
+@dataclass(frozen=True)
+class FrameContents:
+    """What a frame holds: the format, the tensor's description and the encoded parts."""
+
+    format: BlockFormat
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    axis: int
+    codes: torch.Tensor
+    scales: torch.Tensor
+    tensor_scale: torch.Tensor | None
 
 
 class _Reader:
@@ -107,13 +144,8 @@ class _Reader:
         return st.unpack(self.take(st.size, what))
 
 
-def _enum(values: tuple, index: int, what: str):
-    if not 0 <= index < len(values):
-        raise FormatError(f"frame has an invalid {what} code {index}")
-    return values[index]
-
-
-def packed_from_bytes(data: bytes | bytearray | memoryview) -> Packed:
+def parse_frame(data: bytes | bytearray | memoryview) -> FrameContents:
+    """Parse and check a frame written by ``frame_bytes``."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise FormatError(f"from_bytes takes bytes, got {type(data).__name__}")
     buf = memoryview(data)
@@ -147,7 +179,7 @@ def packed_from_bytes(data: bytes | bytearray | memoryview) -> Packed:
         if inf not in (0, 1):
             raise FormatError(f"frame has an invalid inf flag {inf}")
         element: FloatElement | IntElement = FloatElement(
-            p1, p2, bias=bias, inf=bool(inf), nan=_enum(_NAN_CODES, nan, "nan encoding")
+            p1, p2, bias=bias, inf=bool(inf), nan=NanEncoding.from_code(nan, "frame nan encoding")
         )
     elif kind == 1:
         if (p2, bias, inf, nan) != (0, 0, 0, 0):
@@ -164,14 +196,14 @@ def packed_from_bytes(data: bytes | bytearray | memoryview) -> Packed:
         name,
         element,
         block_size,
-        _enum(_SCALES, scale, "scale type"),
-        _enum(_SCALE_MODES, mode, "scale mode"),
-        _enum(ROUNDINGS, rounding, "rounding"),
+        ScaleType.from_code(scale, "frame scale type"),
+        ScaleMode.from_code(mode, "frame scale mode"),
+        Rounding.from_code(rounding, "frame rounding"),
         tensor_scale=bool(tscale_flag),
         rotation_seed=rot_seed if rot_flag else None,
     )
-    dtype_code, ndim, axis = r.unpack(_TENSOR, "tensor description")
-    dtype = _enum(_DTYPES, dtype_code, "dtype")
+    dtype_index, ndim, axis = r.unpack(_TENSOR, "tensor description")
+    dtype = dtype_from_code(dtype_index)
     if ndim > MAX_NDIM:
         raise FormatError(f"frame has {ndim} dimensions (at most {MAX_NDIM})")
     dims = struct.unpack(f"<{ndim}Q", r.take(8 * ndim, "shape"))
@@ -203,7 +235,7 @@ def packed_from_bytes(data: bytes | bytearray | memoryview) -> Packed:
         if not (math.isfinite(value) and value > 0):
             raise FormatError(f"frame has an invalid tensor scale {value}")
         tensor_scale = torch.tensor(value, dtype=torch.float32)
-    return Packed(fmt, torch.Size(dims), dtype, axis, codes, scales, tensor_scale, "torch")
+    return FrameContents(fmt, tuple(dims), dtype, axis, codes, scales, tensor_scale)
 
 
 def _tensor_from(view: memoryview, dtype: torch.dtype) -> torch.Tensor:

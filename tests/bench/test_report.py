@@ -1,4 +1,4 @@
-"""mxcomm.report and the sweep CLI, on JSON produced by really running the sweep at a tiny size."""
+"""mxcomm.bench.report and the sweep CLI, on JSON produced by really running the sweep at a tiny size."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 
 import mxcomm
-from mxcomm.cli.main import main as cli_main
-from mxcomm.metrics import sqnr_db
-from mxcomm.report import (
+from mxcomm.bench.metrics import sqnr_db
+from mxcomm.bench.report import (
     ReportError,
     SweepRecord,
     load_benchmarks,
@@ -22,9 +21,10 @@ from mxcomm.report import (
     render_markdown,
     write_report,
 )
-from mxcomm.sweep import make_input, sweep_formats
+from mxcomm.bench.sweep import make_input, sweep_formats
+from mxcomm.cli.main import main as cli_main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 QUICK_FORMATS = "mx*,nvfp4,int4,int4_b128,fp5_e2m2_b16"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

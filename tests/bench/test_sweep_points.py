@@ -1,4 +1,4 @@
-"""The sweep's definition (mxcomm.sweep): formats, configuration, inputs and recorded metrics."""
+"""The sweep's definition (mxcomm.bench.sweep): formats, configuration, inputs and recorded metrics."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import pytest
 import torch
 
 import mxcomm
-from mxcomm.formats import NVFP4, OCP_FORMATS
-from mxcomm.sweep import (
+from mxcomm.bench.sweep import (
     DEFAULT_BLOCK_SIZES,
     SweepConfig,
     SweepError,
@@ -17,6 +16,7 @@ from mxcomm.sweep import (
     sweep_formats,
     sweep_points,
 )
+from mxcomm.formats import NVFP4, OCP_FORMATS
 
 
 def _definition(fmt: mxcomm.BlockFormat) -> tuple:
@@ -123,7 +123,7 @@ def test_point_info_measures_the_packed_size_and_error():
     assert info["packed_nbytes"] == 3 * 96 // 2 + 3 * 96 // 16 + 4
     assert info["bits_per_element"] == pytest.approx(8 * info["packed_nbytes"] / (3 * 96))
     assert info["compression_ratio"] == pytest.approx(3 * 96 * 2 / info["packed_nbytes"])
-    assert info["sqnr_db"] == pytest.approx(mxcomm.metrics.sqnr_db(x, y))
+    assert info["sqnr_db"] == pytest.approx(mxcomm.bench.metrics.sqnr_db(x, y))
     assert 0 < info["mean_rel_error"] <= info["max_rel_error"]
 
 

@@ -36,7 +36,8 @@ from pathlib import Path
 RATES = {"100mbit": 100e6, "1gbit": 1e9, "10gbit": 10e9}
 OCP_FORMATS = ["mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4_e2m1", "mxint8"]
 SIZES_MIB = [0.25, 1, 4, 16, 64]
-ALGORITHMS = ["dist", "none", "allgather", "two_shot", "auto"]
+# what is timed per point: raw dist.all_reduce, then mxcomm.all_reduce with each algorithm
+VARIANTS = ["dist", "none", "allgather", "two_shot", "auto"]
 STORE_PORT = 29500  # inside a fresh namespace every port is free
 
 
@@ -58,7 +59,7 @@ class SweepConfig:
     world_sizes: list[int] = field(default_factory=lambda: [2, 4])
     sizes_mib: list[float] = field(default_factory=lambda: list(SIZES_MIB))
     formats: list[str] = field(default_factory=lambda: list(OCP_FORMATS))
-    algorithms: list[str] = field(default_factory=lambda: list(ALGORITHMS))
+    algorithms: list[str] = field(default_factory=lambda: list(VARIANTS))
     reps: int = 5
     # skip points whose uncompressed all-reduce alone would take longer than this per iteration
     max_seconds_per_iteration: float = 1.5
@@ -138,8 +139,8 @@ def _rank_main(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
     import mxcomm
+    from mxcomm.bench.synthetic import llm_activation
     from mxcomm.collectives import all_reduce, calibrate, track_comm
-    from mxcomm.synthetic import llm_activation
 
     torch.set_num_threads(1)
     spec = json.loads(Path(args.spec).read_text())
@@ -237,7 +238,7 @@ def run_job(ns: ShapedNamespace, world_size: int, points: list[dict], cfg: Sweep
         out = Path(tmp) / "result.json"
         procs = []
         for rank in range(world_size):
-            cmd = [*ns.prefix(), sys.executable, "-m", "mxcomm.collectives.slowlink", "_rank",
+            cmd = [*ns.prefix(), sys.executable, "-m", "mxcomm.bench.slowlink", "_rank",
                    "--rank", str(rank), "--world", str(world_size), "--spec", str(spec), "--out", str(out)]
             log = open(Path(tmp) / f"rank{rank}.log", "w+")
             procs.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log))
@@ -352,7 +353,7 @@ def format_table(summary: list[dict]) -> str:
 
 
 def _main() -> int:
-    ap = argparse.ArgumentParser(prog="python -m mxcomm.collectives.slowlink")
+    ap = argparse.ArgumentParser(prog="python -m mxcomm.bench.slowlink")
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("_rank")
     r.add_argument("--rank", type=int, required=True)

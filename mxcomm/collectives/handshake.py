@@ -24,7 +24,6 @@ naming it, instead of leaving them blocked in the exchange.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import struct
 import zlib
@@ -33,22 +32,23 @@ from dataclasses import dataclass
 
 import torch
 
+from mxcomm.collectives.algorithms import Algorithm
 from mxcomm.errors import CollectiveMismatchError, FormatError
 from mxcomm.formats import BlockFormat
+from mxcomm.kernels.dtypes import INPUT_DTYPES, dtype_code
+from mxcomm.kernels.frame import format_fields
 
 MAGIC = b"MXC1"
-VERSION = 1
+VERSION = 2
 DESCRIPTOR_NBYTES = 64
 _STRUCT = struct.Struct("<4sBBBBBBH8sQIQ16s8x")
 assert _STRUCT.size == DESCRIPTOR_NBYTES
 
 OPS: dict[str, int] = {"all_reduce": 1, "all_gather": 2, "reduce_scatter": 3}
-ALGORITHMS: dict[str, int] = {"none": 0, "allgather": 1, "two_shot": 2, "auto": 3, "all_to_all": 4}
 FLAG_INVALID = 1
-DTYPES: dict[torch.dtype, int] = {torch.float32: 1, torch.bfloat16: 2, torch.float16: 3}
 _OP_NAMES = {v: k for k, v in OPS.items()}
-_ALG_NAMES = {v: k for k, v in ALGORITHMS.items()}
-_DTYPE_NAMES = {v: str(k).replace("torch.", "") for k, v in DTYPES.items()}
+_DTYPE_NAMES = {i: str(d).replace("torch.", "") for i, d in enumerate(INPUT_DTYPES)}
+_NO_CODE = 255  # an algorithm or dtype field of an invalid descriptor
 
 
 def format_fingerprint(fmt: BlockFormat) -> bytes:
@@ -57,9 +57,8 @@ def format_fingerprint(fmt: BlockFormat) -> bytes:
     Two formats with equal fingerprints produce identical payloads for the same
     input, so a renamed copy of a format is not a mismatch.
     """
-    # every field but the name (so options added to BlockFormat later are covered too)
-    canonical = repr([(f.name, getattr(fmt, f.name)) for f in dataclasses.fields(fmt) if f.name != "name"])
-    return hashlib.blake2b(canonical.encode(), digest_size=8).digest()
+    # the frame's canonical description of the format, without the name
+    return hashlib.blake2b(format_fields(fmt), digest_size=8).digest()
 
 
 def shape_crc(shape: Sequence[int]) -> int:
@@ -93,9 +92,9 @@ class Descriptor:
             MAGIC,
             VERSION,
             OPS[self.op],
-            ALGORITHMS.get(self.requested, 255),
-            ALGORITHMS.get(self.planned, 255),
-            DTYPES.get(self.dtype, 0),
+            _algorithm_code(self.requested),
+            _algorithm_code(self.planned),
+            dtype_code(self.dtype) if self.dtype in INPUT_DTYPES else _NO_CODE,
             min(len(self.shape), 255),
             FLAG_INVALID if self.invalid else 0,
             self.fingerprint,
@@ -142,7 +141,7 @@ class WireDescriptor:
 
     def describe(self) -> str:
         return (
-            f"op={_OP_NAMES.get(self.op, self.op)} algorithm={_ALG_NAMES.get(self.requested, self.requested)} "
+            f"op={_OP_NAMES.get(self.op, self.op)} algorithm={_algorithm_label(self.requested)} "
             f"format={self.format_name}#{self.fingerprint.hex()} dtype={_DTYPE_NAMES.get(self.dtype, self.dtype)} "
             f"ndim={self.ndim} numel={self.numel} shape_crc={self.shape_crc:08x}"
         )
@@ -178,5 +177,19 @@ def check_descriptors(received: list[WireDescriptor], *, compare_format: bool) -
         )
 
 
-def algorithm_name(code: int) -> str:
-    return _ALG_NAMES[code]
+def _algorithm_code(name: str) -> int:
+    try:
+        return Algorithm.parse(name).code
+    except FormatError:
+        return _NO_CODE
+
+
+def _algorithm_label(code: int) -> str:
+    try:
+        return Algorithm.from_code(code).value
+    except FormatError:
+        return str(code)
+
+
+def algorithm_name(code: int) -> Algorithm:
+    return Algorithm.from_code(code, "descriptor algorithm")

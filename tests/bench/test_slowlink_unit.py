@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mxcomm.collectives import slowlink
-from mxcomm.collectives.slowlink import SlowLinkUnavailable, SweepConfig, parse_rate, points_for, summarize
+from mxcomm.bench import slowlink
+from mxcomm.bench.slowlink import SlowLinkUnavailable, SweepConfig, parse_rate, points_for, summarize
 
 
 def test_environment_check_explains_what_is_missing(monkeypatch):

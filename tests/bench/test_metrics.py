@@ -1,4 +1,4 @@
-"""mxcomm.metrics on cases whose answers are known in closed form."""
+"""mxcomm.bench.metrics on cases whose answers are known in closed form."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import mxcomm
-from mxcomm.metrics import (
+from mxcomm.bench.metrics import (
     error_summary,
     max_abs_error,
     max_relative_error,
@@ -101,7 +101,7 @@ def test_bad_input_raises_format_error():
 
 
 def test_chunked_accumulation_matches_direct_formula(monkeypatch):
-    import mxcomm.metrics as metrics
+    import mxcomm.bench.metrics as metrics
 
     monkeypatch.setattr(metrics, "_CHUNK", 7)  # force many chunks, including a ragged last one
     g = torch.Generator().manual_seed(1)

@@ -17,7 +17,7 @@
   unsharded model, rank 0, broadcast) and saved as JSON with the results.
 * **TTFT.** For each link rate a fresh network namespace is created, its
   loopback shaped with ``tc ... tbf`` (the namespace utility of
-  :mod:`mxcomm.collectives.slowlink`), and the
+  :mod:`mxcomm.bench.slowlink`), and the
   ranks run inside it: prefill of a fixed prompt to the first token, median
   over repetitions, with the share of the time spent inside mxcomm
   collectives.
@@ -45,8 +45,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from mxcomm.bench.smollm2 import Assets, EvalSetupError, load_model, load_tokens, windows
 from mxcomm.formats import CUSTOM_FORMATS, NVFP4, OCP_FORMATS, BlockFormat, get_format
-from mxcomm.tp.smollm2 import Assets, EvalSetupError, load_model, load_tokens, windows
 
 Log = Callable[[str], None]
 
@@ -258,7 +258,7 @@ def _accounting(stats: Any, forwards: int) -> dict[str, Any]:
 
 
 def ppl_rank(rank: int, world: int, job: dict) -> None:
-    """Rank body of the perplexity phase (called through :func:`mxcomm.tp.run_ranks`)."""
+    """Rank body of the perplexity phase (called through :func:`mxcomm.bench.launch.run_ranks`)."""
     from mxcomm.collectives import track_comm
 
     assets = Assets(**{k: Path(v) if k != "num_tokens" else v for k, v in job["assets"].items()})
@@ -316,8 +316,8 @@ def ppl_rank(rank: int, world: int, job: dict) -> None:
 
 def ttft_rank(rank: int, world: int, job: dict) -> None:
     """Rank body of one TTFT run (one link rate)."""
+    from mxcomm.bench.slowlink import qdisc_sent_bytes
     from mxcomm.collectives import calibrate, track_comm
-    from mxcomm.collectives.slowlink import qdisc_sent_bytes
 
     assets = Assets(**{k: Path(v) if k != "num_tokens" else v for k, v in job["assets"].items()})
     model = load_model(assets)
@@ -495,7 +495,7 @@ def run_perplexity(
     :func:`paired_delta` against the bf16 ``none`` row (which must be among
     the settings) under ``"paired"``.
     """
-    from mxcomm.tp.launch import run_ranks
+    from mxcomm.bench.launch import run_ranks
 
     windows(torch.zeros(assets.num_tokens, dtype=torch.long), num_windows, window_tokens, start)  # validate early
     if calibrate:
@@ -525,8 +525,8 @@ def run_perplexity(
 
 
 def _ttft_job_main(job_path: str) -> int:
-    """``python -m mxcomm.tp.evaluation ttft JOB.json``: run one TTFT job (inside a namespace)."""
-    from mxcomm.tp.launch import run_ranks
+    """``python -m mxcomm.bench.evaluation ttft JOB.json``: run one TTFT job (inside a namespace)."""
+    from mxcomm.bench.launch import run_ranks
 
     job = json.loads(Path(job_path).read_text())
     run_ranks(ttft_rank, job["world_size"], (job,), threads=job["threads"], timeout_s=600)
@@ -551,7 +551,7 @@ def run_ttft(
 
     A rate whose ranks fail or exceed ``timeout_s`` gets an ``error`` entry instead of rows.
     """
-    from mxcomm.collectives.slowlink import ShapedNamespace
+    from mxcomm.bench.slowlink import ShapedNamespace
 
     results = []
     with tempfile.TemporaryDirectory(prefix="mxcomm-eval-") as tmp:
@@ -562,7 +562,7 @@ def run_ttft(
                    "world_size": world_size, "threads": threads, "out": str(out), "calibration": calibration}
             job_path = Path(tmp) / f"job-{i}.json"
             job_path.write_text(json.dumps(job))
-            cmd = [sys.executable, "-m", "mxcomm.tp.evaluation", "ttft", str(job_path)]
+            cmd = [sys.executable, "-m", "mxcomm.bench.evaluation", "ttft", str(job_path)]
             env = dict(os.environ)
             package_root = str(Path(__file__).resolve().parents[2])
             env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
@@ -695,7 +695,7 @@ def ttft_markdown(results: list[dict], ppl_rows: list[dict] | None = None) -> st
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "ttft":
         sys.exit(_ttft_job_main(sys.argv[2]))
-    raise SystemExit("usage: python -m mxcomm.tp.evaluation ttft JOB.json (internal; use `mxcomm eval`)")
+    raise SystemExit("usage: python -m mxcomm.bench.evaluation ttft JOB.json (internal; use `mxcomm eval`)")
 
 
 __all__ = [

