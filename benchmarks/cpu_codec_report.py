@@ -92,8 +92,8 @@ def main(argv: list[str]) -> int:
     any_info = next((i for ops in rows.values() for i in ops.values()), None)
     if any_info:
         print(
-            f"\nthreads: {any_info['threads']}; fresh build of the native library: "
-            f"{any_info['build_seconds']:.1f} s, loading the cached build: {any_info['load_seconds'] * 1e3:.1f} ms"
+            f"\nthreads: {any_info['threads']}; native build: {any_info.get('native_isa', '?')}, "
+            f"loading it: {any_info['load_seconds'] * 1e3:.1f} ms"
         )
     infos = _infos(argv[1])
     rotation = rotation_table(infos)

@@ -50,7 +50,8 @@ def cmd_formats(args: argparse.Namespace) -> int:
 def cmd_roundtrip(args: argparse.Namespace) -> int:
     x = llm_activation(args.tokens, args.hidden, seed=args.seed, dtype=_DTYPES[args.dtype])
     names = args.formats or mxcomm.list_formats()
-    backend = mxcomm.resolve_backend(args.backend, x.device).name
+    resolved = mxcomm.resolve_backend(args.backend, x.device)
+    backend = getattr(resolved, "description", resolved.name)  # the cpu backend names its native build
     print(
         f"input: synthetic LLM activation {tuple(x.shape)} {args.dtype} with outlier channels, "
         f"{x.numel() * x.element_size() / 2**20:.1f} MiB; backend: {backend}"

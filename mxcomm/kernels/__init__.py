@@ -28,8 +28,9 @@ register_backend("triton", _load_triton_backend)
 
 
 def _load_cpu_backend() -> CodecBackend:
-    # Builds (or loads the cached) native CPU codec on first use; a missing compiler becomes
-    # the reason reported by availability (auto then falls back to the reference, with a warning).
+    # Loads the native CPU codec built at install time on first use (never compiles); a missing
+    # or stale build becomes the reason reported by availability (auto then falls back to the
+    # reference, with a warning).
     from mxcomm.kernels.cpu_backend import load
 
     return load()

@@ -3,10 +3,19 @@
 The numerics of ``reference.py`` are re-expressed in integer arithmetic on the
 float32 bit pattern (``cpu_codec.cpp``: exponent extraction, a right shift with
 exact round/sticky decisions, saturation, sign) and run as 8-lane SIMD loops.
-That source is compiled once per machine with the system C++ compiler (the
-one torch.compile's CPU backend needs as well), cached on disk, and loaded
-with ``ctypes``; every format, rounding and scale mode is a runtime parameter
-of the same library, so there is one compilation in total, not one per format.
+Every format, rounding and scale mode is a runtime parameter of the same
+library (``params.kernel_params``, passed as ``struct Format``), so there is one
+build in total, not one per format.
+
+The native library is compiled when mxcomm is installed (``setup.py``, see
+``native_build.py``), never at run time: two builds live in
+``mxcomm/kernels/_native/``, one for CPUs with AVX2 and F16C and a baseline one.
+The backend loads the AVX2 build when the CPU has both flags (``/proc/cpuinfo``
+on Linux, ``sysctl`` on macOS), else the baseline build; ``MXCOMM_CPU_ISA=avx2``
+or ``=baseline`` forces one. The loaded build is ``CpuBackend.build`` and is
+logged (INFO, logger ``mxcomm.kernels``). A library built from other sources
+than the ``cpu_codec.cpp`` / ``codec_params.h`` next to it (its embedded hash
+differs) is refused as stale.
 
 Why not ``torch.compile``: the same integer formulation in torch ops, compiled
 by inductor, is bit-exact but about 6x slower here (its generated loops convert
@@ -27,11 +36,11 @@ Work is split into ranges of whole blocks that start on byte boundaries of the
 code stream and run on a small thread pool (``torch.get_num_threads()``
 threads; ctypes releases the GIL during a call).
 
-Availability: CPU tensors, when a C++ compiler is found and the library builds
-(``availability`` gives the reason otherwise; ``backend="auto"`` then falls
-back to the reference with a one-time warning).
-Environment: ``MXCOMM_CXX`` (compiler), ``MXCOMM_CACHE_DIR`` (where the library
-is cached; default ``$XDG_CACHE_HOME/mxcomm`` or ``~/.cache/mxcomm``).
+Availability: CPU tensors, when the native library is installed, current and
+loadable (``availability`` gives the reason otherwise: not built, stale, an
+invalid ``MXCOMM_CPU_ISA``; ``backend="auto"`` then falls back to the reference
+with a one-time warning, an explicit ``backend="cpu"`` raises
+``BackendUnavailableError``).
 """
 
 from __future__ import annotations
@@ -39,16 +48,13 @@ from __future__ import annotations
 import concurrent.futures
 import ctypes
 import functools
-import hashlib
+import logging
 import math
 import os
 import platform
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,15 +63,17 @@ import torch
 from mxcomm.errors import FormatError
 from mxcomm.formats import BlockFormat, FloatElement, IntElement
 from mxcomm.formats.element import cached_code_values
+from mxcomm.kernels import native_build
 from mxcomm.kernels.bitpack import packed_code_bytes
 from mxcomm.kernels.dispatch import check_rotation
 from mxcomm.kernels.dtypes import INPUT_DTYPES, SCALE_STORAGE_DTYPES, dtype_code
+from mxcomm.kernels.params import NATIVE_ABI_VERSION, NativeParams, kernel_params, native_params
 from mxcomm.kernels.reference import EncodedBlocks, tensor_scale_from_amax
 
-SOURCE_PATH = Path(__file__).with_name("cpu_codec.cpp")
-ABI_VERSION = 7
-CXX_ENV = "MXCOMM_CXX"
-CACHE_ENV = "MXCOMM_CACHE_DIR"
+log = logging.getLogger("mxcomm.kernels")
+
+ISA_ENV = "MXCOMM_CPU_ISA"
+REBUILD_HINT = "rebuild it: `pip install .` (or `pip install -e .`; in a source checkout `python setup.py build_ext --inplace`)"
 # Work per thread-pool task (elements): small inputs run on the calling thread only.
 MIN_TASK_ELEMENTS = 1 << 17
 # Rotated formats with blocks up to this size are rotated inside the kernels (``max_fused_rotation_block``),
@@ -74,92 +82,10 @@ MIN_TASK_ELEMENTS = 1 << 17
 ROTATION_MAX_BLOCK = 2048
 
 
-
-class CpuFormat(ctypes.Structure):
-    """Mirror of ``struct Format`` in cpu_codec.cpp (same field order and types)."""
-
-    _fields_ = [
-        ("bits", ctypes.c_int32),
-        ("is_int", ctypes.c_int32),
-        ("grid_mbits", ctypes.c_int32),
-        ("grid_emin", ctypes.c_int32),
-        ("max_code", ctypes.c_int32),
-        ("emax", ctypes.c_int32),
-        ("block_size", ctypes.c_int32),
-        ("scale_kind", ctypes.c_int32),
-        ("scale_mode", ctypes.c_int32),
-        ("rounding", ctypes.c_int32),
-        ("rceil_exp", ctypes.c_int32),
-        ("rceil_frac", ctypes.c_int32),
-        ("even_frac", ctypes.c_int32),
-        ("s_mbits", ctypes.c_int32),
-        ("s_emin", ctypes.c_int32),
-        ("has_tensor_scale", ctypes.c_int32),
-        ("s_max", ctypes.c_double),
-        ("max_normal", ctypes.c_double),
-        ("scale_nan", ctypes.c_uint32),
-        ("table_has_inf", ctypes.c_int32),
-        ("float_rne", ctypes.c_int32),
-        ("table_max", ctypes.c_float),
-        ("rotate", ctypes.c_int32),
-        ("rotation_seed", ctypes.c_uint64),
-    ]
-
-
 @functools.cache
-def cpu_format(fmt: BlockFormat) -> CpuFormat:
-    """The kernel parameters of ``fmt`` (every format-dependent constant the kernels use)."""
-    elem = fmt.element
-    spec = fmt.scale_spec
-    if isinstance(elem, IntElement):
-        # Integers k * 2**-(bits-2) are the grid with bits-1 mantissa bits whose subnormal
-        # binade (2**1) lies above every scaled value: the code is the rounded k.
-        grid_mbits, grid_emin, max_code = elem.bits - 1, 1, elem.kmax
-    else:
-        grid_mbits, grid_emin, max_code = elem.mbits, elem.emin, elem.max_code_magnitude
-    mn_sig, mn_exp = math.frexp(elem.max_normal)  # max_normal = (2 * mn_sig) * 2**(mn_exp - 1)
-    rceil_frac = (2.0 * mn_sig - 1.0) * 2**23
-    if rceil_frac != int(rceil_frac):  # pragma: no cover - element significands are short
-        raise FormatError(f"{fmt.name}: max_normal significand does not fit 23 bits")
-    precision = elem.precision_bits
-    values = cached_code_values(elem)
-    return CpuFormat(
-        bits=elem.bits,
-        is_int=int(isinstance(elem, IntElement)),
-        grid_mbits=grid_mbits,
-        grid_emin=grid_emin,
-        max_code=max_code,
-        emax=elem.emax,
-        block_size=fmt.block_size,
-        scale_kind=fmt.scale.code,
-        scale_mode=fmt.scale_mode.code,
-        rounding=fmt.rounding.code,
-        rceil_exp=mn_exp - 1,
-        rceil_frac=int(rceil_frac),
-        even_frac=(1 << 23) - (1 << (22 - precision)),
-        s_mbits=spec.mbits,
-        s_emin=1 - spec.bias,
-        has_tensor_scale=int(fmt.tensor_scale),
-        s_max=float(spec.max_value),
-        max_normal=float(elem.max_normal),
-        scale_nan=spec.nan_bits,
-        table_has_inf=int(any(math.isinf(v) for v in cached_code_values(elem))),
-        float_rne=int(_float_rne_exact(fmt, grid_mbits, grid_emin)),
-        table_max=max((abs(v) for v in values if math.isfinite(v)), default=0.0),
-        rotate=int(fmt.rotation_seed is not None),
-        rotation_seed=fmt.rotation_seed or 0,
-    )
-
-
-def _float_rne_exact(fmt: BlockFormat, grid_mbits: int, grid_emin: int) -> bool:
-    """Whether round-to-nearest-even encodes of ``fmt`` may round with the FPU (cpu_codec.cpp,
-    element_codes_rne_fpu): the rounding constant 2**(binade + 23 - mbits) must stay a finite
-    float32 for every binade up to emax + 1, and for power-of-two scales the float32 product
-    x * 2**-e may only be inexact below 2**-126, which must then be at most half a grid step."""
-    emax = fmt.element.emax
-    if emax + 1 + 23 - grid_mbits > 127:
-        return False
-    return not fmt.scale_spec.power_of_two or grid_emin - grid_mbits >= -125
+def cpu_format(fmt: BlockFormat) -> NativeParams:
+    """The kernel parameters of ``fmt`` as the native library's ``struct Format``."""
+    return native_params(kernel_params(fmt))
 
 
 @functools.cache
@@ -167,139 +93,121 @@ def _code_table(elem: FloatElement | IntElement) -> torch.Tensor:
     return torch.tensor(cached_code_values(elem), dtype=torch.float32)
 
 
-# -- building and loading the library -----------------------------------------------------------
-@dataclass
-class BuildInfo:
-    """How the native library was obtained (reported by the benchmark)."""
+# -- choosing and loading the native library ----------------------------------------------------
+class NativeCodecUnavailable(RuntimeError):
+    """The native library cannot be used (the message says why and what to do)."""
+
+
+@dataclass(frozen=True)
+class NativeBuild:
+    """The native library the backend loaded."""
 
     path: str
-    compiler: str
-    flags: list[str]
-    compiled: bool  # False: loaded from the on-disk cache
-    seconds: float  # compile (or load) time
+    isa: str  # "avx2" (AVX2 + F16C) or "baseline"
+    reason: str  # why this build: the CPU's flags, or MXCOMM_CPU_ISA
+    source_hash: str  # sha256 of the cpu_codec.cpp + codec_params.h it was built from
 
 
-def find_compiler() -> str | None:
-    """The C++ compiler: $MXCOMM_CXX, $CXX, or the first of g++ / c++ / clang++ on PATH."""
-    for env in (CXX_ENV, "CXX"):
-        value = os.environ.get(env)
-        if value:
-            return shutil.which(value) or (value if os.path.isfile(value) else None)
-    for name in ("g++", "c++", "clang++"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
+def cpu_has_avx2_f16c() -> tuple[bool, str]:
+    """Whether this CPU, under this OS, runs AVX2 and F16C code, and how that was found out.
 
-
-def _arch_flags() -> list[str]:
-    # AVX2 when torch itself dispatches to AVX2 kernels on this machine; never -march=native,
-    # so a cached library stays valid on any machine of the same ISA level.
+    Linux lists in /proc/cpuinfo only the features it enables (AVX state included); macOS
+    reports them through sysctl. Elsewhere the answer is no: the baseline build runs anywhere.
+    """
     machine = platform.machine().lower()
-    if machine in ("x86_64", "amd64") and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
-        # every AVX2 CPU also has F16C (half <-> float conversions)
-        return ["-mavx2", "-mf16c"]
-    return []
-
-
-def compile_flags() -> list[str]:
-    # No fast-math and no FMA contraction: decode rounds every product and sum separately.
-    return ["-O3", "-std=c++17", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", *_arch_flags()]
-
-
-def _cache_dir() -> Path:
-    configured = os.environ.get(CACHE_ENV)
-    if configured:
-        return Path(configured)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "mxcomm"
-
-
-def _compiler_id(compiler: str) -> str:
-    try:
-        out = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60)
-        return out.stdout.strip().splitlines()[0] if out.stdout.strip() else compiler
-    except (OSError, subprocess.SubprocessError):
-        return compiler
-
-
-class _FileLock:
-    """An exclusive lock file (POSIX): concurrent processes (e.g. the ranks of a collective test)
-    build the library once instead of all at the same time. A no-op where fcntl is missing."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.fd: int | None = None
-
-    def __enter__(self) -> None:
+    if machine not in ("x86_64", "amd64"):
+        return False, f"a {machine} CPU"
+    if sys.platform.startswith("linux"):
         try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX
-            return
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
+            with open("/proc/cpuinfo") as cpuinfo:
+                flags = next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), [])
+        except OSError as exc:
+            return False, f"/proc/cpuinfo is unreadable ({exc})"
+        missing = sorted({"avx2", "f16c"} - set(flags))
+        if missing:
+            return False, f"/proc/cpuinfo lacks {' and '.join(missing)}"
+        return True, "/proc/cpuinfo lists avx2 and f16c"
+    if sys.platform == "darwin":
+        try:
+            out = subprocess.run(
+                ["sysctl", "-n", "machdep.cpu.features", "machdep.cpu.leaf7_features"],
+                capture_output=True, text=True, timeout=10,
+            ).stdout.upper().split()
+        except (OSError, subprocess.SubprocessError) as exc:
+            return False, f"sysctl failed ({exc})"
+        missing = sorted({"AVX2", "F16C"} - set(out))
+        return (not missing), ("sysctl lists AVX2 and F16C" if not missing else f"sysctl lacks {' and '.join(missing)}")
+    return False, f"no CPU flags to read on {sys.platform}"
 
-    def __exit__(self, *exc: object) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # closing releases the lock
-            self.fd = None
+
+def choose_isa() -> tuple[str, str, bool]:
+    """(variant, why, forced): $MXCOMM_CPU_ISA if set, else avx2 where the CPU has AVX2 and F16C."""
+    forced = os.environ.get(ISA_ENV, "").strip().lower()
+    if forced:
+        if forced not in native_build.ISA_FLAGS:
+            raise NativeCodecUnavailable(f"{ISA_ENV}={forced!r} is not one of {', '.join(native_build.ISA_FLAGS)}")
+        if forced == "avx2":
+            ok, why = cpu_has_avx2_f16c()
+            if not ok:
+                raise NativeCodecUnavailable(f"{ISA_ENV}=avx2, but this CPU cannot run the AVX2 build ({why})")
+        return forced, f"forced by {ISA_ENV}={forced}", True
+    ok, why = cpu_has_avx2_f16c()
+    return ("avx2" if ok else "baseline"), why, False
 
 
-def _compile(compiler: str, flags: list[str], target: Path) -> None:
-    # build under a private name, then rename: no process ever loads a partial file
-    fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        proc = subprocess.run(
-            [compiler, *flags, "-o", tmp, str(SOURCE_PATH)], capture_output=True, text=True, timeout=900
+def load_library(
+    library_dir: Path = native_build.LIBRARY_DIR, source_dir: Path = native_build.KERNEL_DIR
+) -> tuple[ctypes.CDLL, NativeBuild]:
+    """Load the native build for this CPU from ``library_dir``, checked against the sources in
+    ``source_dir``. Never compiles; raises NativeCodecUnavailable with the reason."""
+    isa, why, forced = choose_isa()
+    path = native_build.library_path(isa, library_dir)
+    if not path.exists() and isa == "avx2" and not forced:
+        baseline = native_build.library_path("baseline", library_dir)
+        if baseline.exists():
+            isa, path, why = "baseline", baseline, f"{why}, but {path.name} is not built"
+    if not path.exists():
+        raise NativeCodecUnavailable(
+            f"the native CPU codec is not built ({path} is missing; mxcomm compiles it when it is installed "
+            f"and a C++ compiler is found): {REBUILD_HINT}"
         )
-        if proc.returncode != 0:
-            tail = (proc.stderr or proc.stdout).strip()[-2000:]
-            raise RuntimeError(f"{compiler} failed to build {SOURCE_PATH.name}: {tail}")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def build_library() -> tuple[ctypes.CDLL, BuildInfo]:
-    """Compile cpu_codec.cpp (or reuse the cached build) and load it. Raises RuntimeError with the reason."""
-    compiler = find_compiler()
-    if compiler is None:
-        raise RuntimeError(f"no C++ compiler found (looked for ${CXX_ENV}, $CXX, g++, c++, clang++)")
-    source = SOURCE_PATH.read_bytes()
-    flags = compile_flags()
-    key = hashlib.sha256(
-        b"\0".join([source, " ".join(flags).encode(), _compiler_id(compiler).encode(), platform.machine().encode()])
-    ).hexdigest()[:24]
-    start = time.perf_counter()
-    errors = []
-    uid = os.getuid() if hasattr(os, "getuid") else 0
-    for directory in (_cache_dir(), Path(tempfile.gettempdir()) / f"mxcomm-{uid}"):
-        target = directory / f"mxcomm_cpu_codec_{key}.so"
-        compiled = False
-        try:
-            if not target.exists():
-                directory.mkdir(parents=True, exist_ok=True)
-                with _FileLock(directory / f"mxcomm_cpu_codec_{key}.lock"):
-                    if not target.exists():  # another process may have built it meanwhile
-                        _compile(compiler, flags, target)
-                        compiled = True
-        except OSError as exc:  # e.g. an unwritable cache directory: try the next one
-            errors.append(f"{directory}: {exc}")
-            continue
-        lib = ctypes.CDLL(str(target))
-        _declare(lib)
-        if lib.mx_abi_version() != ABI_VERSION or lib.mx_format_size() != ctypes.sizeof(CpuFormat):
-            raise RuntimeError(f"{target} does not match this mxcomm (ABI/struct layout mismatch)")
-        return lib, BuildInfo(str(target), compiler, flags, compiled, time.perf_counter() - start)
-    raise RuntimeError("could not write the compiled CPU codec anywhere: " + "; ".join(errors))
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as exc:
+        raise NativeCodecUnavailable(f"{path} cannot be loaded ({exc}): {REBUILD_HINT}") from exc
+    try:
+        hash_of = lib.mx_source_hash
+    except AttributeError:  # built by an mxcomm from before the hash was embedded
+        built_from = "none"
+    else:
+        hash_of.restype = ctypes.c_char_p
+        built_from = hash_of().decode()
+    source, header = source_dir / native_build.SOURCE_PATH.name, source_dir / native_build.HEADER_PATH.name
+    if source.exists() and header.exists() and built_from != native_build.source_hash(source, header):
+        raise NativeCodecUnavailable(
+            f"{path} is stale: it was built from another {source.name} / {header.name} than the ones in "
+            f"{source_dir}; {REBUILD_HINT}"
+        )
+    _declare(lib)
+    abi, size = lib.mx_abi_version(), lib.mx_format_size()
+    if abi != NATIVE_ABI_VERSION or size != ctypes.sizeof(NativeParams):
+        raise NativeCodecUnavailable(
+            f"{path} does not match this mxcomm (ABI {abi}, struct Format of {size} bytes; expected ABI "
+            f"{NATIVE_ABI_VERSION}, {ctypes.sizeof(NativeParams)} bytes): {REBUILD_HINT}"
+        )
+    built_isa = lib.mx_build_isa().decode()
+    if built_isa != isa:
+        raise NativeCodecUnavailable(f"{path} holds the {built_isa} build, not {isa}: {REBUILD_HINT}")
+    build = NativeBuild(str(path), isa, why, built_from)
+    log.info("cpu backend: native codec, %s build (%s): %s", isa, why, path)
+    return lib, build
 
 
 def _declare(lib: ctypes.CDLL) -> None:
     p, i32, i64, u64, f32 = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64, ctypes.c_uint64, ctypes.c_float
     lib.mx_abi_version.restype = ctypes.c_int
     lib.mx_format_size.restype = ctypes.c_int
+    lib.mx_build_isa.restype = ctypes.c_char_p
     lib.mx_encode.argtypes = [p, i32, p, i64, i64, i64, i64, f32, u64, p, p]
     lib.mx_encode.restype = ctypes.c_int
     lib.mx_finite_amax.argtypes = [i32, p, i64, i64, i32, i64, i64]
@@ -422,21 +330,25 @@ class CpuBackend:
     name = "cpu"
     max_fused_rotation_block = ROTATION_MAX_BLOCK
 
-    def __init__(self) -> None:
+    def __init__(
+        self, library_dir: Path = native_build.LIBRARY_DIR, source_dir: Path = native_build.KERNEL_DIR
+    ) -> None:
+        self.library_dir = library_dir
+        self.source_dir = source_dir
         self._lock = threading.Lock()
         self._lib: ctypes.CDLL | None = None
         self._error: str | None = None
-        self.build_info: BuildInfo | None = None
+        self.build: NativeBuild | None = None  # the loaded native library (after first use)
 
     def library(self) -> ctypes.CDLL:
         with self._lock:
             if self._lib is None and self._error is None:
                 try:
-                    self._lib, self.build_info = build_library()
-                except Exception as exc:  # any failure to build or load is the reason it cannot run
-                    self._error = str(exc) or type(exc).__name__
+                    self._lib, self.build = load_library(self.library_dir, self.source_dir)
+                except NativeCodecUnavailable as exc:
+                    self._error = str(exc)
             if self._lib is None:
-                raise RuntimeError(self._error)
+                raise NativeCodecUnavailable(self._error)
             return self._lib
 
     def availability(self, device: torch.device) -> str | None:
@@ -444,9 +356,14 @@ class CpuBackend:
             return f"the cpu backend runs on CPU tensors only, not {torch.device(device).type}"
         try:
             self.library()
-        except RuntimeError as exc:
+        except NativeCodecUnavailable as exc:
             return str(exc)
         return None
+
+    @property
+    def description(self) -> str:
+        """The backend and its native build, e.g. "cpu (avx2 build)"."""
+        return f"cpu ({self.build.isa} build)" if self.build is not None else "cpu (not loaded)"
 
     # -- encode -------------------------------------------------------------------------------
     def encode_blocks(self, x2d: torch.Tensor, fmt: BlockFormat, seed: int | None) -> EncodedBlocks:
@@ -568,7 +485,8 @@ def load() -> CpuBackend:
 
 
 __all__ = [
-    "CpuBackend", "CpuFormat", "BuildInfo", "block_ranges", "build_library", "cpu_format", "load",
+    "CpuBackend", "NativeBuild", "NativeCodecUnavailable", "block_ranges", "choose_isa", "cpu_format",
+    "cpu_has_avx2_f16c", "load", "load_library",
 ]
 
 if sys.byteorder != "little":  # pragma: no cover - the packed layout is defined little-endian

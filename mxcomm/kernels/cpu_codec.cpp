@@ -1,10 +1,13 @@
 // mxcomm fast CPU codec: the numerics of mxcomm/kernels/reference.py in integer arithmetic.
 //
-// Compiled at first use by mxcomm/kernels/cpu_backend.py (with the system C++ compiler), loaded
-// with ctypes, cached on disk. No torch headers: the kernels see raw pointers, the Python side
-// owns the tensors and the threading (one call per range of blocks; ctypes releases the GIL
-// during a call). Loops are written with GCC/Clang vector extensions (8 lanes; AVX2 where the
-// build enables it), with a few AVX2/F16C intrinsics behind #if.
+// Built when mxcomm is installed (setup.py, mxcomm/kernels/native_build.py: one library with AVX2 +
+// F16C, one baseline) and loaded with ctypes by mxcomm/kernels/cpu_backend.py; mxcomm never compiles
+// it at run time. No torch or Python headers: the kernels see raw pointers (a plain C ABI, so one
+// build serves every Python and torch), the Python side owns the tensors and the threading (one
+// call per range of blocks; ctypes releases the GIL during a call). Loops are written with
+// GCC/Clang vector extensions (8 lanes; AVX2 where the build enables it), with a few AVX2/F16C
+// intrinsics behind #if. The format parameters (struct Format) and the enum codes come from
+// codec_params.h, generated from mxcomm/kernels/params.py.
 //
 // Exactness. Every element is held as m * 2**E with an integer m < 2**24 (the input's fp32 bit
 // pattern, or the fp32 quotient x / X for float scale types), so rounding onto an element grid
@@ -23,7 +26,13 @@
 #include <cstring>
 #include <limits>
 
-#define MX_ABI_VERSION 7
+#include "codec_params.h"
+
+// sha256 of this file and codec_params.h, set by the build (native_build.py): the backend refuses a
+// library built from other sources than the ones next to it
+#ifndef MX_SOURCE_HASH
+#define MX_SOURCE_HASH "unknown"
+#endif
 
 #if defined(__GNUC__)
 #define MX_INLINE inline __attribute__((always_inline))
@@ -37,41 +46,9 @@ static_assert(sizeof(float) == 4 && sizeof(double) == 8, "IEEE float/double expe
 
 namespace {
 
-enum { DT_FP32 = 0, DT_BF16 = 1, DT_FP16 = 2 };
 // internal: float32 blocks laid out per 16 elements as the 8 even-indexed, then the 8 odd-indexed
-// ones (the rotated blocks of the fast encode path, see "rotation")
-enum { DT_PAIRED = 3 };
-enum { RND_RNE = 0, RND_AWAY = 1, RND_ZERO = 2, RND_STOCHASTIC = 3 };
-enum { SC_E8M0 = 0, SC_E4M3 = 1, SC_FP16 = 2, SC_BF16 = 3, SC_FP32 = 4 };
-enum { MODE_FLOOR = 0, MODE_CEIL = 1, MODE_RCEIL = 2, MODE_EVEN = 3 };
-
-// Mirrored field by field by CpuFormat in cpu_backend.py.
-struct Format {
-    int32_t bits;         // element code width
-    int32_t is_int;       // IntElement: two's complement codes
-    int32_t grid_mbits;   // trailing mantissa bits of the rounding grid (int: bits - 1)
-    int32_t grid_emin;    // binade of the subnormals (int: 1, so every value is "subnormal")
-    int32_t max_code;     // largest finite magnitude code (int: kmax)
-    int32_t emax;         // element emax (e8m0 scale modes)
-    int32_t block_size;
-    int32_t scale_kind;
-    int32_t scale_mode;
-    int32_t rounding;
-    int32_t rceil_exp;    // floor(log2(max_normal))
-    int32_t rceil_frac;   // fraction bits (units of 2**-23) of max_normal's significand
-    int32_t even_frac;    // "even" mode: significand fraction >= this carries into the next binade
-    int32_t s_mbits;      // float scale types: grid of the stored scale
-    int32_t s_emin;
-    int32_t has_tensor_scale;
-    double s_max;         // largest finite scale
-    double max_normal;    // element max_normal
-    uint32_t scale_nan;   // stored bit pattern of a NaN block's scale
-    int32_t table_has_inf;  // some element code decodes to +-inf (decode skips the saturation otherwise)
-    int32_t float_rne;      // rne encodes may round with the FPU (element_codes_rne_fpu)
-    float table_max;        // largest finite |element value|
-    int32_t rotate;         // rotate every block (random Hadamard, see "rotation" below)
-    uint64_t rotation_seed; // seed of the rotation's signs
-};
+// ones (the rotated blocks of the fast encode path, see "rotation"); not a dtype code
+enum { DT_PAIRED = -1 };
 
 MX_INLINE uint32_t f2u(float f) {
     uint32_t u;
@@ -398,7 +375,7 @@ MX_INLINE int32_t e8m0_exponent(uint32_t amax, const Format& f) {
             e = flog + (frac != 0 ? 1 : 0) - f.emax;
             break;
         case MODE_RCEIL:
-            e = flog - f.rceil_exp + (frac > f.rceil_frac ? 1 : 0);
+            e = flog - f.emax + (frac > f.max_normal_frac ? 1 : 0);
             break;
         default:
             e = flog + (frac >= f.even_frac ? 1 : 0) - f.emax;
@@ -444,10 +421,10 @@ MX_INLINE uint32_t exact_grid_code(double v, int32_t mbits, int32_t emin) {
     return (uint32_t(binade - emin) << mbits) + uint32_t(mant >> (52 - mbits + (binade - ex)));
 }
 
-MX_INLINE void store_scale(void* scales, int64_t k, int32_t scale_kind, uint32_t pattern) {
-    if (scale_kind == SC_E8M0 || scale_kind == SC_E4M3) {
+MX_INLINE void store_scale(void* scales, int64_t k, int32_t scale_type, uint32_t pattern) {
+    if (scale_type == SC_E8M0 || scale_type == SC_E4M3) {
         static_cast<uint8_t*>(scales)[k] = uint8_t(pattern);
-    } else if (scale_kind == SC_FP32) {
+    } else if (scale_type == SC_FP32) {
         static_cast<uint32_t*>(scales)[k] = pattern;
     } else {
         static_cast<uint16_t*>(scales)[k] = uint16_t(pattern);
@@ -462,18 +439,20 @@ MX_INLINE float fp16_bits_to_float(uint32_t h) {
 // The float32 multiplier X of block k (reference.block_scale_fp32).
 MX_INLINE float block_multiplier(const void* scales, int64_t k, const Format& f, float tensor_scale) {
     float x;
-    switch (f.scale_kind) {
+    switch (f.scale_type) {
         case SC_E8M0: {
             const uint32_t c = static_cast<const uint8_t*>(scales)[k];
-            if (c == 0xFF) return std::numeric_limits<float>::quiet_NaN();
+            if (c == f.scale_nan) return std::numeric_limits<float>::quiet_NaN();
             return c == 0 ? u2f(0x00400000u) : u2f(c << 23);  // 2**(c - 127), exact
         }
         case SC_E4M3: {
             const uint32_t c = static_cast<const uint8_t*>(scales)[k];
-            if (c >= 0x7F) return std::numeric_limits<float>::quiet_NaN();
-            const uint32_t ef = c >> 3, m = c & 7;
-            // (8 + m) * 2**(ef - 10) for ef >= 1, else m * 2**-9 (both exact)
-            x = ef ? u2f(((ef + 120) << 23) | (m << 20)) : float(m) * 0.001953125f;
+            // the NaN code, and codes with the (unused) sign bit set
+            if (c >= f.scale_nan) return std::numeric_limits<float>::quiet_NaN();
+            const uint32_t ef = c >> f.scale_mbits, m = c & ((1u << f.scale_mbits) - 1);
+            // (1 + m * 2**-mbits) * 2**(ef - 1 + emin) for ef >= 1, else m * 2**(emin - mbits) (both exact)
+            x = ef ? u2f(((ef + uint32_t(126 + f.scale_emin)) << 23) | (m << (23 - f.scale_mbits)))
+                   : float(m) * u2f(uint32_t(127 + f.scale_emin - f.scale_mbits) << 23);
             break;
         }
         case SC_FP16:
@@ -486,7 +465,7 @@ MX_INLINE float block_multiplier(const void* scales, int64_t k, const Format& f,
             x = static_cast<const float*>(scales)[k];
             break;
     }
-    if (f.has_tensor_scale) x = float(double(x) * double(tensor_scale));
+    if (f.tensor_scale) x = float(double(x) * double(tensor_scale));
     return x;
 }
 
@@ -779,20 +758,20 @@ MX_INLINE BlockPlan plan_from_amax(const Format& f, uint32_t amax, int64_t k, do
                                    void* scales_out) {
     const bool nan_block = amax >= 0x7F800000u;
     BlockPlan plan{0, 1.0f, nan_block, false};
-    if (f.scale_kind == SC_E8M0) {
+    if (f.scale_type == SC_E8M0) {
         plan.e = e8m0_exponent(amax, f);
-        store_scale(scales_out, k, f.scale_kind, nan_block ? f.scale_nan : uint32_t(plan.e + 127));
+        store_scale(scales_out, k, f.scale_type, nan_block ? f.scale_nan : uint32_t(plan.e + 127));
         plan.norm = -126 - plan.e > f.grid_emin;  // see element_codes
     } else {
         const bool positive = !nan_block && amax > 0;
         double block_scale = 0.0;
-        if (positive) block_scale = round_up_grid(double(u2f(amax)) / denom, f.s_mbits, f.s_emin, f.s_max);
-        const float effective = f.has_tensor_scale ? float(block_scale * double(tensor_scale)) : float(block_scale);
+        if (positive) block_scale = round_up_grid(double(u2f(amax)) / denom, f.scale_mbits, f.scale_emin, f.scale_max);
+        const float effective = f.tensor_scale ? float(block_scale * double(tensor_scale)) : float(block_scale);
         // an effective scale that underflowed to 0 decodes every element to 0: codes are 0
         plan.zero_codes = nan_block || !(positive && effective > 0.0f);
         plan.divisor = effective;
-        store_scale(scales_out, k, f.scale_kind,
-                    nan_block ? f.scale_nan : exact_grid_code(block_scale, f.s_mbits, f.s_emin));
+        store_scale(scales_out, k, f.scale_type,
+                    nan_block ? f.scale_nan : exact_grid_code(block_scale, f.scale_mbits, f.scale_emin));
         plan.norm = -126 > f.grid_emin;
     }
     return plan;
@@ -813,7 +792,7 @@ void encode_range(const Format& f, const void* x, int64_t length, int64_t bpr, i
                   float tensor_scale, uint64_t seed, uint8_t* codes_out, void* scales_out, uint16_t* cbuf) {
     const int32_t bs = f.block_size, bits = f.bits;
     const Grid grid{f.grid_mbits, f.grid_emin, f.max_code, bits, f.is_int};
-    const bool pow2 = f.scale_kind == SC_E8M0;
+    const bool pow2 = f.scale_type == SC_E8M0;
     const bool aligned = (int64_t(bs) * bits) % 8 == 0;
     // whole blocks back to back in memory (no row padding): codes can go straight to the stream
     const bool contiguous = length % bs == 0;
@@ -824,7 +803,7 @@ void encode_range(const Format& f, const void* x, int64_t length, int64_t bpr, i
     const int64_t block_bytes = aligned ? int64_t(bs) * bits / 8 : 0;
     BitWriter stream{codes_out + (b0 * bs * bits) / 8};  // the caller starts ranges on byte boundaries
     BlockCursor cur(length, bpr, bs, b0);
-    const double denom = f.max_normal * (f.has_tensor_scale ? double(tensor_scale) : 1.0);
+    const double denom = f.max_normal * (f.tensor_scale ? double(tensor_scale) : 1.0);
     for (int64_t k = b0; k < b1; ++k, cur.next()) {
         const int64_t off = contiguous ? k * bs : cur.offset();
         const int32_t n = contiguous ? bs : cur.valid();
@@ -874,9 +853,9 @@ void encode_pairs_range(const Format& f, const void* x, int64_t b0, int64_t b1, 
     constexpr int64_t CHUNK = 64;
     const int32_t bs = f.block_size, bits = f.bits;
     const Grid grid{f.grid_mbits, f.grid_emin, f.max_code, bits, f.is_int};
-    const bool pow2 = f.scale_kind == SC_E8M0;
+    const bool pow2 = f.scale_type == SC_E8M0;
     const int64_t block_bytes = int64_t(bs) * bits / 8;
-    const double denom = f.max_normal * (f.has_tensor_scale ? double(tensor_scale) : 1.0);
+    const double denom = f.max_normal * (f.tensor_scale ? double(tensor_scale) : 1.0);
     BlockPlan plans[CHUNK];
     for (int64_t c0 = b0; c0 < b1; c0 += CHUNK) {
         const int64_t c1 = c0 + CHUNK < b1 ? c0 + CHUNK : b1;
@@ -1452,10 +1431,10 @@ void encode_rotated_range(const Format& f, int32_t dt, const void* x, int64_t le
     constexpr bool paired = PACK != PACK_BUFFER;
     const int32_t bs = f.block_size, bits = f.bits;
     const Grid grid{f.grid_mbits, f.grid_emin, f.max_code, bits, f.is_int};
-    const bool pow2 = f.scale_kind == SC_E8M0;
+    const bool pow2 = f.scale_type == SC_E8M0;
     const bool aligned = (int64_t(bs) * bits) % 8 == 0;
     const int64_t block_bytes = aligned ? int64_t(bs) * bits / 8 : 0;
-    const double denom = f.max_normal * (f.has_tensor_scale ? double(tensor_scale) : 1.0);
+    const double denom = f.max_normal * (f.tensor_scale ? double(tensor_scale) : 1.0);
     const int32_t chunk = rot_chunk_blocks(bs);
     float* natural = rot + int64_t(chunk) * bs + W;
     const RotationSigns signs(f, bpr, b0, b1, paired);
@@ -1827,6 +1806,17 @@ void decode_rotated_range(const Format& f, int32_t nparts, const uint8_t* const*
 extern "C" {
 
 int mx_abi_version() { return MX_ABI_VERSION; }
+
+const char* mx_source_hash() { return MX_SOURCE_HASH; }
+
+// The instruction set this library was compiled for ("avx2": AVX2 and F16C, else "baseline").
+const char* mx_build_isa() {
+#if defined(__AVX2__) && defined(__F16C__)
+    return "avx2";
+#else
+    return "baseline";
+#endif
+}
 
 int mx_format_size() { return int(sizeof(Format)); }
 

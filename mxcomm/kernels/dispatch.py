@@ -142,17 +142,17 @@ def resolve_backend(requested: str = "auto", device: torch.device | str = "cpu")
         if reason is not None:
             raise BackendUnavailableError(f"backend {requested!r} cannot run on {device}: {reason}")
         return _loaded[requested]
-    for name in _auto_candidates(device):
-        if name not in _loaders:
-            continue
+    candidates = [name for name in _auto_candidates(device) if name in _loaders]
+    for i, name in enumerate(candidates):
         reason = backend_status(name, device)
         if reason is None:
             return _loaded[name]
         key = f"{name}:{device.type}"
         if key not in _warned and name != "torch":
             _warned.add(key)
+            fallback = f"falls back to {candidates[i + 1]!r}" if i + 1 < len(candidates) else "has nothing to fall back to"
             warnings.warn(
-                f"mxcomm: backend {name!r} is not used on {device} ({reason}); auto falls back to the next one",
+                f"mxcomm: backend {name!r} cannot run on {device}: {reason}. backend='auto' {fallback}",
                 RuntimeWarning,
                 stacklevel=3,
             )

@@ -11,8 +11,10 @@ Where it runs (``TritonBackend.availability``):
   kernels without a GPU). Otherwise an explicit ``backend="triton"`` raises
   ``BackendUnavailableError`` with the reason.
 
-Every format parameter becomes a ``tl.constexpr`` (``format_constexprs``), so
-each format compiles to its own specialised kernel of one generic family.
+Every format parameter becomes a ``tl.constexpr``: the fields of
+``mxcomm.kernels.params.KernelParams`` (the same values the native CPU codec
+gets), in upper case, so each format compiles to its own specialised kernel of
+one generic family.
 
 Rotated formats (``rotation_seed``) with blocks of at most ``TILE`` elements are
 rotated inside the kernels (``TritonBackend.max_fused_rotation_block``): the encoder
@@ -32,13 +34,14 @@ import torch
 import triton
 
 from mxcomm.errors import FormatError
-from mxcomm.formats import BlockFormat, IntElement
+from mxcomm.formats import BlockFormat
 from mxcomm.formats.element import cached_code_values
 from mxcomm.kernels import triton_kernels as K
 from mxcomm.kernels.bitpack import packed_code_bytes
 from mxcomm.kernels.counter_rng import MASK32, seed_key
 from mxcomm.kernels.dispatch import check_rotation
 from mxcomm.kernels.dtypes import INPUT_DTYPES, SCALE_STORAGE_DTYPES, dtype_code
+from mxcomm.kernels.params import kernel_params, triton_constexprs
 from mxcomm.kernels.reference import EncodedBlocks, tensor_scale_from_amax
 
 # Elements per program (encode and decode tiles, encode streaming chunks).
@@ -66,67 +69,14 @@ def _is_pow2(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
 
-def _grid_code(value: float, mbits: int, emin: int) -> int:
-    """Code of an exactly representable value >= 0 on a minifloat grid (see reference.float_grid_round)."""
-    if value == 0:
-        return 0
-    binade = max(math.frexp(value)[1] - 1, emin)
-    q = math.ldexp(value, mbits - binade)
-    assert q == int(q), (value, mbits, emin)
-    return ((binade - emin) << mbits) + int(q)
-
-
-def _fp32_exact(v: float) -> float:
-    """``v``, checked to be exactly a float32 (Triton materialises float constants as float32)."""
-    if float(torch.tensor(v, dtype=torch.float32)) != v:
-        raise FormatError(f"{v!r} is not exactly representable in float32")
-    return v
+# The format constexprs of decode_kernel (a subset of triton_constexprs: decode needs no rounding).
+DECODE_PARAMS = ("BITS", "SCALE_TYPE", "SCALE_MBITS", "SCALE_EMIN", "SCALE_NAN", "TENSOR_SCALE", "ROTATE")
 
 
 @functools.cache
 def format_constexprs(fmt: BlockFormat) -> dict[str, Any]:
-    """The compile-time constants that specialise the kernels for ``fmt`` (element, scale, rounding)."""
-    elem = fmt.element
-    spec = fmt.scale_spec
-    is_int = isinstance(elem, IntElement)
-    bits = elem.bits
-    mn = elem.max_normal
-    mn_exp = math.frexp(mn)[1] - 1
-    mn_sig24 = math.ldexp(mn, 23 - mn_exp)
-    assert mn_sig24 == int(mn_sig24)
-    p = elem.precision_bits
-    c: dict[str, Any] = {
-        "IS_INT": is_int,
-        "BITS": bits,
-        "BPOW": _next_pow2(bits),
-        "MBITS": 0 if is_int else elem.mbits,
-        "EMIN": 0 if is_int else elem.emin,
-        "EMAX": elem.emax,
-        "MAXMAG": 0 if is_int else elem.max_code_magnitude,
-        "KMAX": elem.kmax if is_int else 0,
-        "MAX_NORMAL": _fp32_exact(mn),
-        "SCALE_KIND": fmt.scale.code,
-        "SCALE_MODE": fmt.scale_mode.code,
-        "MN_EXP": mn_exp,
-        "MN_SIG24": int(mn_sig24),
-        # sig >= 2 - 2**-(p+1), in units of 2**-23 (reference.e8m0_exponent, mode "even")
-        "EVEN_SIG24": (1 << 24) - (1 << (22 - p)),
-        "SMBITS": 0,
-        "SEMIN": 0,
-        "SBIAS": 0,
-        "SMAXCODE": 0,
-        "SNAN": spec.nan_bits,
-        "TENSOR_SCALE": fmt.tensor_scale,
-        "ROUNDING": fmt.rounding.code,
-    }
-    if not spec.power_of_two:
-        c.update(
-            SMBITS=spec.mbits,
-            SEMIN=1 - spec.bias,
-            SBIAS=spec.bias,
-            SMAXCODE=_grid_code(spec.max_value, spec.mbits, 1 - spec.bias),
-        )
-    return c
+    """The compile-time constants that specialise the encode kernel for ``fmt`` (its KernelParams)."""
+    return triton_constexprs(kernel_params(fmt))
 
 
 @functools.cache
@@ -189,14 +139,15 @@ def _shard_base(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, int]:
 
 
 def rotation_args(fmt: BlockFormat, padded_length: int) -> tuple[list[int], dict[str, Any]]:
-    """Runtime arguments (hash key, seed words) and constexprs of the kernels' rotation."""
+    """Runtime arguments (hash key, seed words) and constexpr (ROT_LARGE) of the kernels' rotation
+    (ROTATE itself is a format constexpr)."""
     if fmt.rotation_seed is None:
-        return [0, 0, 0], {"ROTATE": False, "ROT_LARGE": False}
+        return [0, 0, 0], {"ROT_LARGE": False}
     if fmt.block_size > TILE:
         raise FormatError(f"the Triton kernels rotate blocks of at most {TILE} elements, {fmt.name} has {fmt.block_size}")
     seed = fmt.rotation_seed
     args = [_int32(seed_key(seed, 0)), _int32(seed), _int32(seed >> 32)]
-    return args, {"ROTATE": True, "ROT_LARGE": padded_length > (1 << 32)}
+    return args, {"ROT_LARGE": padded_length > (1 << 32)}
 
 
 def _whole_contiguous_rows(x_bits: torch.Tensor, bs: int) -> bool:
@@ -289,10 +240,9 @@ def decode_launch(
         packed_code_bytes(total_blocks * bs, fmt.element.bits),
         *rot_args,
     ]
+    format_cx = format_constexprs(fmt)
     constexprs = {
-        "BITS": fmt.element.bits,
-        "SCALE_KIND": fmt.scale.code,
-        "TENSOR_SCALE": fmt.tensor_scale,
+        **{name: format_cx[name] for name in DECODE_PARAMS},
         "OUT_KIND": dtype_code(out.dtype),
         "CONTIG": length % bs == 0,
         **tiling,

@@ -49,25 +49,29 @@ import triton.language as tl
 from mxcomm.formats import Rounding, ScaleMode, ScaleType
 from mxcomm.kernels.dtypes import dtype_code
 
-# -- constexpr enumerations: the stable codes of mxcomm.formats.enums / mxcomm.kernels.dtypes ------
-IN_FP32, IN_BF16, IN_FP16 = dtype_code(torch.float32), dtype_code(torch.bfloat16), dtype_code(torch.float16)
-SC_E8M0, SC_E4M3, SC_FP16 = ScaleType.E8M0.code, ScaleType.E4M3.code, ScaleType.FP16.code
-SC_BF16, SC_FP32 = ScaleType.BF16.code, ScaleType.FP32.code
-MODE_FLOOR, MODE_CEIL, MODE_RCEIL, MODE_EVEN = (
-    ScaleMode.FLOOR.code, ScaleMode.CEIL.code, ScaleMode.RCEIL.code, ScaleMode.EVEN.code
-)
-RND_RNE, RND_AWAY, RND_ZERO = Rounding.RNE.code, Rounding.AWAY.code, Rounding.ZERO.code
-RND_STOCHASTIC = Rounding.STOCHASTIC.code
-RND_UP = max(r.code for r in Rounding) + 1  # internal: toward +inf, for rounding scales up
+# -- the stable codes of mxcomm.formats.enums / mxcomm.kernels.dtypes, as globals the kernels read --
+# (Triton lets @jit functions read module globals that are tl.constexpr.) Format parameters arrive
+# as constexpr arguments named after the fields of mxcomm.kernels.params.KernelParams.
+DT_FP32 = tl.constexpr(dtype_code(torch.float32))
+DT_BF16 = tl.constexpr(dtype_code(torch.bfloat16))
+DT_FP16 = tl.constexpr(dtype_code(torch.float16))
+SC_E8M0, SC_E4M3 = tl.constexpr(ScaleType.E8M0.code), tl.constexpr(ScaleType.E4M3.code)
+SC_FP16, SC_BF16, SC_FP32 = (tl.constexpr(ScaleType.FP16.code), tl.constexpr(ScaleType.BF16.code),
+                             tl.constexpr(ScaleType.FP32.code))
+MODE_FLOOR, MODE_CEIL = tl.constexpr(ScaleMode.FLOOR.code), tl.constexpr(ScaleMode.CEIL.code)
+MODE_RCEIL, MODE_EVEN = tl.constexpr(ScaleMode.RCEIL.code), tl.constexpr(ScaleMode.EVEN.code)
+RND_RNE, RND_AWAY = tl.constexpr(Rounding.RNE.code), tl.constexpr(Rounding.AWAY.code)
+RND_ZERO, RND_STOCHASTIC = tl.constexpr(Rounding.ZERO.code), tl.constexpr(Rounding.STOCHASTIC.code)
+RND_UP = tl.constexpr(max(r.code for r in Rounding) + 1)  # internal: toward +inf, for rounding scales up
 
 
 # -- bit-level helpers ----------------------------------------------------------------
 @triton.jit
 def _fp32_bits(raw, IN_KIND: tl.constexpr):
     """float32 bit pattern (int32) of loaded raw input bits (int32 fp32, int16 bf16/fp16)."""
-    if IN_KIND == 0:
+    if IN_KIND == DT_FP32:
         u = raw
-    elif IN_KIND == 1:
+    elif IN_KIND == DT_BF16:
         # bf16 is the top half of a float32: exact, subnormals included
         u = (raw.to(tl.int32) & 0xFFFF) << 16
     else:
@@ -116,10 +120,10 @@ def _round_shift32(M, sh, ROUNDING: tl.constexpr):
     whole = M >> shr
     rem = M - (whole << shr)
     half = (1 << shr) >> 1
-    if ROUNDING == 0:
+    if ROUNDING == RND_RNE:
         up = (shr > 0) & ((rem > half) | ((rem == half) & ((whole & 1) == 1)))
         whole = whole + up.to(tl.int32)
-    elif ROUNDING == 1:
+    elif ROUNDING == RND_AWAY:
         up = (shr > 0) & (rem >= half)
         whole = whole + up.to(tl.int32)
     return whole << shl
@@ -145,14 +149,14 @@ def _round_shift64(M, sh, rand, ROUNDING: tl.constexpr):
     one = tl.full(fr.shape, 1, tl.int64)
     S = (rem & ((one << fr) - 1)) != 0
     HALF: tl.constexpr = 2147483648
-    if ROUNDING == 0:
+    if ROUNDING == RND_RNE:
         up = (F > HALF) | ((F == HALF) & (S | ((whole & 1) == 1)))
-    elif ROUNDING == 1:
+    elif ROUNDING == RND_AWAY:
         up = F >= HALF
-    elif ROUNDING == 3:
+    elif ROUNDING == RND_STOCHASTIC:
         r = rand.to(tl.int64)
         up = (F > r) | ((F == r) & S)
-    elif ROUNDING == 4:
+    elif ROUNDING == RND_UP:
         up = (F > 0) | S
     else:
         up = F < 0  # toward zero: never up
@@ -166,13 +170,16 @@ def _element_codes(
     rand,
     IS_INT: tl.constexpr,
     BITS: tl.constexpr,
-    MBITS: tl.constexpr,
-    EMIN: tl.constexpr,
-    MAXMAG: tl.constexpr,
-    KMAX: tl.constexpr,
+    GRID_MBITS: tl.constexpr,
+    GRID_EMIN: tl.constexpr,
+    MAX_CODE: tl.constexpr,
     ROUNDING: tl.constexpr,
 ):
-    """Element codes (int32) of the finite values with float32 bits ``u``, scaled by 2**-e."""
+    """Element codes (int32) of the finite values with float32 bits ``u``, scaled by 2**-e.
+
+    The element grid has GRID_MBITS mantissa bits and subnormal binade GRID_EMIN (KernelParams;
+    an integer element is the grid whose subnormal binade holds every value in range).
+    """
     mag = u & 0x7FFFFFFF
     neg = u < 0
     ef = mag >> 23
@@ -180,24 +187,24 @@ def _element_codes(
     M = tl.where(ef > 0, mf | 0x800000, mf)
     Ex = tl.maximum(ef, 1) - 150  # |x| = M * 2**Ex
     if IS_INT:
-        # k = round(|x| * 2**-e / 2**-(BITS-2))
-        sh = e - Ex - (BITS - 2)
-        if ROUNDING == 3:
+        # k = round(|x| * 2**-e / step): the grid's subnormal binade, step 2**(GRID_EMIN - GRID_MBITS)
+        sh = GRID_EMIN + e - Ex - GRID_MBITS
+        if ROUNDING == RND_STOCHASTIC:
             q = _round_shift64(M.to(tl.int64), sh, rand, ROUNDING).to(tl.int32)
         else:
             q = _round_shift32(M, sh, ROUNDING)
-        q = tl.minimum(q, KMAX)
+        q = tl.minimum(q, MAX_CODE)
         code = tl.where(neg & (q > 0), (1 << BITS) - q, q)
     else:
         flog = tl.where(ef > 0, ef - 127, _floor_log2_small(tl.maximum(mf, 1)) - 149)
-        binade = tl.maximum(flog - e, EMIN)
-        sh = binade + e - Ex - MBITS  # step 2**(binade - MBITS) of the element grid
-        if ROUNDING == 3:
+        binade = tl.maximum(flog - e, GRID_EMIN)
+        sh = binade + e - Ex - GRID_MBITS  # step 2**(binade - GRID_MBITS) of the element grid
+        if ROUNDING == RND_STOCHASTIC:
             q = _round_shift64(M.to(tl.int64), sh, rand, ROUNDING).to(tl.int32)
         else:
             q = _round_shift32(M, sh, ROUNDING)
-        code = ((binade - EMIN) << MBITS) + q
-        code = tl.minimum(code, MAXMAG)
+        code = ((binade - GRID_EMIN) << GRID_MBITS) + q
+        code = tl.minimum(code, MAX_CODE)
         code = tl.where(neg & (code > 0), code | (1 << (BITS - 1)), code)
     return tl.where(mag == 0, 0, code)
 
@@ -205,27 +212,26 @@ def _element_codes(
 @triton.jit
 def _e8m0_exponent(
     amax,
-    MODE: tl.constexpr,
+    SCALE_MODE: tl.constexpr,
     EMAX: tl.constexpr,
-    MN_EXP: tl.constexpr,
-    MN_SIG24: tl.constexpr,
-    EVEN_SIG24: tl.constexpr,
+    MAX_NORMAL_FRAC: tl.constexpr,
+    EVEN_FRAC: tl.constexpr,
 ):
     """Shared exponent e (int32, in [-127, 127]) of blocks with finite amax bits ``amax``."""
     ef = amax >> 23
     mf = amax & 0x7FFFFF
     p = _floor_log2_small(tl.maximum(mf, 1))
     flog = tl.where(ef > 0, ef - 127, p - 149)
-    # significand as a 24-bit integer with its leading one at bit 23
-    sig = tl.where(ef > 0, mf | 0x800000, mf << tl.minimum(tl.maximum(23 - p, 0), 23))
-    if MODE == 0:
+    # fraction of the significand in units of 2**-23 (without the leading one, like the thresholds)
+    frac = tl.where(ef > 0, mf, (mf << tl.minimum(tl.maximum(23 - p, 0), 23)) & 0x7FFFFF)
+    if SCALE_MODE == MODE_FLOOR:
         e = flog - EMAX
-    elif MODE == 1:
-        e = flog + (sig != 0x800000).to(tl.int32) - EMAX
-    elif MODE == 2:
-        e = flog - MN_EXP + (sig > MN_SIG24).to(tl.int32)
+    elif SCALE_MODE == MODE_CEIL:
+        e = flog + (frac != 0).to(tl.int32) - EMAX
+    elif SCALE_MODE == MODE_RCEIL:
+        e = flog - EMAX + (frac > MAX_NORMAL_FRAC).to(tl.int32)
     else:
-        e = flog + (sig >= EVEN_SIG24).to(tl.int32) - EMAX
+        e = flog + (frac >= EVEN_FRAC).to(tl.int32) - EMAX
     e = tl.where(amax > 0, e, -127)
     return tl.minimum(tl.maximum(e, -127), 127)
 
@@ -236,9 +242,9 @@ def _float_scale_code(
     ts64,
     MAX_NORMAL: tl.constexpr,
     TENSOR_SCALE: tl.constexpr,
-    SMBITS: tl.constexpr,
-    SEMIN: tl.constexpr,
-    SMAXCODE: tl.constexpr,
+    SCALE_MBITS: tl.constexpr,
+    SCALE_EMIN: tl.constexpr,
+    SCALE_MAX_CODE: tl.constexpr,
 ):
     """Grid code of amax / (max_normal [* S]) rounded up onto the scale grid (0 for amax == 0).
 
@@ -255,26 +261,27 @@ def _float_scale_code(
     qb = q.to(tl.int64, bitcast=True)
     eq = ((qb >> 52) & 0x7FF).to(tl.int32)
     Mq = (qb & 0xFFFFFFFFFFFFF) | 0x10000000000000
-    binade = tl.maximum(eq - 1023, SEMIN)
-    sh = binade - SMBITS - (eq - 1075)
-    whole = _round_shift64(Mq, sh, 0, 4)
-    code = ((binade - SEMIN).to(tl.int64) << SMBITS) + whole
-    code = tl.minimum(code, SMAXCODE).to(tl.int32)
+    binade = tl.maximum(eq - 1023, SCALE_EMIN)
+    sh = binade - SCALE_MBITS - (eq - 1075)
+    whole = _round_shift64(Mq, sh, 0, RND_UP)
+    code = ((binade - SCALE_EMIN).to(tl.int64) << SCALE_MBITS) + whole
+    code = tl.minimum(code, SCALE_MAX_CODE).to(tl.int32)
     return tl.where(amax > 0, code, 0)
 
 
 @triton.jit
-def _float_scale_value(code, SCALE_KIND: tl.constexpr, SMBITS: tl.constexpr, SBIAS: tl.constexpr):
+def _float_scale_value(code, SCALE_TYPE: tl.constexpr, SCALE_MBITS: tl.constexpr, SCALE_EMIN: tl.constexpr):
     """float32 value of a finite float-scale grid code (int32)."""
-    if SCALE_KIND == 3 or SCALE_KIND == 4:
+    if SCALE_TYPE == SC_BF16 or SCALE_TYPE == SC_FP32:
         # bf16 / fp32: the code is (the top of) a float32 bit pattern
-        x = (code << (23 - SMBITS)).to(tl.float32, bitcast=True)
+        x = (code << (23 - SCALE_MBITS)).to(tl.float32, bitcast=True)
     else:
-        ef = code >> SMBITS
-        mant = code & ((1 << SMBITS) - 1)
-        normal = (((ef - SBIAS + 127) << 23) | (mant << (23 - SMBITS))).to(tl.float32, bitcast=True)
+        ef = code >> SCALE_MBITS
+        mant = code & ((1 << SCALE_MBITS) - 1)
+        # exponent ef - 1 + SCALE_EMIN (ef >= 1), as a float32 exponent field
+        normal = (((ef + SCALE_EMIN + 126) << 23) | (mant << (23 - SCALE_MBITS))).to(tl.float32, bitcast=True)
         # subnormal units 2**-24 (fp16) / 2**-9 (e4m3) are float32 normals: exact
-        sub_unit: tl.constexpr = 2.0 ** (1 - SBIAS - SMBITS)
+        sub_unit: tl.constexpr = 2.0 ** (SCALE_EMIN - SCALE_MBITS)
         x = tl.where(ef > 0, normal, mant.to(tl.float32) * sub_unit)
     return x
 
@@ -288,22 +295,32 @@ def _with_tensor_scale(x, ts64, TENSOR_SCALE: tl.constexpr):
 
 
 @triton.jit
-def _load_block_x(scale_ptrs, mask, ts64, SCALE_KIND: tl.constexpr, TENSOR_SCALE: tl.constexpr):
+def _load_block_x(
+    scale_ptrs,
+    mask,
+    ts64,
+    SCALE_TYPE: tl.constexpr,
+    SCALE_MBITS: tl.constexpr,
+    SCALE_EMIN: tl.constexpr,
+    SCALE_NAN: tl.constexpr,
+    TENSOR_SCALE: tl.constexpr,
+):
     """The float32 multiplier X of each block from stored scale bits (NaN for NaN scales).
 
     Scales are passed as integer views: uint8 (e8m0, e4m3), int16 (fp16, bf16), int32 (fp32).
     """
-    if SCALE_KIND == 0:
+    if SCALE_TYPE == SC_E8M0:
         c = tl.load(scale_ptrs, mask=mask, other=0).to(tl.int32)
         bits = tl.where(c == 0, 0x400000, c << 23)  # 2**-127 is a float32 subnormal
-        x = tl.where(c == 255, float("nan"), bits.to(tl.float32, bitcast=True))
-    elif SCALE_KIND == 1:
+        x = tl.where(c == SCALE_NAN, float("nan"), bits.to(tl.float32, bitcast=True))
+    elif SCALE_TYPE == SC_E4M3:
         c = tl.load(scale_ptrs, mask=mask, other=0).to(tl.int32)
-        x = _float_scale_value(c & 0x7F, 1, 3, 7)
-        x = tl.where(c >= 0x7F, float("nan"), x)
-    elif SCALE_KIND == 2:
+        x = _float_scale_value(c & 0x7F, SCALE_TYPE, SCALE_MBITS, SCALE_EMIN)
+        # the NaN code, and codes with the (unused) sign bit set
+        x = tl.where(c >= SCALE_NAN, float("nan"), x)
+    elif SCALE_TYPE == SC_FP16:
         x = tl.load(scale_ptrs, mask=mask, other=0).to(tl.float16, bitcast=True).to(tl.float32)
-    elif SCALE_KIND == 3:
+    elif SCALE_TYPE == SC_BF16:
         b = tl.load(scale_ptrs, mask=mask, other=0).to(tl.int32) & 0xFFFF
         x = (b << 16).to(tl.float32, bitcast=True)
     else:
@@ -330,7 +347,9 @@ def _element_offsets(g, k, nbpr, L, stride_r, stride_c, BS: tl.constexpr, CONTIG
 
 
 @triton.jit
-def _pack_store(codes, out_ptr, byte_base, byte_limit, N: tl.constexpr, BITS: tl.constexpr, BPOW: tl.constexpr):
+def _pack_store(
+    codes, out_ptr, byte_base, byte_limit, N: tl.constexpr, BITS: tl.constexpr, BITS_POW2: tl.constexpr
+):
     """Store N consecutive codes (int32, N a multiple of 8) as an LSB-first bitstream.
 
     ``byte_base`` is the (byte-aligned) position of the first code's first
@@ -360,7 +379,7 @@ def _pack_store(codes, out_ptr, byte_base, byte_limit, N: tl.constexpr, BITS: tl
         placed = c8 << shift[None, :]
         lo = tl.sum(tl.where((j < 4)[None, :], placed, 0), axis=1)
         hi = tl.sum(tl.where((j >= 4)[None, :], placed, 0), axis=1)
-        m = tl.arange(0, BPOW)
+        m = tl.arange(0, BITS_POW2)
         d = 4 * BITS - 8 * m  # where hi's bit 0 lands relative to byte m
         from_lo = lo[:, None] >> tl.minimum(8 * m, 63)[None, :]
         from_hi = tl.where(
@@ -408,9 +427,9 @@ def _cast_out(v, OUT_KIND: tl.constexpr):
     bf16 is rounded on the bits because Triton's interpreter truncates
     float32 -> bfloat16 casts; NaN becomes 0x7FC0 like torch's conversion.
     """
-    if OUT_KIND == 0:
+    if OUT_KIND == DT_FP32:
         out = v
-    elif OUT_KIND == 2:
+    elif OUT_KIND == DT_FP16:
         big: tl.constexpr = 65504.0
         finite = (v == v) & (v != float("inf")) & (v != float("-inf"))
         v = tl.where(finite & (v > big), big, tl.where(finite & (v < -big), -big, v))
@@ -491,27 +510,27 @@ def encode_kernel(
     rseed_lo,
     rseed_hi,
     IN_KIND: tl.constexpr,
-    IS_INT: tl.constexpr,
+    # the format: mxcomm.kernels.params.KernelParams (triton_constexprs)
     BITS: tl.constexpr,
-    BPOW: tl.constexpr,
-    MBITS: tl.constexpr,
-    EMIN: tl.constexpr,
+    BITS_POW2: tl.constexpr,
+    IS_INT: tl.constexpr,
+    GRID_MBITS: tl.constexpr,
+    GRID_EMIN: tl.constexpr,
+    MAX_CODE: tl.constexpr,
     EMAX: tl.constexpr,
-    MAXMAG: tl.constexpr,
-    KMAX: tl.constexpr,
     MAX_NORMAL: tl.constexpr,
-    SCALE_KIND: tl.constexpr,
+    MAX_NORMAL_FRAC: tl.constexpr,
+    EVEN_FRAC: tl.constexpr,
+    SCALE_TYPE: tl.constexpr,
     SCALE_MODE: tl.constexpr,
-    MN_EXP: tl.constexpr,
-    MN_SIG24: tl.constexpr,
-    EVEN_SIG24: tl.constexpr,
-    SMBITS: tl.constexpr,
-    SEMIN: tl.constexpr,
-    SBIAS: tl.constexpr,
-    SMAXCODE: tl.constexpr,
-    SNAN: tl.constexpr,
-    TENSOR_SCALE: tl.constexpr,
     ROUNDING: tl.constexpr,
+    SCALE_MBITS: tl.constexpr,
+    SCALE_EMIN: tl.constexpr,
+    SCALE_MAX_CODE: tl.constexpr,
+    SCALE_NAN: tl.constexpr,
+    TENSOR_SCALE: tl.constexpr,
+    ROTATE: tl.constexpr,
+    # the launch
     LARGE_INDEX: tl.constexpr,
     CONTIG: tl.constexpr,
     BS: tl.constexpr,
@@ -520,7 +539,6 @@ def encode_kernel(
     NB1: tl.constexpr,
     KC: tl.constexpr,
     CH: tl.constexpr,
-    ROTATE: tl.constexpr,
     ROT_LARGE: tl.constexpr,
 ):
     # ROTATE is only launched with the FUSED tiling (whole power-of-two blocks in registers)
@@ -551,29 +569,29 @@ def encode_kernel(
         finite = ((u >> 23) & 0xFF) != 0xFF
         amax = tl.max(tl.where(m & finite, u & 0x7FFFFFFF, 0), axis=1)
         nan_blk = tl.max(tl.where(m & (~finite), 1, 0), axis=1) > 0
-        if ROUNDING == 3:
+        if ROUNDING == RND_STOCHASTIC:
             rand = _random_bits(g[:, None] * BS + k[None, :], key, seed_lo, seed_hi, LARGE_INDEX)
         else:
             rand = 0
-        if SCALE_KIND == 0:
-            e = _e8m0_exponent(amax, SCALE_MODE, EMAX, MN_EXP, MN_SIG24, EVEN_SIG24)
-            tl.store(scales_ptr + g, tl.where(nan_blk, 255, e + 127).to(tl.uint8), mask=valid_g)
-            codes = _element_codes(u, e[:, None], rand, IS_INT, BITS, MBITS, EMIN, MAXMAG, KMAX, ROUNDING)
+        if SCALE_TYPE == SC_E8M0:
+            e = _e8m0_exponent(amax, SCALE_MODE, EMAX, MAX_NORMAL_FRAC, EVEN_FRAC)
+            tl.store(scales_ptr + g, tl.where(nan_blk, SCALE_NAN, e + 127).to(tl.uint8), mask=valid_g)
+            codes = _element_codes(u, e[:, None], rand, IS_INT, BITS, GRID_MBITS, GRID_EMIN, MAX_CODE, ROUNDING)
             dead = nan_blk
         else:
-            scode = _float_scale_code(amax, ts64, MAX_NORMAL, TENSOR_SCALE, SMBITS, SEMIN, SMAXCODE)
-            tl.store(scales_ptr + g, tl.where(nan_blk, SNAN, scode).to(scales_ptr.dtype.element_ty), mask=valid_g)
-            X = _with_tensor_scale(_float_scale_value(scode, SCALE_KIND, SMBITS, SBIAS), ts64, TENSOR_SCALE)
+            scode = _float_scale_code(amax, ts64, MAX_NORMAL, TENSOR_SCALE, SCALE_MBITS, SCALE_EMIN, SCALE_MAX_CODE)
+            tl.store(scales_ptr + g, tl.where(nan_blk, SCALE_NAN, scode).to(scales_ptr.dtype.element_ty), mask=valid_g)
+            X = _with_tensor_scale(_float_scale_value(scode, SCALE_TYPE, SCALE_MBITS, SCALE_EMIN), ts64, TENSOR_SCALE)
             dead = nan_blk | (X == 0.0)
             xs = tl.where(finite, u, 0).to(tl.float32, bitcast=True)
             y = tl.math.div_rn(xs, tl.where(X == 0.0, 1.0, X)[:, None])
             codes = _element_codes(
-                y.to(tl.int32, bitcast=True), 0, rand, IS_INT, BITS, MBITS, EMIN, MAXMAG, KMAX, ROUNDING
+                y.to(tl.int32, bitcast=True), 0, rand, IS_INT, BITS, GRID_MBITS, GRID_EMIN, MAX_CODE, ROUNDING
             )
         codes = tl.where(m & (~dead)[:, None], codes, 0)
         # written as pid * constant so the compiler sees the alignment (vector stores)
         prog_bytes: tl.constexpr = NB * BS * BITS // 8
-        _pack_store(tl.reshape(codes, [NB * BS]), codes_ptr, pid * prog_bytes, n_code_bytes, NB * BS, BITS, BPOW)
+        _pack_store(tl.reshape(codes, [NB * BS]), codes_ptr, pid * prog_bytes, n_code_bytes, NB * BS, BITS, BITS_POW2)
     else:
         # Phase 1: the scales of this program's NB blocks (NB1 blocks x KC elements at a time).
         for gb in range(0, NB, NB1):
@@ -592,12 +610,14 @@ def encode_kernel(
                 nan_acc = tl.maximum(nan_acc, tl.where(m & (~finite), 1, 0))
             amax = tl.max(amax_acc, axis=1)
             nan_blk = tl.max(nan_acc, axis=1) > 0
-            if SCALE_KIND == 0:
-                e = _e8m0_exponent(amax, SCALE_MODE, EMAX, MN_EXP, MN_SIG24, EVEN_SIG24)
-                tl.store(scales_ptr + g, tl.where(nan_blk, 255, e + 127).to(tl.uint8), mask=valid_g)
+            if SCALE_TYPE == SC_E8M0:
+                e = _e8m0_exponent(amax, SCALE_MODE, EMAX, MAX_NORMAL_FRAC, EVEN_FRAC)
+                tl.store(scales_ptr + g, tl.where(nan_blk, SCALE_NAN, e + 127).to(tl.uint8), mask=valid_g)
             else:
-                scode = _float_scale_code(amax, ts64, MAX_NORMAL, TENSOR_SCALE, SMBITS, SEMIN, SMAXCODE)
-                tl.store(scales_ptr + g, tl.where(nan_blk, SNAN, scode).to(scales_ptr.dtype.element_ty), mask=valid_g)
+                scode = _float_scale_code(amax, ts64, MAX_NORMAL, TENSOR_SCALE, SCALE_MBITS, SCALE_EMIN, SCALE_MAX_CODE)
+                tl.store(
+                    scales_ptr + g, tl.where(nan_blk, SCALE_NAN, scode).to(scales_ptr.dtype.element_ty), mask=valid_g
+                )
         # The scales written above are read back by other threads of this program.
         tl.debug_barrier()
         # Phase 2: stream over the program's NB * BS elements (byte-aligned: NB is a
@@ -615,25 +635,27 @@ def encode_kernel(
             m = in_prog & inside
             raw = tl.load(x_ptr + off, mask=m, other=0)
             u = _fp32_bits(raw, IN_KIND)
-            if ROUNDING == 3:
+            if ROUNDING == RND_STOCHASTIC:
                 rand = _random_bits(i, key, seed_lo, seed_hi, LARGE_INDEX)
             else:
                 rand = 0
-            if SCALE_KIND == 0:
+            if SCALE_TYPE == SC_E8M0:
                 c = tl.load(scales_ptr + g, mask=in_prog, other=0).to(tl.int32)
-                codes = _element_codes(u, c - 127, rand, IS_INT, BITS, MBITS, EMIN, MAXMAG, KMAX, ROUNDING)
-                dead = c == 255
+                codes = _element_codes(u, c - 127, rand, IS_INT, BITS, GRID_MBITS, GRID_EMIN, MAX_CODE, ROUNDING)
+                dead = c == SCALE_NAN
             else:
-                X = _load_block_x(scales_ptr + g, in_prog, ts64, SCALE_KIND, TENSOR_SCALE)
+                X = _load_block_x(
+                    scales_ptr + g, in_prog, ts64, SCALE_TYPE, SCALE_MBITS, SCALE_EMIN, SCALE_NAN, TENSOR_SCALE
+                )
                 dead = (X != X) | (X == 0.0)
                 # a finite block holds only finite values; NaN blocks are zeroed below
                 xs = tl.where(((u >> 23) & 0xFF) != 0xFF, u, 0).to(tl.float32, bitcast=True)
                 y = tl.math.div_rn(xs, tl.where(dead, 1.0, X))
                 codes = _element_codes(
-                    y.to(tl.int32, bitcast=True), 0, rand, IS_INT, BITS, MBITS, EMIN, MAXMAG, KMAX, ROUNDING
+                    y.to(tl.int32, bitcast=True), 0, rand, IS_INT, BITS, GRID_MBITS, GRID_EMIN, MAX_CODE, ROUNDING
                 )
             codes = tl.where(m & (~dead), codes, 0)
-            _pack_store(codes, codes_ptr, pid * prog_bytes + (c0 // 8) * BITS, byte_end, CH, BITS, BPOW)
+            _pack_store(codes, codes_ptr, pid * prog_bytes + (c0 // 8) * BITS, byte_end, CH, BITS, BITS_POW2)
 
 
 @triton.jit(do_not_specialize=["rkey", "rseed_lo", "rseed_hi"])
@@ -653,15 +675,20 @@ def decode_kernel(
     rkey,
     rseed_lo,
     rseed_hi,
+    # the format (triton_backend.DECODE_PARAMS of mxcomm.kernels.params.KernelParams)
     BITS: tl.constexpr,
+    SCALE_TYPE: tl.constexpr,
+    SCALE_MBITS: tl.constexpr,
+    SCALE_EMIN: tl.constexpr,
+    SCALE_NAN: tl.constexpr,
+    TENSOR_SCALE: tl.constexpr,
+    ROTATE: tl.constexpr,
+    # the launch
     BS: tl.constexpr,
     NB: tl.constexpr,
     KC: tl.constexpr,
-    SCALE_KIND: tl.constexpr,
-    TENSOR_SCALE: tl.constexpr,
     OUT_KIND: tl.constexpr,
     CONTIG: tl.constexpr,
-    ROTATE: tl.constexpr,
     ROT_LARGE: tl.constexpr,
 ):
     # un-rotating needs whole blocks in one tile
@@ -684,13 +711,16 @@ def decode_kernel(
             ts64 = tl.load(ts_ptr).to(tl.float64)
         else:
             ts64 = 1.0
-        X = _load_block_x(scales_ptr + g, valid_g, ts64, SCALE_KIND, TENSOR_SCALE)
+        X = _load_block_x(scales_ptr + g, valid_g, ts64, SCALE_TYPE, SCALE_MBITS, SCALE_EMIN, SCALE_NAN, TENSOR_SCALE)
         code = _unpack(codes_ptr, i, lm, n_code_bytes, BITS)
         acc = _decoded(tl.load(table_ptr + code, mask=lm, other=0.0), X[:, None])
         for s in range(1, n_shards):
             if TENSOR_SCALE:
                 ts64 = tl.load(ts_ptr + s).to(tl.float64)
-            X = _load_block_x(scales_ptr + s * scale_stride + g, valid_g, ts64, SCALE_KIND, TENSOR_SCALE)
+            X = _load_block_x(
+                scales_ptr + s * scale_stride + g, valid_g, ts64, SCALE_TYPE, SCALE_MBITS, SCALE_EMIN, SCALE_NAN,
+                TENSOR_SCALE,
+            )
             code = _unpack(codes_ptr + s * code_stride, i, lm, n_code_bytes, BITS)
             acc = acc + _decoded(tl.load(table_ptr + code, mask=lm, other=0.0), X[:, None])
         if ROTATE:

@@ -444,32 +444,8 @@ def test_auto_falls_back_to_the_reference_with_one_warning_naming_the_reason(mon
     assert mxcomm.encode(x, "mxfp4").backend == "cpu"
 
 
-def test_missing_compiler_is_reported_as_the_reason(monkeypatch) -> None:
-    monkeypatch.setattr(cpu_backend, "find_compiler", lambda: None)
-    fresh = cpu_backend.CpuBackend()
-    reason = fresh.availability(torch.device("cpu"))
-    assert reason is not None and "no C++ compiler" in reason
-    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
-        fresh.encode_blocks(torch.zeros(1, 32), mxcomm.get_format("mxfp4"), None)
-
-
-def test_a_failing_build_is_reported_as_the_reason(monkeypatch, tmp_path) -> None:
-    bad = tmp_path / "broken.cpp"
-    bad.write_text("this is not C++\n")
-    monkeypatch.setattr(cpu_backend, "SOURCE_PATH", bad)
-    monkeypatch.setenv(cpu_backend.CACHE_ENV, str(tmp_path / "cache"))
-    reason = cpu_backend.CpuBackend().availability(torch.device("cpu"))
-    assert reason is not None and "failed to build broken.cpp" in reason
-
-
 def test_only_cpu_tensors() -> None:
     assert "CPU tensors only" in cpu_backend.load().availability(torch.device("meta"))
-
-
-def test_the_build_is_cached() -> None:
-    _, info = cpu_backend.build_library()
-    assert not info.compiled  # the session already built (or loaded) it
-    assert info.path.endswith(".so") and "-ffp-contract=off" in info.flags
 
 
 def test_scale_storage_types_match_the_packed_contract() -> None:
