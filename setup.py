@@ -15,8 +15,15 @@ import sys
 from pathlib import Path
 
 from setuptools import Extension, setup
-from setuptools.command.bdist_wheel import bdist_wheel
 from setuptools.command.build_ext import build_ext
+
+try:
+    from setuptools.command.bdist_wheel import bdist_wheel
+except ImportError:  # setuptools < 70.1: the wheel package's, if any
+    try:
+        from wheel.bdist_wheel import bdist_wheel
+    except ImportError:
+        bdist_wheel = None
 
 ROOT = Path(__file__).resolve().parent
 
@@ -57,15 +64,19 @@ class BuildNativeCodec(build_ext):
         super().copy_extensions_to_source()
 
 
-class WheelForAnyPython(bdist_wheel):
-    """The libraries use no Python API: one wheel per platform serves every Python 3."""
+commands: dict[str, type] = {"build_ext": BuildNativeCodec}
+if bdist_wheel is not None:
 
-    def get_tag(self) -> tuple[str, str, str]:
-        python, abi, plat = super().get_tag()
-        return (python, abi, plat) if self.root_is_pure else ("py3", "none", plat)
+    class WheelForAnyPython(bdist_wheel):
+        """The libraries use no Python API: one wheel per platform serves every Python 3."""
 
+        def get_tag(self) -> tuple[str, str, str]:
+            python, abi, plat = super().get_tag()
+            return (python, abi, plat) if self.root_is_pure else ("py3", "none", plat)
+
+    commands["bdist_wheel"] = WheelForAnyPython
 
 setup(
     ext_modules=[Extension(name, sources=[], optional=True) for name in _ISA_OF],
-    cmdclass={"build_ext": BuildNativeCodec, "bdist_wheel": WheelForAnyPython},
+    cmdclass=commands,
 )
