@@ -73,7 +73,10 @@ from mxcomm.kernels.reference import EncodedBlocks, tensor_scale_from_amax
 log = logging.getLogger("mxcomm.kernels")
 
 ISA_ENV = "MXCOMM_CPU_ISA"
-REBUILD_HINT = "rebuild it: `pip install .` (or `pip install -e .`; in a source checkout `python setup.py build_ext --inplace`)"
+REBUILD_HINT = (
+    "(re)install mxcomm where a C++ compiler is found (`pip install .` or `pip install -e .`), or in a source "
+    "checkout run `python setup.py build_ext --inplace`"
+)
 # Work per thread-pool task (elements): small inputs run on the calling thread only.
 MIN_TASK_ELEMENTS = 1 << 17
 # Rotated formats with blocks up to this size are rotated inside the kernels (``max_fused_rotation_block``),
