@@ -289,6 +289,19 @@ def normalize_axis(axis: int, ndim: int) -> int:
 
 
 def block_layout(shape: Sequence[int], axis: int, block_size: int) -> BlockLayout:
+    """How a tensor of ``shape`` splits into blocks of ``block_size`` along ``axis``.
+
+    Args:
+        shape: Shape of the tensor (a 0-d tensor is one element on axis 0).
+        axis: The blocked dimension (negative counts from the end).
+        block_size: Elements per block.
+
+    Returns:
+        The :class:`BlockLayout` (rows, blocked length, blocks, padding).
+
+    Raises:
+        FormatError: a negative dimension or ``axis`` out of range.
+    """
     dims = tuple(int(d) for d in shape)
     if any(d < 0 for d in dims):
         raise FormatError(f"shape {dims} has a negative dimension")

@@ -12,7 +12,6 @@ from mxcomm.kernels.dispatch import (
     CodecBackend,
     backend_status,
     register_backend,
-    registered_backends,
     resolve_backend,
 )
 from mxcomm.kernels.packed import Packed
@@ -52,6 +51,5 @@ __all__ = [
     "encode",
     "quantize",
     "register_backend",
-    "registered_backends",
     "resolve_backend",
 ]
