@@ -1,7 +1,31 @@
-"""mxcomm: block-scaled (OCP MX) compression of tensor-parallel communication."""
+"""mxcomm: block-scaled (OCP MX) compression of tensor-parallel communication.
 
-from mxcomm.collectives import CommRecord, CommStats, all_gather, all_reduce, reduce_scatter, track_comm
-from mxcomm.errors import BackendUnavailableError, CollectiveMismatchError, FormatError, MxcommError
+The public API: formats (``BlockFormat``, ``FloatElement``, ``IntElement``, the
+registry), the codec (``encode`` / ``decode`` / ``decode_sum`` / ``quantize``,
+``Packed``), the compressed collectives with ``torch.distributed``'s
+signatures and ``track_comm``, and the exception types. Subpackages:
+``mxcomm.formats``, ``mxcomm.kernels``, ``mxcomm.collectives``, ``mxcomm.tp``.
+"""
+
+from mxcomm.collectives import (
+    CollectiveHandle,
+    CommRecord,
+    CommStats,
+    all_gather,
+    all_gather_into_tensor,
+    all_reduce,
+    reduce_scatter,
+    reduce_scatter_tensor,
+    track_comm,
+)
+from mxcomm.errors import (
+    ArgumentTypeError,
+    BackendUnavailableError,
+    CollectiveMismatchError,
+    FormatError,
+    MxcommError,
+    UnsupportedReduceOpError,
+)
 from mxcomm.formats import (
     BlockFormat,
     FloatElement,
@@ -16,8 +40,10 @@ from mxcomm.kernels import Packed, decode, decode_sum, encode, quantize, resolve
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArgumentTypeError",
     "BackendUnavailableError",
     "BlockFormat",
+    "CollectiveHandle",
     "CollectiveMismatchError",
     "CommRecord",
     "CommStats",
@@ -26,8 +52,10 @@ __all__ = [
     "IntElement",
     "MxcommError",
     "Packed",
+    "UnsupportedReduceOpError",
     "__version__",
     "all_gather",
+    "all_gather_into_tensor",
     "all_reduce",
     "decode",
     "decode_sum",
@@ -36,6 +64,7 @@ __all__ = [
     "list_formats",
     "quantize",
     "reduce_scatter",
+    "reduce_scatter_tensor",
     "register_format",
     "resolve_backend",
     "track_comm",

@@ -46,7 +46,8 @@ import torch
 import torch.distributed as dist
 
 from mxcomm.bench.smollm2 import Assets, EvalSetupError, load_model, load_tokens, windows
-from mxcomm.formats import CUSTOM_FORMATS, NVFP4, OCP_FORMATS, BlockFormat, get_format
+from mxcomm.formats import BlockFormat, get_format
+from mxcomm.formats.builtins import CUSTOM_FORMATS, NVFP4, OCP_FORMATS
 
 Log = Callable[[str], None]
 

@@ -57,7 +57,8 @@ import mxcomm
 from mxcomm.bench.metrics import error_summary
 from mxcomm.bench.synthetic import llm_activation
 from mxcomm.errors import MxcommError
-from mxcomm.formats import NVFP4, OCP_FORMATS, BlockFormat, custom_name, get_format, list_formats
+from mxcomm.formats import BlockFormat, get_format, list_formats
+from mxcomm.formats.builtins import NVFP4, OCP_FORMATS, custom_name
 
 SCHEMA_VERSION = 1
 DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}

@@ -16,7 +16,10 @@ from dataclasses import asdict, dataclass, field
 
 @dataclass(frozen=True)
 class CommRecord:
-    """One collective call as seen by this rank."""
+    """One collective call as seen by this rank (byte counts per rank, descriptor included).
+
+    ``ratio`` = ``logical_bytes / bytes_sent``; ``as_dict()`` gives the fields and the ratio.
+    """
 
     op: str  # "all_reduce" | "all_gather" | "reduce_scatter"
     algorithm: str  # the algorithm actually run: "none" | "allgather" | "two_shot"
@@ -44,11 +47,12 @@ class CommRecord:
 
 @dataclass(eq=False)
 class CommStats:
-    """The records of one ``track_comm`` block."""
+    """The records of one ``track_comm`` block; ``summary()`` totals them."""
 
     records: list[CommRecord] = field(default_factory=list)
 
     def summary(self) -> dict:
+        """Totals: calls, logical_bytes, bytes_sent, bytes_received, ratio, seconds, and calls per algorithm."""
         logical = sum(r.logical_bytes for r in self.records)
         sent = sum(r.bytes_sent for r in self.records)
         received = sum(r.bytes_received for r in self.records)
@@ -78,10 +82,20 @@ def _active() -> list[CommStats]:
 
 @contextmanager
 def track_comm() -> Iterator[CommStats]:
-    """Collect a CommRecord for every mxcomm collective completed in this thread inside the block.
+    """Collect a :class:`CommRecord` for every mxcomm collective completed in this thread inside the block.
 
     Blocks nest; an inner block's records also go to the outer ones. An async
-    call is recorded when its handle's ``wait()`` completes.
+    call is recorded when its handle's ``wait()`` completes (into the blocks
+    open when it was issued).
+
+    Yields:
+        The :class:`CommStats` the records are appended to.
+
+    Example::
+
+        with mxcomm.track_comm() as stats:
+            mxcomm.all_reduce(t, "mxfp4")
+        stats.summary()["ratio"]
     """
     stats = CommStats()
     stack = _active()

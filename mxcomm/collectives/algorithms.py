@@ -7,7 +7,7 @@ handshake descriptor carries ``member.code``.
 
 from __future__ import annotations
 
-from mxcomm.formats import CodedEnum
+from mxcomm.formats.enums import CodedEnum
 
 
 class Algorithm(CodedEnum):

@@ -1,16 +1,25 @@
-"""Compressed all_gather, reduce_scatter and all_reduce on torch.distributed.
+"""Compressed collectives with torch.distributed's signatures.
+
+``all_reduce``, ``all_gather_into_tensor``, ``reduce_scatter_tensor`` (and the
+list forms ``all_gather`` / ``reduce_scatter``) take the arguments of their
+``torch.distributed`` namesakes in the same order, plus the format after the
+tensors and keyword-only codec options. Results go into the tensors passed in;
+with ``async_op=True`` a :class:`CollectiveHandle` (used like torch's ``Work``)
+is returned, else None.
 
 Every call runs in three stages on every rank:
 
 1. the 64-byte descriptor all-gather (``mxcomm.collectives.handshake``; skipped with
-   ``verify=False``): every rank checks that all agree, or every rank raises;
+   ``verify=False``): every rank checks that all agree, or every rank raises --
+   a rank whose own arguments are invalid still takes part, flagged, so
+   nobody is left waiting;
 2. ``start``: encode and post the (async) payload exchanges of every pipeline
    segment;
 3. ``finish``: wait, decode, (two-shot: re-encode and all-gather), write the
    result. With ``async_op=True`` stage 3 runs in the handle's ``wait()``.
 
 Tensors are encoded flattened (blocks of ``block_size`` consecutive elements
-in memory order), so any shape works and only a tensor's last block is
+in row-major order), so any shape works and only a tensor's last block is
 padded. Payloads travel as uint8 buffers of sizes every rank computes from
 ``fmt.packed_nbytes``; only ``all_gather_into_tensor`` and
 ``all_to_all_single`` are used (plus ``all_reduce`` for ``none``), which gloo
@@ -23,10 +32,11 @@ import logging
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeAlias
 
 import torch
 import torch.distributed as dist
+from torch.distributed import ProcessGroup
 
 from mxcomm.collectives.accounting import CommRecord, current_trackers, emit
 from mxcomm.collectives.algorithms import REQUESTABLE, Algorithm
@@ -51,7 +61,7 @@ from mxcomm.collectives.planner import (
     two_shot_slot_nbytes,
 )
 from mxcomm.collectives.transport import Transport, group_device
-from mxcomm.errors import FormatError, MxcommError
+from mxcomm.errors import ArgumentTypeError, FormatError, MxcommError, UnsupportedReduceOpError
 from mxcomm.formats import BlockFormat, get_format
 from mxcomm.kernels import Packed, decode, decode_sum, encode, resolve_backend
 from mxcomm.kernels.packed import INPUT_DTYPES
@@ -60,18 +70,71 @@ from mxcomm.kernels.rotation import rotate, unrotate
 
 log = logging.getLogger("mxcomm.collectives")
 
-# -- argument checks and the descriptor exchange --------------------------------------------------
+SUM = dist.ReduceOp.SUM
+#: What ``op`` accepts: ``dist.ReduceOp.SUM`` (or a ``dist.ReduceOp`` holding it) or ``"sum"``.
+ReduceOpLike: TypeAlias = "dist.ReduceOp | dist.ReduceOp.RedOpType | str"
+
+# -- argument checks -------------------------------------------------------------------------------
 
 
 def _check_tensor(t: Any, what: str) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
-        raise FormatError(f"{what} must be a torch.Tensor, got {type(t).__name__}")
+        raise ArgumentTypeError(f"{what} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in INPUT_DTYPES:
         raise FormatError(f"{what} must be float32, bfloat16 or float16, got {t.dtype}")
     return t
 
 
-def _exchange_descriptors(desc: Descriptor, group: Any, device: torch.device, n: int, transport: Transport) -> list:
+def _check_like(t: Any, what: str, like: torch.Tensor, numel: int) -> torch.Tensor:
+    """``t`` is a tensor of ``like``'s dtype and device with ``numel`` elements."""
+    _check_tensor(t, what)
+    if t.dtype != like.dtype:
+        raise FormatError(f"{what} must have dtype {like.dtype}, got {t.dtype}")
+    if t.device != like.device:
+        raise FormatError(f"{what} must be on {like.device}, got {t.device}")
+    if t.numel() != numel:
+        raise FormatError(f"{what} must have {numel} elements, got {t.numel()} (shape {tuple(t.shape)})")
+    return t
+
+
+def _check_list(items: Any, what: str, like: torch.Tensor, n: int) -> list[torch.Tensor]:
+    """``items`` is a list of ``n`` tensors of ``like``'s shape, dtype and device (as torch's list collectives)."""
+    if not isinstance(items, (list, tuple)):
+        raise ArgumentTypeError(f"{what} must be a list of torch.Tensor, got {type(items).__name__}")
+    if len(items) != n:
+        raise FormatError(f"{what} must hold world size = {n} tensors, got {len(items)}")
+    for r, t in enumerate(items):
+        _check_like(t, f"{what}[{r}]", like, like.numel())
+        if t.shape != like.shape:
+            raise FormatError(f"{what}[{r}] must have shape {tuple(like.shape)}, got {tuple(t.shape)}")
+    return list(items)
+
+
+def _check_sum(op: Any, collective: str) -> None:
+    """Only SUM: ``dist.ReduceOp.SUM`` (or a ``ReduceOp`` holding it) or the string ``"sum"``."""
+    if isinstance(op, str):
+        if op.lower() == "sum":
+            return
+    elif isinstance(op, (dist.ReduceOp, dist.ReduceOp.RedOpType)) and op == SUM:
+        return
+    raise UnsupportedReduceOpError(
+        f"{collective} supports only op=ReduceOp.SUM (compressed reductions are sums of decoded partials), "
+        f"got {op!r}"
+    )
+
+
+def _format(fmt: Any) -> BlockFormat:
+    if fmt is None:
+        raise FormatError("fmt is required (a format name or a BlockFormat)")
+    return get_format(fmt)
+
+
+# -- the descriptor exchange -----------------------------------------------------------------------
+
+
+def _exchange_descriptors(
+    desc: Descriptor, device: torch.device, n: int, transport: Transport
+) -> list[WireDescriptor]:
     inp = desc.to_tensor(device)
     out = torch.empty(n * DESCRIPTOR_NBYTES, dtype=torch.uint8, device=device)
     transport.all_gather(out, inp, async_op=False)
@@ -80,7 +143,7 @@ def _exchange_descriptors(desc: Descriptor, group: Any, device: torch.device, n:
 
 
 def _agree(
-    desc: Descriptor, local_error: Exception | None, group: Any, device: torch.device, n: int, transport: Transport,
+    desc: Descriptor, local_error: Exception | None, device: torch.device, n: int, transport: Transport,
     verify: bool,
 ) -> WireDescriptor:
     """Exchange descriptors; raise on every rank unless all agree. Returns rank 0's descriptor.
@@ -93,7 +156,7 @@ def _agree(
         if local_error is not None:
             raise local_error
         return WireDescriptor.unpack(desc.pack())
-    received = _exchange_descriptors(desc, group, device, n, transport)
+    received = _exchange_descriptors(desc, device, n, transport)
     if local_error is not None:
         raise local_error
     check_descriptors(received, compare_format=desc.requested != "none")
@@ -105,7 +168,7 @@ def _invalid_descriptor(op: str, requested: str) -> Descriptor:
                       "", 0, invalid=True)
 
 
-# -- jobs and handles --------------------------------------------------------------------------------
+# -- jobs and handles ------------------------------------------------------------------------------
 
 
 @dataclass
@@ -122,77 +185,161 @@ class _CallInfo:
     reason: str
 
 
+Steps = Generator[None, None, None]
+
+
+@dataclass
+class _Context:
+    """What every rank knows before validating its arguments."""
+
+    group: ProcessGroup | None
+    n: int
+    rank: int
+    transport: Transport
+
+
+@dataclass
+class _Prepared:
+    """A validated call: its descriptor, where its buffers live, and how it starts once ranks agree."""
+
+    desc: Descriptor
+    device: torch.device
+    start: Callable[[WireDescriptor], tuple[Steps, _CallInfo]]
+
+    def then(self, after: Callable[[], None]) -> _Prepared:
+        """The same call, running ``after`` once its result is written (the list collectives' copy-out)."""
+
+        def start(agreed: WireDescriptor) -> tuple[Steps, _CallInfo]:
+            steps, info = self.start(agreed)
+
+            def chained() -> Steps:
+                yield from steps
+                after()
+
+            return chained(), info
+
+        return _Prepared(self.desc, self.device, start)
+
+
 class _Job:
     """A started collective: a generator that has posted its first exchanges and yields to wait."""
 
-    def __init__(
-        self,
-        steps: Generator[None, None, None],
-        info: _CallInfo,
-        transport: Transport,
-        t0: float,
-        result: Callable[[], Any],
-    ) -> None:
+    def __init__(self, steps: Steps, info: _CallInfo, transport: Transport, t0: float) -> None:
         self._steps = steps
         self._info = info
         self._wire = transport
         self._t0 = t0
-        self._result = result
         self._trackers = current_trackers()
+        self._error: BaseException | None = None
         self.done = False
         next(self._steps, None)  # run up to the first wait point: everything is posted
 
-    def finish(self) -> Any:
-        if not self.done:
+    def finish(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self.done:
+            return
+        try:
             for _ in self._steps:
                 pass
+        except BaseException as e:
+            # a second wait() must not resume a dead generator and record a call that failed
+            self._error = e
             self.done = True
-            i = self._info
-            record = CommRecord(
-                op=i.op,
-                algorithm=i.algorithm,
-                requested=i.requested,
-                format=i.fmt_name,
-                world_size=i.world_size,
-                numel=i.numel,
-                dtype=str(i.dtype).replace("torch.", ""),
-                logical_bytes=i.logical,
-                bytes_sent=self._wire.sent,
-                bytes_received=self._wire.received,
-                seconds=time.perf_counter() - self._t0,
-                segments=i.segments,
-                reason=i.reason,
-            )
-            emit(record, self._trackers)
-        return self._result()
+            raise
+        self.done = True
+        i = self._info
+        record = CommRecord(
+            op=i.op,
+            algorithm=i.algorithm,
+            requested=i.requested,
+            format=i.fmt_name,
+            world_size=i.world_size,
+            numel=i.numel,
+            dtype=str(i.dtype).replace("torch.", ""),
+            logical_bytes=i.logical,
+            bytes_sent=self._wire.sent,
+            bytes_received=self._wire.received,
+            seconds=time.perf_counter() - self._t0,
+            segments=i.segments,
+            reason=i.reason,
+        )
+        emit(record, self._trackers)
 
 
 class CollectiveHandle:
-    """What ``async_op=True`` returns.
+    """What a collective called with ``async_op=True`` returns; used like ``torch.distributed``'s ``Work``.
 
     ``wait()`` completes the collective (waits for the exchanges, decodes, and
-    for two-shot posts and waits for the second exchange) and returns the
-    result: the list of tensors for ``all_gather``, the output tensor
-    otherwise. Because ``wait()`` can post an exchange, ranks must call it at
-    the same point of their sequence of collectives on the group, as they must
-    issue the collectives themselves. ``is_completed()`` is True once
-    ``wait()`` has returned (the result is not written before).
+    for two-shot posts and waits for the second exchange), writes the result
+    into the output tensor(s) given to the call and returns True. Because
+    ``wait()`` can post an exchange, ranks must call it at the same point of
+    their sequence of collectives on the group, as they must issue the
+    collectives themselves. Waiting again does nothing (and returns True).
+    ``is_completed()`` is True once ``wait()`` has returned. A compressed
+    collective writes its output in ``wait()`` (the uncompressed ``none``
+    all-reduce is ``dist.all_reduce``'s and, as in torch, may write any time
+    before); read it only after. The call is recorded by ``track_comm`` when
+    ``wait()`` completes.
     """
 
     def __init__(self, job: _Job) -> None:
         self._job = job
 
-    def wait(self) -> Any:
-        return self._job.finish()
+    def wait(self) -> bool:
+        """Complete the collective and write its result.
+
+        Returns:
+            True, like ``torch.distributed.Work.wait``; the result is in the output tensor(s).
+
+        Raises:
+            MxcommError: what the collective raised (every later ``wait()`` raises it again).
+        """
+        self._job.finish()
+        return True
 
     def is_completed(self) -> bool:
+        """Whether ``wait()`` has run (the output tensors hold the result).
+
+        Returns:
+            False until ``wait()`` has returned (or raised), True afterwards.
+        """
         return self._job.done
 
 
-def _run(job: _Job, async_op: bool) -> Any:
+def _launch(
+    op: str,
+    requested: str,
+    group: ProcessGroup | None,
+    async_op: bool,
+    verify: bool,
+    prepare: Callable[[_Context], _Prepared],
+) -> CollectiveHandle | None:
+    """Validate, agree on the descriptor (on every rank, even one whose arguments failed), start, finish.
+
+    ``prepare`` validates the arguments and raises an ``MxcommError`` if they are
+    unusable; that rank then sends a descriptor flagged invalid, so every rank
+    raises instead of some of them waiting for payloads that never come.
+    """
+    t0 = time.perf_counter()
+    n = dist.get_world_size(group)
+    ctx = _Context(group, n, dist.get_rank(group), Transport(group, n))
+    local_error: MxcommError | None = None
+    prepared: _Prepared | None = None
+    try:
+        prepared = prepare(ctx)
+        desc, device = prepared.desc, prepared.device
+    except MxcommError as e:
+        local_error = e
+        desc, device = _invalid_descriptor(op, requested), group_device(group)
+    agreed = _agree(desc, local_error, device, n, ctx.transport, verify)
+    assert prepared is not None  # a rank with a local error raised in _agree
+    steps, info = prepared.start(agreed)
+    job = _Job(steps, info, ctx.transport, t0)
     if async_op:
         return CollectiveHandle(job)
-    return job.finish()
+    job.finish()
+    return None
 
 
 # -- algorithms (generators: post, yield, then wait and decode) ---------------------------------------
@@ -307,7 +454,7 @@ def _two_shot_plain(
                 dst[s0 + a : s0 + b].copy_(decode(p, dtype=dst.dtype, backend=backend))
 
 
-def _plain(tensor: torch.Tensor, group: Any) -> Generator[None, None, None]:
+def _plain(tensor: torch.Tensor, group: ProcessGroup | None) -> Steps:
     work = dist.all_reduce(tensor, group=group, async_op=True)
     yield
     work.wait()
@@ -315,45 +462,72 @@ def _plain(tensor: torch.Tensor, group: Any) -> Generator[None, None, None]:
 
 # -- public API ------------------------------------------------------------------------------------
 
+_COMMON_ARGS = """
+        group: The process group (None: the default group).
+        async_op: Return a :class:`CollectiveHandle` instead of completing the call.
+        backend: Codec backend (``"auto"``, ``"torch"``, ``"cpu"``, ``"triton"``).
+        verify: Exchange and check the 64-byte descriptor first. ``False`` saves that
+            small all-gather; the caller then vouches that every rank passes the same
+            shapes, dtype and format (a disagreement is undefined, as with plain
+            ``torch.distributed``) and argument errors are raised only where they occur.
+"""
 
+
+def _doc(fn: Callable[..., Any]) -> Callable[..., Any]:
+    # The arguments every collective shares, documented once (docstrings are None under python -OO).
+    if fn.__doc__:
+        fn.__doc__ = fn.__doc__.replace("        {common}\n", _COMMON_ARGS.lstrip("\n"))
+    return fn
+
+
+@_doc
 def all_reduce(
     tensor: torch.Tensor,
     fmt: str | BlockFormat | None,
-    *,
-    group: Any = None,
-    algorithm: str = "auto",
+    op: ReduceOpLike = SUM,
+    group: ProcessGroup | None = None,
     async_op: bool = False,
+    *,
+    algorithm: str = "auto",
     model: CostModel | None = None,
     segment_elems: int | None = None,
     backend: str = "auto",
     verify: bool = True,
 ) -> CollectiveHandle | None:
-    """In-place SUM all-reduce of ``tensor`` over ``group``, compressed in ``fmt``.
+    """In-place SUM all-reduce of ``tensor`` over ``group``, compressed in ``fmt`` (as ``dist.all_reduce``).
 
-    ``algorithm``: ``"allgather"`` (one-shot), ``"two_shot"``, ``"none"``
-    (plain ``dist.all_reduce``; ``fmt`` may then be None) or ``"auto"`` (the
-    planner, with ``model`` or the group's installed ``CostModel``; rank 0's
-    choice is used by all ranks). Every rank ends with bitwise-identical
-    values. ``segment_elems`` overrides the pipeline segment length (rounded
-    up to whole blocks; rank 0's value is used). ``backend`` selects the codec
-    backend. ``verify=False`` skips the descriptor exchange (one small
-    all-gather per call): the caller vouches that every rank passes the same
-    shape, dtype, format and algorithm, and for ``auto`` the same model (as
-    ``calibrate`` installs); a disagreement then is undefined, as with plain
-    ``torch.distributed``. Returns None, or a ``CollectiveHandle`` with
-    ``async_op=True``.
-    Raises ``FormatError`` for invalid arguments and ``CollectiveMismatchError``
-    when ranks disagree (on every rank; nothing hangs).
+    Every rank ends with bitwise-identical values. A non-contiguous tensor is
+    reduced through a contiguous copy and written back.
+
+    Args:
+        tensor: float32, bfloat16 or float16 tensor of any shape; overwritten with the sum.
+        fmt: Format name or :class:`~mxcomm.formats.BlockFormat`; may be None with ``algorithm="none"``.
+        op: ``dist.ReduceOp.SUM`` or ``"sum"``, the only reduction there is.
+        {common}
+        algorithm: ``"allgather"`` (one-shot), ``"two_shot"``, ``"none"`` (plain
+            ``dist.all_reduce``) or ``"auto"`` (the planner, with ``model`` or the group's
+            installed :class:`CostModel`; rank 0's choice is used by every rank).
+        model: Cost model for ``"auto"``.
+        segment_elems: Pipeline segment length in elements (rounded up to whole blocks;
+            rank 0's value is used).
+
+    Returns:
+        None, or a :class:`CollectiveHandle` with ``async_op=True``.
+
+    Raises:
+        ArgumentTypeError: ``tensor`` is not a ``torch.Tensor``.
+        UnsupportedReduceOpError: ``op`` is not SUM.
+        FormatError: unsupported dtype, unknown format or algorithm, bad ``segment_elems``.
+        BackendUnavailableError: the requested codec backend cannot run here.
+        CollectiveMismatchError: ranks disagree, or another rank's arguments were invalid.
+
+    With ``verify=True`` an invalid call raises on every rank: the rank at fault its
+    own error, the others ``CollectiveMismatchError``; nothing hangs.
     """
-    t0 = time.perf_counter()
-    n = dist.get_world_size(group)
-    rank = dist.get_rank(group)
-    transport = Transport(group, n)
-    local_error: MxcommError | None = None
-    f: BlockFormat | None = None
-    plan: Plan | None = None
-    try:
+
+    def prepare(ctx: _Context) -> _Prepared:
         _check_tensor(tensor, "all_reduce tensor")
+        _check_sum(op, "all_reduce")
         if algorithm not in REQUESTABLE:
             raise FormatError(f"algorithm must be one of {tuple(a.value for a in REQUESTABLE)}, got {algorithm!r}")
         if fmt is None and algorithm != "none":
@@ -361,10 +535,10 @@ def all_reduce(
         f = get_format(fmt) if fmt is not None else None
         if f is not None and algorithm != "none":
             resolve_backend(backend, tensor.device)  # an unusable backend fails here, on every rank
-        numel, esize = tensor.numel(), tensor.element_size()
+        n, esize = ctx.n, tensor.element_size()
         if algorithm == "auto":
             assert f is not None
-            plan = plan_all_reduce(model or get_cost_model(group), f, numel, esize, n)
+            plan = plan_all_reduce(model or get_cost_model(ctx.group), f, tensor.numel(), esize, n)
         else:
             plan = Plan(algorithm, DEFAULT_SEGMENT_ELEMS, "requested", {})
         if segment_elems is not None:
@@ -379,185 +553,304 @@ def all_reduce(
             format_fingerprint(f) if f is not None else b"\0" * 8, f.name if f is not None else "",
             plan.segment_elems,
         )
-    except MxcommError as e:
-        local_error = e
-        desc = _invalid_descriptor("all_reduce", algorithm if isinstance(algorithm, str) else "none")
-    device = tensor.device if isinstance(tensor, torch.Tensor) else group_device(group)
-    agreed = _agree(desc, local_error, group, device, n, transport, verify)
-    assert plan is not None
-    chosen = algorithm_name(agreed.planned)
-    reason = plan.reason
-    if chosen != plan.algorithm:
-        reason = f"rank 0 chose {chosen} (this rank's model chose {plan.algorithm}: {plan.reason})"
-    log.debug(
-        "all_reduce rank %d/%d numel=%d %s fmt=%s requested=%s -> %s; %s",
-        rank, n, tensor.numel(), tensor.dtype, f.name if f else None, algorithm, chosen, reason,
-    )
-    work = tensor if tensor.is_contiguous() else tensor.contiguous()
-    flat = work.view(-1)
-    segs = segment_bounds(flat.numel(), agreed.segment_elems)
-    if chosen == "none":
-        steps = _plain(work, group)
-        # What a bandwidth-optimal ring all-reduce moves; the backend's own algorithm may differ.
-        logical = all_reduce_logical_bytes(tensor.numel(), tensor.element_size(), n)
-        transport.sent += logical
-        transport.received += logical
-    else:
-        assert f is not None
-        # The result is written segment by segment after all of them were encoded: no input is read late.
-        algo = _one_shot if chosen == "allgather" else _two_shot
-        steps = algo(flat, flat, f, segs, rank, n, transport, backend)
 
-    def result() -> torch.Tensor:
-        if work is not tensor:
-            tensor.copy_(work)
-        return tensor
-
-    info = _CallInfo(
-        "all_reduce", chosen, algorithm, f.name if (f is not None and chosen != "none") else "", n,
-        tensor.numel(), tensor.dtype, all_reduce_logical_bytes(tensor.numel(), tensor.element_size(), n),
-        len(segs) if chosen != "none" else 1, reason,
-    )
-    job = _Job(steps, info, transport, t0, result)
-    handle = _run(job, async_op)
-    return handle if async_op else None
-
-
-def all_gather(
-    tensor: torch.Tensor,
-    fmt: str | BlockFormat,
-    *,
-    group: Any = None,
-    async_op: bool = False,
-    backend: str = "auto",
-    verify: bool = True,
-) -> list[torch.Tensor] | CollectiveHandle:
-    """Every rank's ``tensor``, encoded in ``fmt``, exchanged and decoded: a list indexed by rank.
-
-    Every rank (including the owner of an entry) gets the decoded bytes, so the
-    lists are bitwise identical on all ranks. With ``async_op=True`` returns a
-    handle whose ``wait()`` returns the list.
-    """
-    t0 = time.perf_counter()
-    n = dist.get_world_size(group)
-    rank = dist.get_rank(group)
-    transport = Transport(group, n)
-    local_error: MxcommError | None = None
-    try:
-        _check_tensor(tensor, "all_gather tensor")
-        f = get_format(fmt)
-        resolve_backend(backend, tensor.device)
-        desc = Descriptor("all_gather", "allgather", "allgather", tensor.dtype, tuple(tensor.shape),
-                          format_fingerprint(f), f.name, 0)
-    except MxcommError as e:
-        local_error = e
-        desc = _invalid_descriptor("all_gather", "allgather")
-    device = tensor.device if isinstance(tensor, torch.Tensor) else group_device(group)
-    _agree(desc, local_error, group, device, n, transport, verify)
-    src = tensor.reshape(-1)
-    numel = src.numel()
-    outputs: list[torch.Tensor] = []
-
-    def steps() -> Generator[None, None, None]:
-        size = payload_nbytes(f, numel)
-        payload = (
-            encode(src, f, backend=backend).payload() if numel else torch.empty(0, dtype=torch.uint8, device=device)
-        )
-        out = torch.empty(n * size, dtype=torch.uint8, device=device)
-        work = transport.all_gather(out, payload)
-        yield
-        work.wait()
-        for r in range(n):
-            if numel:
-                y = decode(_from_slot(out, r * size, f, numel, tensor.dtype), backend=backend)
+        def start(agreed: WireDescriptor) -> tuple[Steps, _CallInfo]:
+            chosen = algorithm_name(agreed.planned)
+            reason = plan.reason
+            if chosen != plan.algorithm:
+                reason = f"rank 0 chose {chosen} (this rank's model chose {plan.algorithm}: {plan.reason})"
+            log.debug(
+                "all_reduce rank %d/%d numel=%d %s fmt=%s requested=%s -> %s; %s",
+                ctx.rank, n, tensor.numel(), tensor.dtype, f.name if f else None, algorithm, chosen, reason,
+            )
+            work = tensor if tensor.is_contiguous() else tensor.contiguous()
+            flat = work.view(-1)
+            segs = segment_bounds(flat.numel(), agreed.segment_elems)
+            logical = all_reduce_logical_bytes(tensor.numel(), esize, n)
+            if chosen == "none":
+                reduce = _plain(work, ctx.group)
+                # What a bandwidth-optimal ring all-reduce moves; the backend's own algorithm may differ.
+                ctx.transport.sent += logical
+                ctx.transport.received += logical
             else:
-                y = torch.empty(0, dtype=tensor.dtype, device=device)
-            outputs.append(y.view(tensor.shape))
+                assert f is not None
+                # The result is written segment by segment after all of them were encoded: no input is read late.
+                algo = _one_shot if chosen == "allgather" else _two_shot
+                reduce = algo(flat, flat, f, segs, ctx.rank, n, ctx.transport, backend)
 
-    info = _CallInfo("all_gather", "allgather", "allgather", f.name, n, numel, tensor.dtype,
-                     (n - 1) * numel * tensor.element_size(), 1, "requested")
-    log.debug("all_gather rank %d/%d numel=%d %s fmt=%s", rank, n, numel, tensor.dtype, f.name)
-    return _run(_Job(steps(), info, transport, t0, lambda: outputs), async_op)
+            def steps() -> Steps:
+                yield from reduce
+                if work is not tensor:
+                    tensor.copy_(work)
+
+            info = _CallInfo(
+                "all_reduce", chosen, algorithm, f.name if (f is not None and chosen != "none") else "", n,
+                tensor.numel(), tensor.dtype, logical, len(segs) if chosen != "none" else 1, reason,
+            )
+            return steps(), info
+
+        return _Prepared(desc, tensor.device, start)
+
+    requested = algorithm if isinstance(algorithm, str) else "none"
+    return _launch("all_reduce", requested, group, async_op, verify, prepare)
 
 
-def reduce_scatter(
-    output: torch.Tensor,
-    input: torch.Tensor | Sequence[torch.Tensor],
+def _prepare_gather(
+    ctx: _Context, output: torch.Tensor, tensor: torch.Tensor, fmt: Any, backend: str
+) -> _Prepared:
+    """Validate an all-gather of ``tensor`` into the flat order of ``output`` (n x its elements)."""
+    _check_tensor(tensor, "all_gather input tensor")
+    m = tensor.numel()
+    _check_like(output, "all_gather output tensor", tensor, ctx.n * m)
+    f = _format(fmt)
+    resolve_backend(backend, tensor.device)
+    desc = Descriptor("all_gather", "allgather", "allgather", tensor.dtype, tuple(tensor.shape),
+                      format_fingerprint(f), f.name, 0)
+
+    def start(agreed: WireDescriptor) -> tuple[Steps, _CallInfo]:
+        n, device, src = ctx.n, tensor.device, tensor.reshape(-1)
+
+        def steps() -> Steps:
+            size = payload_nbytes(f, m)
+            payload = encode(src, f, backend=backend).payload() if m else torch.empty(0, dtype=torch.uint8,
+                                                                                      device=device)
+            out = torch.empty(n * size, dtype=torch.uint8, device=device)
+            work = ctx.transport.all_gather(out, payload)  # the input is encoded: it may alias the output
+            yield
+            work.wait()
+            dst = output if output.is_contiguous() else torch.empty(output.shape, dtype=output.dtype, device=device)
+            flat = dst.view(-1)
+            for r in range(n if m else 0):
+                flat[r * m : (r + 1) * m] = decode(_from_slot(out, r * size, f, m, tensor.dtype), backend=backend)
+            if dst is not output:
+                output.copy_(dst)
+
+        info = _CallInfo("all_gather", "allgather", "allgather", f.name, n, m, tensor.dtype,
+                         (n - 1) * m * tensor.element_size(), 1, "requested")
+        log.debug("all_gather rank %d/%d numel=%d %s fmt=%s", ctx.rank, n, m, tensor.dtype, f.name)
+        return steps(), info
+
+    return _Prepared(desc, tensor.device, start)
+
+
+@_doc
+def all_gather_into_tensor(
+    output_tensor: torch.Tensor,
+    input_tensor: torch.Tensor,
     fmt: str | BlockFormat,
-    *,
-    group: Any = None,
+    group: ProcessGroup | None = None,
     async_op: bool = False,
+    *,
     backend: str = "auto",
     verify: bool = True,
 ) -> CollectiveHandle | None:
-    """SUM reduce-scatter: rank r's ``output`` = sum over ranks of their chunk r, compressed in ``fmt``.
+    """Gather every rank's ``input_tensor``, encoded in ``fmt``, into ``output_tensor`` (as ``dist.all_gather_into_tensor``).
 
-    ``input`` is a tensor of ``world_size * output.numel()`` elements (chunk r
-    = the r-th contiguous slice of its flattened view, as in
-    ``dist.reduce_scatter_tensor``) or a list of ``world_size`` tensors of
-    ``output.numel()`` elements each (as in ``dist.reduce_scatter``). Each
-    rank encodes the n-1 chunks other ranks own, they are exchanged with one
-    all-to-all, and the owner decodes them and sums them in fp32 (rank order),
-    adds its own chunk exactly (it never left the rank) and casts once.
+    Rank r's decoded tensor fills elements ``[r*N, (r+1)*N)`` of ``output_tensor``
+    in row-major order (N = ``input_tensor.numel()``): concatenated along dim 0
+    for an output of shape ``(n*d0, *rest)``, stacked for ``(n, *input.shape)``.
+    Every rank, the owner of an entry included, gets the decoded bytes, so the
+    outputs are bitwise identical on all ranks. ``input_tensor`` may be a view
+    into ``output_tensor``.
+
+    Args:
+        output_tensor: n x ``input_tensor.numel()`` elements of its dtype and device.
+        input_tensor: float32, bfloat16 or float16 tensor of any shape.
+        fmt: Format name or :class:`~mxcomm.formats.BlockFormat`.
+        {common}
+
+    Returns:
+        None, or a :class:`CollectiveHandle` with ``async_op=True``.
+
+    Raises:
+        ArgumentTypeError: a tensor argument is not a ``torch.Tensor``.
+        FormatError: unsupported dtype, unknown format, output of the wrong size, dtype or device.
+        BackendUnavailableError: the requested codec backend cannot run here.
+        CollectiveMismatchError: ranks disagree, or another rank's arguments were invalid.
     """
-    t0 = time.perf_counter()
-    n = dist.get_world_size(group)
-    rank = dist.get_rank(group)
-    transport = Transport(group, n)
-    local_error: MxcommError | None = None
-    chunks: list[torch.Tensor] = []
-    try:
+    return _launch("all_gather", "allgather", group, async_op, verify,
+                   lambda ctx: _prepare_gather(ctx, output_tensor, input_tensor, fmt, backend))
+
+
+@_doc
+def all_gather(
+    tensor_list: list[torch.Tensor],
+    tensor: torch.Tensor,
+    fmt: str | BlockFormat,
+    group: ProcessGroup | None = None,
+    async_op: bool = False,
+    *,
+    backend: str = "auto",
+    verify: bool = True,
+) -> CollectiveHandle | None:
+    """Gather every rank's ``tensor``, encoded in ``fmt``, into ``tensor_list[r]`` (as ``dist.all_gather``).
+
+    The list form of :func:`all_gather_into_tensor` (same exchange, same bytes).
+
+    Args:
+        tensor_list: world-size tensors of ``tensor``'s shape, dtype and device; entry r
+            receives rank r's decoded tensor.
+        tensor: float32, bfloat16 or float16 tensor of any shape.
+        fmt: Format name or :class:`~mxcomm.formats.BlockFormat`.
+        {common}
+
+    Returns:
+        None, or a :class:`CollectiveHandle` with ``async_op=True``.
+
+    Raises:
+        ArgumentTypeError: ``tensor`` or an entry of ``tensor_list`` is not a ``torch.Tensor``.
+        FormatError: unsupported dtype, unknown format, a list of the wrong length or entries of the
+            wrong shape, dtype or device.
+        BackendUnavailableError: the requested codec backend cannot run here.
+        CollectiveMismatchError: ranks disagree, or another rank's arguments were invalid.
+    """
+
+    def prepare(ctx: _Context) -> _Prepared:
+        _check_tensor(tensor, "all_gather tensor")
+        outputs = _check_list(tensor_list, "all_gather tensor_list", tensor, ctx.n)
+        m = tensor.numel()
+        flat = torch.empty(ctx.n * m, dtype=tensor.dtype, device=tensor.device)
+
+        def copy_out() -> None:
+            for r, t in enumerate(outputs):
+                t.copy_(flat[r * m : (r + 1) * m].view(t.shape))
+
+        return _prepare_gather(ctx, flat, tensor, fmt, backend).then(copy_out)
+
+    return _launch("all_gather", "allgather", group, async_op, verify, prepare)
+
+
+def _prepare_scatter(
+    ctx: _Context, output: torch.Tensor, chunks: list[torch.Tensor], fmt: Any, backend: str
+) -> _Prepared:
+    """Reduce-scatter of ``chunks`` (n flat tensors of ``output.numel()`` elements, validated) into ``output``."""
+    f = _format(fmt)
+    resolve_backend(backend, output.device)
+    m = output.numel()
+    desc = Descriptor("reduce_scatter", "all_to_all", "all_to_all", output.dtype, tuple(output.shape),
+                      format_fingerprint(f), f.name, 0)
+
+    def start(agreed: WireDescriptor) -> tuple[Steps, _CallInfo]:
+        n, rank, device = ctx.n, ctx.rank, output.device
+
+        def steps() -> Steps:
+            size = payload_nbytes(f, m)
+            send = torch.zeros(n * size, dtype=torch.uint8, device=device)
+            if m:
+                for r, c in enumerate(chunks):
+                    if r != rank:
+                        send[r * size : (r + 1) * size] = encode(c, f, backend=backend).payload()
+            own = chunks[rank].clone()  # never leaves the rank: summed exactly (and the output may alias it)
+            recv = torch.empty(n * size, dtype=torch.uint8, device=device)
+            work = ctx.transport.all_to_all(recv, send)
+            yield
+            work.wait()
+            if m:
+                parts = [_from_slot(recv, j * size, f, m, output.dtype) for j in range(n) if j != rank]
+                if parts:
+                    total = decode_sum(parts, dtype=torch.float32, backend=backend).add_(own)  # exact widening
+                else:
+                    total = own.to(torch.float32)
+                output.copy_(total.view(output.shape))
+
+        info = _CallInfo("reduce_scatter", "all_to_all", "all_to_all", f.name, n, m, output.dtype,
+                         (n - 1) * m * output.element_size(), 1, "requested")
+        log.debug("reduce_scatter rank %d/%d numel=%d %s fmt=%s", rank, n, m, output.dtype, f.name)
+        return steps(), info
+
+    return _Prepared(desc, output.device, start)
+
+
+@_doc
+def reduce_scatter_tensor(
+    output: torch.Tensor,
+    input: torch.Tensor,
+    fmt: str | BlockFormat,
+    op: ReduceOpLike = SUM,
+    group: ProcessGroup | None = None,
+    async_op: bool = False,
+    *,
+    backend: str = "auto",
+    verify: bool = True,
+) -> CollectiveHandle | None:
+    """SUM reduce-scatter compressed in ``fmt`` (as ``dist.reduce_scatter_tensor``).
+
+    Rank r's ``output`` = the sum over ranks of their chunk r, chunk r being
+    elements ``[r*M, (r+1)*M)`` of ``input`` in row-major order
+    (M = ``output.numel()``). Each rank encodes the n-1 chunks other ranks own,
+    one all-to-all exchanges them, and the owner decodes them, sums them in fp32
+    (rank order), adds its own chunk exactly (it never left the rank) and casts
+    once.
+
+    Args:
+        output: float32, bfloat16 or float16 tensor; receives this rank's reduced chunk.
+        input: n x ``output.numel()`` elements of ``output``'s dtype and device.
+        fmt: Format name or :class:`~mxcomm.formats.BlockFormat`.
+        op: ``dist.ReduceOp.SUM`` or ``"sum"``, the only reduction there is.
+        {common}
+
+    Returns:
+        None, or a :class:`CollectiveHandle` with ``async_op=True``.
+
+    Raises:
+        ArgumentTypeError: a tensor argument is not a ``torch.Tensor``.
+        UnsupportedReduceOpError: ``op`` is not SUM.
+        FormatError: unsupported dtype, unknown format, ``input`` of the wrong size, dtype or device.
+        BackendUnavailableError: the requested codec backend cannot run here.
+        CollectiveMismatchError: ranks disagree, or another rank's arguments were invalid.
+    """
+
+    def prepare(ctx: _Context) -> _Prepared:
         _check_tensor(output, "reduce_scatter output")
-        f = get_format(fmt)
-        resolve_backend(backend, output.device)
+        _check_like(input, "reduce_scatter input", output, ctx.n * output.numel())
+        _check_sum(op, "reduce_scatter_tensor")
         m = output.numel()
-        if isinstance(input, torch.Tensor):
-            _check_tensor(input, "reduce_scatter input")
-            if input.numel() != n * m:
-                raise FormatError(
-                    f"reduce_scatter input has {input.numel()} elements; world size {n} x output {m} = {n * m} needed"
-                )
-            flat_in = input.reshape(-1)
-            chunks = [flat_in[r * m : (r + 1) * m] for r in range(n)]
-        else:
-            chunks = [_check_tensor(c, "reduce_scatter input item").reshape(-1) for c in input]
-            if len(chunks) != n or any(c.numel() != m for c in chunks):
-                raise FormatError(
-                    f"reduce_scatter input list must hold {n} tensors of {m} elements, got "
-                    f"{[c.numel() for c in chunks]}"
-                )
-        if any(c.dtype != output.dtype for c in chunks):
-            raise FormatError(f"reduce_scatter input dtype must equal the output's ({output.dtype})")
-        desc = Descriptor("reduce_scatter", "all_to_all", "all_to_all", output.dtype, tuple(output.shape),
-                          format_fingerprint(f), f.name, 0)
-    except MxcommError as e:
-        local_error = e
-        desc = _invalid_descriptor("reduce_scatter", "all_to_all")
-    device = output.device if isinstance(output, torch.Tensor) else group_device(group)
-    _agree(desc, local_error, group, device, n, transport, verify)
+        flat_in = input.reshape(-1)
+        return _prepare_scatter(ctx, output, [flat_in[r * m : (r + 1) * m] for r in range(ctx.n)], fmt, backend)
 
-    def steps() -> Generator[None, None, None]:
-        size = payload_nbytes(f, m)
-        send = torch.zeros(n * size, dtype=torch.uint8, device=device)
-        if m:
-            for r, c in enumerate(chunks):
-                if r != rank:
-                    send[r * size : (r + 1) * size] = encode(c, f, backend=backend).payload()
-        own = chunks[rank].clone()  # never leaves the rank: summed exactly
-        recv = torch.empty(n * size, dtype=torch.uint8, device=device)
-        work = transport.all_to_all(recv, send)
-        yield
-        work.wait()
-        if m:
-            parts = [_from_slot(recv, j * size, f, m, output.dtype) for j in range(n) if j != rank]
-            if parts:
-                total = decode_sum(parts, dtype=torch.float32, backend=backend).add_(own)  # exact widening
-            else:
-                total = own.to(torch.float32)
-            output.copy_(total.view(output.shape))
+    return _launch("reduce_scatter", "all_to_all", group, async_op, verify, prepare)
 
-    info = _CallInfo("reduce_scatter", "all_to_all", "all_to_all", f.name, n, m, output.dtype,
-                     (n - 1) * m * output.element_size(), 1, "requested")
-    log.debug("reduce_scatter rank %d/%d numel=%d %s fmt=%s", rank, n, m, output.dtype, f.name)
-    handle = _run(_Job(steps(), info, transport, t0, lambda: output), async_op)
-    return handle if async_op else None
+
+@_doc
+def reduce_scatter(
+    output: torch.Tensor,
+    input_list: list[torch.Tensor],
+    fmt: str | BlockFormat,
+    op: ReduceOpLike = SUM,
+    group: ProcessGroup | None = None,
+    async_op: bool = False,
+    *,
+    backend: str = "auto",
+    verify: bool = True,
+) -> CollectiveHandle | None:
+    """SUM reduce-scatter of a list compressed in ``fmt`` (as ``dist.reduce_scatter``).
+
+    Rank r's ``output`` = the sum over ranks of their ``input_list[r]``; the list
+    form of :func:`reduce_scatter_tensor` (same exchange, same bytes).
+
+    Args:
+        output: float32, bfloat16 or float16 tensor; receives this rank's reduced entry.
+        input_list: world-size tensors of ``output``'s shape, dtype and device.
+        fmt: Format name or :class:`~mxcomm.formats.BlockFormat`.
+        op: ``dist.ReduceOp.SUM`` or ``"sum"``, the only reduction there is.
+        {common}
+
+    Returns:
+        None, or a :class:`CollectiveHandle` with ``async_op=True``.
+
+    Raises:
+        ArgumentTypeError: ``output`` or an entry of ``input_list`` is not a ``torch.Tensor``.
+        UnsupportedReduceOpError: ``op`` is not SUM.
+        FormatError: unsupported dtype, unknown format, a list of the wrong length or entries of the
+            wrong shape, dtype or device.
+        BackendUnavailableError: the requested codec backend cannot run here.
+        CollectiveMismatchError: ranks disagree, or another rank's arguments were invalid.
+    """
+
+    def prepare(ctx: _Context) -> _Prepared:
+        _check_tensor(output, "reduce_scatter output")
+        chunks = _check_list(input_list, "reduce_scatter input_list", output, ctx.n)
+        _check_sum(op, "reduce_scatter")
+        return _prepare_scatter(ctx, output, [c.reshape(-1) for c in chunks], fmt, backend)
+
+    return _launch("reduce_scatter", "all_to_all", group, async_op, verify, prepare)

@@ -22,19 +22,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed import ProcessGroup
 
 from mxcomm.collectives.accounting import CommRecord, current_trackers, emit
 from mxcomm.collectives.ops import all_reduce
-from mxcomm.errors import FormatError
+from mxcomm.errors import ArgumentTypeError, FormatError
 from mxcomm.formats import BlockFormat
 
 
 def channel_index(channels: Sequence[int] | torch.Tensor, hidden: int) -> torch.Tensor:
-    """Validated, sorted, unique int64 channel indices into a last dimension of ``hidden``."""
+    """Validated, sorted, unique int64 channel indices into a last dimension of ``hidden``.
+
+    Raises:
+        FormatError: an index outside ``[0, hidden)``.
+    """
     idx = torch.as_tensor(channels, dtype=torch.int64).reshape(-1)
     if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= hidden):
         raise FormatError(f"outlier channels must lie in [0, {hidden}), got {idx.tolist()}")
@@ -47,12 +51,30 @@ def all_reduce_with_outliers(
     fmt: str | BlockFormat,
     channels: Sequence[int] | torch.Tensor,
     *,
-    group: Any = None,
+    group: ProcessGroup | None = None,
     algorithm: str = "auto",
     backend: str = "auto",
 ) -> None:
-    """In-place SUM all-reduce: ``channels`` of the last dim exact, the rest in ``fmt``."""
-    if not isinstance(tensor, torch.Tensor) or tensor.dim() == 0:
+    """In-place SUM all-reduce: ``channels`` of the last dim exact, the rest in ``fmt``.
+
+    Collective: every rank must call it with the same channels.
+
+    Args:
+        tensor: float32, bfloat16 or float16 tensor with a channel (last) dimension; overwritten with the sum.
+        fmt: Format of the compressed rest.
+        channels: Indices into the last dimension sent uncompressed (empty: a plain ``all_reduce``).
+        group: The process group (None: the default group).
+        algorithm: ``algorithm`` of the compressed :func:`~mxcomm.collectives.all_reduce`.
+        backend: Codec backend.
+
+    Raises:
+        ArgumentTypeError: ``tensor`` is not a ``torch.Tensor``.
+        FormatError: a 0-dim tensor, or a channel outside the last dimension (raised before
+            anything is exchanged, on the rank at fault only); what ``all_reduce`` raises.
+    """
+    if not isinstance(tensor, torch.Tensor):
+        raise ArgumentTypeError(f"all_reduce_with_outliers tensor must be a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.dim() == 0:
         raise FormatError("all_reduce_with_outliers needs a tensor with a channel (last) dimension")
     idx = channel_index(channels, tensor.shape[-1]).to(tensor.device)
     if idx.numel() == 0:

@@ -35,11 +35,12 @@ from dataclasses import dataclass, field, replace
 
 import torch
 import torch.distributed as dist
+from torch.distributed import ProcessGroup
 
 from mxcomm.collectives.algorithms import ALL_REDUCE_ALGORITHMS, COMPRESSED
 from mxcomm.collectives.handshake import DESCRIPTOR_NBYTES
 from mxcomm.collectives.transport import all_gather_bytes, group_device
-from mxcomm.errors import FormatError
+from mxcomm.errors import ArgumentTypeError, FormatError
 from mxcomm.formats import BlockFormat, get_format
 from mxcomm.kernels import Packed, decode_sum, encode
 
@@ -140,7 +141,13 @@ def reduce_scatter_wire_bytes(fmt: BlockFormat, out_numel: int, elem_size: int, 
 
 @dataclass(frozen=True)
 class CodecCost:
-    """Seconds of codec work: ``call_s`` per encode/decode call plus a per-element cost."""
+    """Seconds of codec work: ``call_s`` per encode/decode call plus a per-element cost.
+
+    Attributes:
+        encode_s_per_elem: Seconds per element encoded.
+        decode_s_per_elem: Seconds per element decoded (and summed, as ``decode_sum`` does).
+        call_s: Fixed seconds per encode or decode call.
+    """
 
     encode_s_per_elem: float
     decode_s_per_elem: float
@@ -155,18 +162,23 @@ class CodecCost:
 
 @dataclass(frozen=True)
 class CostModel:
-    """Constants of the planner's alpha-beta model.
+    """Constants of the planner's alpha-beta model (what ``algorithm="auto"`` decides with).
 
-    ``alpha``: latency of one collective call (not of one ring step: on gloo
-    over loopback a tiny all-reduce, 2(n-1) ring steps, and a tiny all-gather,
-    n-1 steps, take the same time within noise -- the cost is waking the ranks
-    up, not the steps; docs/collectives.md); ``beta``: seconds per byte one
-    rank sends while all ranks send; ``codec``: per-format codec costs (by
-    format name) with ``default_codec`` for the rest; ``min_gain``: a
-    compressed algorithm is chosen only if it is predicted at least this
-    fraction faster than ``none`` (the model is approximate, and losing to the
-    baseline is worse than missing a small win). ``source`` says where the
-    numbers came from ("default", "calibrated", "given").
+    Build one by hand, or measure one on the live group with :func:`calibrate`;
+    :func:`set_cost_model` installs it for a group.
+
+    Attributes:
+        alpha: Latency of one collective call in seconds (not of one ring step: on gloo
+            over loopback a tiny all-reduce, 2(n-1) ring steps, and a tiny all-gather,
+            n-1 steps, take the same time within noise -- the cost is waking the ranks
+            up, not the steps; docs/collectives.md).
+        beta: Seconds per byte one rank sends while all ranks send.
+        default_codec: Codec cost of formats not in ``codec``.
+        codec: Per-format codec costs, by format name.
+        min_gain: A compressed algorithm is chosen only if it is predicted at least this
+            fraction faster than ``none`` (the model is approximate, and losing to the
+            baseline is worse than missing a small win).
+        source: Where the numbers came from (``"default"``, ``"calibrated"``, ``"given"``).
     """
 
     alpha: float = 50e-6
@@ -177,13 +189,18 @@ class CostModel:
     source: str = "default"
 
     def codec_for(self, fmt: BlockFormat) -> CodecCost:
+        """The codec cost of ``fmt`` (``default_codec`` unless ``codec`` has its name)."""
         return self.codec.get(fmt.name, self.default_codec)
 
     def with_codec(self, fmt: BlockFormat | str, cost: CodecCost) -> CostModel:
+        """A copy of this model with ``cost`` as the codec cost of ``fmt``.
+
+        Raises:
+            FormatError: ``fmt`` is not a format.
+        """
         name = get_format(fmt).name
         return replace(self, codec={**self.codec, name: cost})
 
-    # predicted seconds of one all_reduce (descriptor exchange excluded: all algorithms pay it)
     def predict(
         self,
         algorithm: str,
@@ -193,6 +210,22 @@ class CostModel:
         world_size: int,
         segment_elems: int = DEFAULT_SEGMENT_ELEMS,
     ) -> float:
+        """Predicted seconds of one ``all_reduce`` (the descriptor exchange excluded: every algorithm pays it).
+
+        Args:
+            algorithm: ``"none"``, ``"allgather"`` or ``"two_shot"``.
+            fmt: The format.
+            numel: Elements of the tensor.
+            elem_size: Bytes per element of the tensor's dtype.
+            world_size: Ranks in the group.
+            segment_elems: Pipeline segment length.
+
+        Returns:
+            Seconds.
+
+        Raises:
+            FormatError: unknown ``algorithm``.
+        """
         n = world_size
         if n == 1 and algorithm == "none":
             return 0.0
@@ -225,7 +258,8 @@ class CostModel:
     def size_gate(self, fmt: BlockFormat | str, elem_size: int, world_size: int) -> int:
         """Smallest message (logical bytes, a power of two up to 1 GiB) from which ``auto`` compresses.
 
-        Returns -1 when it never compresses in that range.
+        Returns:
+            The size in bytes, or -1 when ``auto`` never compresses in that range.
         """
         f = get_format(fmt)
         for k in range(8, 31):
@@ -237,6 +271,8 @@ class CostModel:
 
 @dataclass(frozen=True)
 class Plan:
+    """The planner's verdict: the algorithm, its segment length, why, and every algorithm's predicted seconds."""
+
     algorithm: str
     segment_elems: int
     reason: str
@@ -246,7 +282,18 @@ class Plan:
 def plan_all_reduce(
     model: CostModel, fmt: BlockFormat, numel: int, elem_size: int, world_size: int
 ) -> Plan:
-    """The planner: the fastest predicted algorithm; compression only when it wins by ``min_gain``."""
+    """The planner: the fastest predicted algorithm; compression only when it wins by ``model.min_gain``.
+
+    Args:
+        model: The cost model.
+        fmt: The format.
+        numel: Elements of the tensor.
+        elem_size: Bytes per element of the tensor's dtype.
+        world_size: Ranks in the group.
+
+    Returns:
+        The :class:`Plan` (``none`` for a single rank or an empty tensor).
+    """
     seg = DEFAULT_SEGMENT_ELEMS
     predicted = {a: model.predict(a, fmt, numel, elem_size, world_size, seg) for a in ALL_REDUCE_ALGORITHMS}
     if world_size == 1 or numel == 0:
@@ -266,19 +313,37 @@ def plan_all_reduce(
 _models: dict[object, CostModel] = {}
 
 
-def _group_key(group: object) -> object:
+def _group_key(group: ProcessGroup | None) -> object:
     return "default" if group is None or group is dist.group.WORLD else group
 
 
-def set_cost_model(model: CostModel, group: object = None) -> None:
-    """Install ``model`` as the one ``auto`` uses for ``group`` (None: the default group)."""
+def set_cost_model(model: CostModel, group: ProcessGroup | None = None) -> None:
+    """Install ``model`` as the one ``algorithm="auto"`` uses for ``group``.
+
+    Every rank must install the same model (as :func:`calibrate` does), or
+    rank 0's plan overrides the others' (see docs/collectives.md).
+
+    Args:
+        model: The cost model.
+        group: The process group (None: the default group).
+
+    Raises:
+        ArgumentTypeError: ``model`` is not a :class:`CostModel`.
+    """
     if not isinstance(model, CostModel):
-        raise FormatError(f"set_cost_model takes a CostModel, got {type(model).__name__}")
+        raise ArgumentTypeError(f"set_cost_model takes a CostModel, got {type(model).__name__}")
     _models[_group_key(group)] = model
 
 
-def get_cost_model(group: object = None) -> CostModel:
-    """The model installed for ``group``, else the default group's, else the built-in defaults."""
+def get_cost_model(group: ProcessGroup | None = None) -> CostModel:
+    """The model ``algorithm="auto"`` uses for ``group``.
+
+    Args:
+        group: The process group (None: the default group).
+
+    Returns:
+        The model installed for ``group``, else the default group's, else ``CostModel()``.
+    """
     return _models.get(_group_key(group)) or _models.get("default") or CostModel()
 
 
@@ -292,7 +357,7 @@ def _timed(fn, reps: int) -> float:
     return statistics.median(times)
 
 
-def _agree_max(values: Sequence[float], group: object, device: torch.device) -> list[float]:
+def _agree_max(values: Sequence[float], group: ProcessGroup | None, device: torch.device) -> list[float]:
     # Every rank must install the same model (the planner runs on every rank), and the
     # slowest rank is what a collective waits for: take the maximum over ranks.
     t = torch.tensor(list(values), dtype=torch.float64, device=device)
@@ -309,7 +374,19 @@ def measure_codec(
     backend: str = "auto",
     reps: int = 5,
 ) -> CodecCost:
-    """Time encode / decode_sum of this process's codec for ``fmt`` (median of ``reps``)."""
+    """Time encode / decode_sum of this process's codec for ``fmt`` (median of ``reps``).
+
+    Args:
+        fmt: The format.
+        dtype: Dtype of the timed tensor.
+        numel: Elements of the timed tensor.
+        device: Where the tensor lives.
+        backend: Codec backend.
+        reps: Repetitions per timing.
+
+    Returns:
+        The measured :class:`CodecCost`.
+    """
     f = get_format(fmt)
     gen = torch.Generator(device="cpu").manual_seed(0)
     big = torch.randn(numel, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
@@ -331,7 +408,7 @@ def measure_codec(
 
 
 def calibrate(
-    group: object = None,
+    group: ProcessGroup | None = None,
     *,
     formats: Sequence[BlockFormat | str] = ("mxfp4_e2m1",),
     dtype: torch.dtype = torch.bfloat16,
@@ -348,8 +425,23 @@ def calibrate(
     until it takes ~50 ms or reaches ``max_probe_bytes`` per rank; each time is
     a median). Codec costs, on ``codec_probe_elems`` elements, are timed on all
     ranks at once, since they share the CPU the way a collective does. Each
-    constant is the maximum over ranks. With ``install`` the model becomes the
-    one ``auto`` uses for ``group``.
+    constant is the maximum over ranks.
+
+    Args:
+        group: The process group (None: the default group).
+        formats: Formats whose codec costs are measured.
+        dtype: Dtype of the codec probe.
+        backend: Codec backend timed.
+        min_gain: ``min_gain`` of the returned model.
+        install: Make the model the one ``algorithm="auto"`` uses for ``group``.
+        max_probe_bytes: Largest all-gather probe per rank.
+        codec_probe_elems: Elements of the codec probe.
+
+    Returns:
+        The calibrated :class:`CostModel` (``source="calibrated"``), the same on every rank.
+
+    Raises:
+        FormatError: an entry of ``formats`` is not a format.
     """
     n = dist.get_world_size(group)
     device = group_device(group)

@@ -66,14 +66,27 @@ E4M3_NAN = SCALE_SPECS[ScaleType.E4M3].nan_bits
 class BlockFormat:
     """A block-scaled format: ``block_size`` consecutive elements share a scale.
 
-    ``scale_mode`` defaults to ``"floor"`` (OCP MX v1.0) for e8m0 scales and to
-    ``"rceil"`` (amax / max_normal rounded *up* onto the scale grid, so no
-    element clips) for float scale types, which is the only mode they support.
-    ``tensor_scale=True`` adds one float32 per-tensor scale in front of the
-    block scales (NVFP4's two-level recipe); only float scale types take it.
-    ``rotation_seed`` (an int) turns on a random Hadamard rotation of every
-    block before it is quantized (see docs/semantics.md, "Rotation"); it needs
-    a power-of-two block size.
+    Immutable; :meth:`with_options` makes a modified copy. Register it with
+    :func:`~mxcomm.formats.register_format` to use it by name.
+
+    Attributes:
+        name: 1-64 characters of ``[A-Za-z0-9_.-]``.
+        element: The element type, a :class:`FloatElement` or :class:`IntElement`.
+        block_size: Elements per block, 1..65536.
+        scale: Scale type (:class:`~mxcomm.formats.ScaleType`: ``"e8m0"``, ``"e4m3"``, ``"fp16"``,
+            ``"bf16"``, ``"fp32"``).
+        scale_mode: How a block's scale is chosen (:class:`~mxcomm.formats.ScaleMode`); defaults
+            to ``"floor"`` (OCP MX v1.0) for e8m0 scales and to ``"rceil"`` (amax / max_normal
+            rounded *up* onto the scale grid, so no element clips) for float scale types, the
+            only mode they support.
+        rounding: Element rounding (:class:`~mxcomm.formats.Rounding`), ``"rne"`` by default.
+        tensor_scale: Add one float32 per-tensor scale in front of the block scales (NVFP4's
+            two-level recipe); only float scale types take it.
+        rotation_seed: An int turns on a random Hadamard rotation of every block before it is
+            quantized (docs/semantics.md, "Rotation"); needs a power-of-two block size.
+
+    Raises:
+        FormatError: on construction, any field out of its range or an unsupported combination.
     """
 
     name: str
@@ -158,6 +171,16 @@ class BlockFormat:
         Changing ``rotation_seed`` (without an explicit ``name``) also renames:
         a rotated format is ``<plain name>.rot<seed>``, so planner costs and
         accounting never mix it with the plain format (``rotated_name``).
+        Changing ``scale`` without ``scale_mode`` resets the mode to the new scale type's default.
+
+        Args:
+            **changes: Field name -> new value.
+
+        Returns:
+            The new format (not registered).
+
+        Raises:
+            FormatError: an invalid field value or combination.
         """
         if "rotation_seed" in changes and "name" not in changes and changes["rotation_seed"] != self.rotation_seed:
             changes = {**changes, "name": rotated_name(plain_name(self.name), changes["rotation_seed"])}  # type: ignore[arg-type]
@@ -177,10 +200,22 @@ class BlockFormat:
         return BlockFormat(**values)  # type: ignore[arg-type]
 
     def layout(self, shape: Sequence[int], axis: int = -1) -> BlockLayout:
+        """How a tensor of ``shape`` splits into blocks along ``axis`` (see :func:`block_layout`)."""
         return block_layout(shape, axis, self.block_size)
 
     def packed_nbytes(self, shape: Sequence[int], axis: int = -1) -> int:
-        """Exact payload bytes of an encoded tensor: codes + scales (+ tensor scale)."""
+        """Exact payload bytes of an encoded tensor: codes + scales (+ tensor scale).
+
+        Args:
+            shape: Shape of the tensor.
+            axis: The dimension blocks run along.
+
+        Returns:
+            ``Packed.nbytes`` of its encoding (what the collectives send per tensor).
+
+        Raises:
+            FormatError: ``axis`` out of range.
+        """
         lay = self.layout(shape, axis)
         code_bytes = (lay.num_codes * self.element.bits + 7) // 8
         scale_bytes = lay.num_blocks * self.scale_spec.nbytes
@@ -254,6 +289,19 @@ def normalize_axis(axis: int, ndim: int) -> int:
 
 
 def block_layout(shape: Sequence[int], axis: int, block_size: int) -> BlockLayout:
+    """How a tensor of ``shape`` splits into blocks of ``block_size`` along ``axis``.
+
+    Args:
+        shape: Shape of the tensor (a 0-d tensor is one element on axis 0).
+        axis: The blocked dimension (negative counts from the end).
+        block_size: Elements per block.
+
+    Returns:
+        The :class:`BlockLayout` (rows, blocked length, blocks, padding).
+
+    Raises:
+        FormatError: a negative dimension or ``axis`` out of range.
+    """
     dims = tuple(int(d) for d in shape)
     if any(d < 0 for d in dims):
         raise FormatError(f"shape {dims} has a negative dimension")

@@ -36,6 +36,17 @@ class FloatElement:
     * ``inf=False, nan="all_ones"``: only S.1..1.1..1 is NaN (OCP E4M3).
     * ``inf=True, nan="ieee"``: the top exponent field is reserved, zero
       mantissa = inf, non-zero mantissa = NaN (E5M2, IEEE half).
+
+    Attributes:
+        ebits: Exponent bits, 1..8.
+        mbits: Explicit trailing mantissa bits, 0..10 (at most 16 bits in all with the sign).
+        bias: Exponent bias (default ``2**(ebits-1) - 1``).
+        inf: Whether the top exponent field encodes infinities.
+        nan: NaN encoding (:class:`~mxcomm.formats.NanEncoding`: ``"none"``, ``"all_ones"``, ``"ieee"``).
+
+    Raises:
+        FormatError: on construction, a field out of range, an illegal inf / NaN combination, or
+            values float32 cannot hold.
     """
 
     ebits: int
@@ -145,6 +156,12 @@ class IntElement:
 
     The encoder uses k in [-(2**(bits-1)-1), 2**(bits-1)-1]; the decoder also
     accepts the most negative code (OCP MXINT8 allows -2.0).
+
+    Attributes:
+        bits: Code width, 2..8.
+
+    Raises:
+        FormatError: on construction, ``bits`` out of range.
     """
 
     bits: int

@@ -13,7 +13,19 @@ _aliases: dict[str, str] = {}
 
 
 def register_format(fmt: BlockFormat, *, overwrite: bool = False) -> BlockFormat:
-    """Add ``fmt`` under ``fmt.name``. A clash raises FormatError unless ``overwrite``."""
+    """Add ``fmt`` to the registry under ``fmt.name``.
+
+    Args:
+        fmt: The format.
+        overwrite: Replace a format registered under the same name.
+
+    Returns:
+        ``fmt``.
+
+    Raises:
+        FormatError: ``fmt`` is not a ``BlockFormat``, its name is an alias, or it is taken
+            and ``overwrite`` is false.
+    """
     if not isinstance(fmt, BlockFormat):
         raise FormatError(f"register_format takes a BlockFormat, got {type(fmt).__name__}")
     with _lock:
@@ -28,6 +40,12 @@ def register_format(fmt: BlockFormat, *, overwrite: bool = False) -> BlockFormat
 
 
 def register_alias(alias: str, name: str) -> None:
+    """Make ``alias`` another name of the registered format ``name``.
+
+    Raises:
+        FormatError: ``name`` is not registered, or ``alias`` is already a format name or
+            another format's alias.
+    """
     with _lock:
         if name not in _formats:
             raise FormatError(f"cannot alias {alias!r} to unknown format {name!r}")
@@ -37,7 +55,14 @@ def register_alias(alias: str, name: str) -> None:
 
 
 def unregister_format(name: str) -> None:
-    """Remove a format (and its aliases). Unknown names raise FormatError."""
+    """Remove a format and its aliases from the registry.
+
+    Args:
+        name: The registered name (not an alias).
+
+    Raises:
+        FormatError: no format of that name is registered.
+    """
     with _lock:
         if name not in _formats:
             raise FormatError(f"no format named {name!r} is registered")
@@ -47,7 +72,18 @@ def unregister_format(name: str) -> None:
 
 
 def get_format(name_or_format: str | BlockFormat) -> BlockFormat:
-    """Resolve a registered name or alias; a BlockFormat is returned as is."""
+    """Resolve a registered name or alias to its format.
+
+    Args:
+        name_or_format: A registered name or alias, or a ``BlockFormat`` (returned as is,
+            registered or not).
+
+    Returns:
+        The format.
+
+    Raises:
+        FormatError: an unknown name, or neither a string nor a ``BlockFormat``.
+    """
     if isinstance(name_or_format, BlockFormat):
         return name_or_format
     if not isinstance(name_or_format, str):
@@ -70,5 +106,6 @@ def list_formats() -> list[str]:
 
 
 def list_aliases() -> dict[str, str]:
+    """Alias -> the format name it stands for."""
     with _lock:
         return dict(_aliases)

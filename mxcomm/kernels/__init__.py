@@ -1,17 +1,21 @@
-"""Codecs: the torch reference (the specification) and faster backends behind one dispatch."""
+"""Codecs: the torch reference (the specification) and faster backends behind one dispatch.
 
-from mxcomm.kernels.api import decode, decode_sum, effective_format, encode, quantize
-from mxcomm.kernels.bitpack import pack_codes, packed_code_bytes, unpack_codes
+The public API is ``__all__``: the codec functions, ``Packed``, and the backend
+registry (``resolve_backend``, ``backend_status``, ``register_backend``, the
+``CodecBackend`` protocol). Internal pieces (bit packing, the reference
+backend's classes, the frame) stay importable from their modules.
+"""
+
+from mxcomm.kernels.api import decode, decode_sum, encode, quantize
 from mxcomm.kernels.dispatch import (
     BACKEND_ENV,
     CodecBackend,
     backend_status,
     register_backend,
-    registered_backends,
     resolve_backend,
 )
 from mxcomm.kernels.packed import Packed
-from mxcomm.kernels.reference import EncodedBlocks, ReferenceBackend
+from mxcomm.kernels.reference import ReferenceBackend
 
 register_backend("torch", ReferenceBackend)
 
@@ -41,19 +45,12 @@ register_backend("cpu", _load_cpu_backend)
 __all__ = [
     "BACKEND_ENV",
     "CodecBackend",
-    "EncodedBlocks",
     "Packed",
-    "ReferenceBackend",
     "backend_status",
     "decode",
     "decode_sum",
-    "effective_format",
     "encode",
-    "pack_codes",
-    "packed_code_bytes",
     "quantize",
     "register_backend",
-    "registered_backends",
     "resolve_backend",
-    "unpack_codes",
 ]

@@ -54,11 +54,25 @@ def encode(
     generator: torch.Generator | None = None,
     backend: str = "auto",
 ) -> Packed:
-    """Encode ``x`` (float32/bfloat16/float16, any shape) in block format ``fmt``.
+    """Encode ``x`` in block format ``fmt``: bit-packed codes, per-block scales (and a tensor scale).
 
-    Blocks of ``fmt.block_size`` run along ``axis``; ``rounding`` and
-    ``scale_mode`` override the format's. Stochastic rounding draws one seed
-    from ``generator`` (torch's default generator when None).
+    Args:
+        x: float32, bfloat16 or float16 tensor of any shape (a 0-dim tensor is one block).
+        fmt: Format name (or alias) or :class:`~mxcomm.formats.BlockFormat`.
+        axis: The dimension blocks of ``fmt.block_size`` run along; its last block is zero-padded.
+        rounding: Overrides the format's rounding (a :class:`~mxcomm.formats.Rounding` value).
+        scale_mode: Overrides the format's scale mode (a :class:`~mxcomm.formats.ScaleMode` value).
+        generator: Stochastic rounding draws one seed from it (torch's default generator when None).
+        backend: Codec backend (``"auto"``, ``"torch"``, ``"cpu"``, ``"triton"``); every backend
+            produces the same bytes.
+
+    Returns:
+        The :class:`~mxcomm.kernels.Packed` encoding (``decode`` inverts it up to quantization).
+
+    Raises:
+        FormatError: ``x`` is not a float32/bfloat16/float16 tensor, an unknown format, a bad
+            ``axis``, ``rounding`` or ``scale_mode``.
+        BackendUnavailableError: the requested backend cannot run on ``x``'s device.
     """
     if not isinstance(x, torch.Tensor):
         raise FormatError(f"encode takes a torch.Tensor, got {type(x).__name__}")
@@ -124,7 +138,21 @@ def _restore(y2d: torch.Tensor, p: Packed) -> torch.Tensor:
 
 
 def decode(p: Packed, *, dtype: torch.dtype | None = None, backend: str = "auto") -> torch.Tensor:
-    """Decode ``p`` to a tensor of its original shape (dtype: ``p.dtype`` unless given)."""
+    """Decode ``p`` to a tensor of its original shape.
+
+    Args:
+        p: The encoding.
+        dtype: float32, bfloat16 or float16 (default: ``p.dtype``, the encoded tensor's);
+            values are cast once, saturating to the dtype's finite range.
+        backend: Codec backend; every backend produces the same values.
+
+    Returns:
+        The decoded tensor, of ``p.shape`` on ``p``'s device.
+
+    Raises:
+        FormatError: ``p`` is not a :class:`~mxcomm.kernels.Packed`, or an unsupported ``dtype``.
+        BackendUnavailableError: the requested backend cannot run on ``p``'s device.
+    """
     if not isinstance(p, Packed):
         raise FormatError(f"decode takes a mxcomm.Packed, got {type(p).__name__}")
     out = _out_dtype(dtype, p.dtype)
@@ -152,7 +180,18 @@ def quantize(
     generator: torch.Generator | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """Fake-quantize: ``decode(encode(x, fmt, ...))`` in ``x``'s dtype."""
+    """Fake-quantize: ``decode(encode(x, fmt, ...))`` in ``x``'s dtype.
+
+    Args:
+        x, fmt, axis, rounding, scale_mode, generator, backend: as for :func:`encode`.
+
+    Returns:
+        A tensor of ``x``'s shape and dtype holding the values the format can represent.
+
+    Raises:
+        FormatError: as :func:`encode`.
+        BackendUnavailableError: as :func:`encode`.
+    """
     p = encode(x, fmt, axis=axis, rounding=rounding, scale_mode=scale_mode, generator=generator, backend=backend)
     return decode(p, backend=backend)
 
@@ -160,10 +199,23 @@ def quantize(
 def decode_sum(
     packed_list: Sequence[Packed], *, dtype: torch.dtype | None = None, backend: str = "auto"
 ) -> torch.Tensor:
-    """sum_i decode(packed_list[i]), accumulated in float32 in list order, cast once.
+    """``sum_i decode(packed_list[i])``, accumulated in float32 in list order, cast once.
 
-    All entries must share format, shape, axis and device. Bit-identical to
-    decoding each to float32 and adding them left to right.
+    Bit-identical to decoding each to float32 and adding them left to right (a
+    rotated format is summed in the rotated domain and un-rotated once).
+
+    Args:
+        packed_list: Encodings sharing format, shape, axis and device.
+        dtype: Output dtype (default: the first entry's ``dtype``).
+        backend: Codec backend; every backend produces the same values.
+
+    Returns:
+        The sum, of the entries' shape.
+
+    Raises:
+        FormatError: an empty list, an entry that is not a ``Packed``, entries that differ in
+            format, shape, axis or device, or an unsupported ``dtype``.
+        BackendUnavailableError: the requested backend cannot run on the entries' device.
     """
     try:
         items = list(packed_list)

@@ -15,15 +15,24 @@ from mxcomm.kernels.dtypes import INPUT_DTYPES, SCALE_STORAGE_DTYPES
 
 @dataclass(eq=False)
 class Packed:
-    """A tensor encoded in a block format.
+    """A tensor encoded in a block format (what :func:`~mxcomm.kernels.encode` returns).
 
-    ``codes`` is the flat uint8 LSB-first bitstream of all element codes in
-    block order (blocked axis last, rows row-major, each row padded to whole
-    blocks); ``scales`` has one scale per block in the same order;
-    ``tensor_scale`` is a 0-d float32 tensor for formats with a per-tensor
-    scale (NVFP4), else None. ``format`` is the effective format (with any
-    rounding / scale-mode override applied). ``backend`` names the codec
-    backend that produced it (not serialised).
+    Serialise it with :meth:`to_bytes` (a self-describing frame) or
+    :meth:`payload` (the bare bytes the collectives send).
+
+    Attributes:
+        format: The effective format (with any rounding / scale-mode override applied).
+        shape: Shape of the encoded tensor.
+        dtype: Dtype of the encoded tensor (what ``decode`` returns by default).
+        axis: The (non-negative) dimension the blocks run along.
+        codes: Flat uint8 LSB-first bitstream of all element codes in block order
+            (blocked axis last, rows row-major, each row padded to whole blocks).
+        scales: One scale per block in the same order.
+        tensor_scale: 0-d float32 tensor for formats with a per-tensor scale (NVFP4), else None.
+        backend: The codec backend that produced it (not serialised).
+
+    Raises:
+        FormatError: on construction, parts inconsistent with the format, shape and axis.
     """
 
     format: BlockFormat
@@ -103,13 +112,28 @@ class Packed:
 
     # -- self-describing frame -----------------------------------------------------
     def to_bytes(self) -> bytes:
-        """The versioned, self-describing, CRC32-checked frame (docs/wire-format.md)."""
+        """Serialise to the versioned, self-describing, CRC32-checked frame (docs/wire-format.md).
+
+        Returns:
+            The frame: header (format description, shape, dtype, axis), payload and CRC32.
+        """
         tscale = None if self.tensor_scale is None else float(self.tensor_scale)
         return frame.frame_bytes(self.format, tuple(self.shape), self.dtype, self.axis, self.codes, self.scales, tscale)
 
     @classmethod
     def from_bytes(cls, data: bytes | bytearray | memoryview) -> Packed:
-        """Inverse of ``to_bytes``; a malformed or corrupted frame raises FormatError."""
+        """Parse a frame written by :meth:`to_bytes`.
+
+        Args:
+            data: The frame.
+
+        Returns:
+            The ``Packed`` (on the CPU, ``backend="torch"``); its format is rebuilt from the
+            frame's description, so it need not be registered.
+
+        Raises:
+            FormatError: a malformed, truncated, corrupted (CRC mismatch) or unknown-version frame.
+        """
         c = frame.parse_frame(data)
         return cls(c.format, torch.Size(c.shape), c.dtype, c.axis, c.codes, c.scales, c.tensor_scale, "torch")
 

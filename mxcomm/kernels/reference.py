@@ -18,17 +18,8 @@ from dataclasses import dataclass
 import torch
 
 from mxcomm.errors import FormatError
-from mxcomm.formats import (
-    E4M3_NAN,
-    E8M0_BIAS,
-    E8M0_NAN,
-    SCALE_SPECS,
-    BlockFormat,
-    FloatElement,
-    IntElement,
-    ScaleSpec,
-    ScaleType,
-)
+from mxcomm.formats import BlockFormat, FloatElement, IntElement, ScaleType
+from mxcomm.formats.block import E4M3_NAN, E8M0_BIAS, E8M0_NAN, SCALE_SPECS, ScaleSpec
 from mxcomm.formats.element import cached_code_values
 from mxcomm.kernels.bitpack import pack_codes, unpack_codes
 from mxcomm.kernels.counter_rng import stochastic_bits

@@ -12,16 +12,12 @@
   activations, saved with the plan, sent uncompressed beside the compressed rest.
 
 The end-to-end evaluation on SmolLM2-135M (``mxcomm eval``) is measurement
-harness and lives above the core, in :mod:`mxcomm.bench`.
+harness and lives above the core, in :mod:`mxcomm.bench`. Internal pieces
+(the projection tuples, ``find_layers``, ``reduce_partial``) stay importable
+from their modules.
 """
 
-from mxcomm.tp.llama import (
-    COLWISE_PROJECTIONS,
-    ROWWISE_PROJECTIONS,
-    find_layers,
-    llama_tp_plan,
-    parallelize_llama,
-)
+from mxcomm.tp.llama import llama_tp_plan, parallelize_llama
 from mxcomm.tp.outliers import OutlierCalibration, calibrate_outliers, set_outlier_channels
 from mxcomm.tp.style import (
     COMM_ATTR,
@@ -29,24 +25,19 @@ from mxcomm.tp.style import (
     RowwiseComm,
     TPPlanError,
     compressed_modules,
-    reduce_partial,
     set_comm_format,
 )
 
 __all__ = [
-    "COLWISE_PROJECTIONS",
     "COMM_ATTR",
-    "ROWWISE_PROJECTIONS",
     "CompressedRowwiseParallel",
     "OutlierCalibration",
     "RowwiseComm",
     "TPPlanError",
     "calibrate_outliers",
     "compressed_modules",
-    "find_layers",
     "llama_tp_plan",
     "parallelize_llama",
-    "reduce_partial",
     "set_comm_format",
     "set_outlier_channels",
 ]

@@ -70,6 +70,14 @@ def llama_tp_plan(
             -> output channels sent uncompressed beside the compressed rest
             (see :func:`mxcomm.tp.calibrate_outliers`). Naming a module that
             the plan leaves uncompressed is an error.
+
+    Returns:
+        Module name -> ``ParallelStyle``: ``ColwiseParallel`` for q/k/v, gate and up,
+        :class:`CompressedRowwiseParallel` (or ``RowwiseParallel``) for o_proj and down_proj.
+
+    Raises:
+        TPPlanError: bad ``num_layers``, layer indices, ``compress`` entries or outlier modules.
+        FormatError: an unknown format.
     """
     if not isinstance(num_layers, int) or num_layers < 1:
         raise TPPlanError(f"num_layers must be a positive int, got {num_layers!r}")
@@ -161,14 +169,27 @@ def parallelize_llama(
 ) -> nn.Module:
     """Shard a Llama-family model in place over a 1-D mesh (see :func:`llama_tp_plan`).
 
-    ``outliers``: a saved :class:`~mxcomm.tp.OutlierCalibration` (its
-    ``outlier_k`` most outlying channels per module; ``None``: all it holds)
-    or a mapping module name -> channels; those channels of each compressed
-    row-parallel output travel uncompressed.
+    Collective: every rank of the mesh calls it.
 
-    ``src_data_rank=None`` skips the weight broadcast from rank 0 when every
-    rank already holds identical weights (each rank keeps its slice locally).
-    Returns the model.
+    Args:
+        model: A Hugging Face Llama-family model (decoder layers with ``self_attn`` and ``mlp``).
+        device_mesh: 1-D device mesh of the tensor-parallel ranks.
+        fmt, algorithm, comm_dtype, uncompressed_layers, layer_formats, compress: as for
+            :func:`llama_tp_plan`.
+        src_data_rank: Rank whose weights are broadcast; ``None`` skips the broadcast when
+            every rank already holds identical weights (each rank keeps its slice locally).
+        outliers: A saved :class:`~mxcomm.tp.OutlierCalibration` or a mapping module
+            name -> channels; those channels of each compressed row-parallel output
+            travel uncompressed.
+        outlier_k: How many of a calibration's channels per module (``None``: all it holds).
+
+    Returns:
+        The model, sharded in place.
+
+    Raises:
+        TPPlanError: not a 1-D mesh, no decoder layers found, sizes the world size does not
+            divide, ``outlier_k`` without a calibration, or what :func:`llama_tp_plan` raises.
+        FormatError: an unknown format.
     """
     if device_mesh.ndim != 1:
         raise TPPlanError(f"parallelize_llama needs a 1-D device mesh, got {device_mesh.ndim}-D")

@@ -50,6 +50,10 @@ class OutlierCalibration:
         hidden: size of the channel (last) dimension.
         tokens: number of calibration tokens the scores were measured on.
         source: free text saying what the calibration data was.
+        metric: how the scores were computed (``"mean_abs"``).
+
+    Raises:
+        TPPlanError: inconsistent fields (on construction, ``from_dict`` and ``load``).
     """
 
     channels: Mapping[str, tuple[int, ...]]
@@ -157,7 +161,15 @@ def calibrate_outliers(
             up to it).
         modules: names of the modules to calibrate (default: every Llama
             ``self_attn.o_proj`` and ``mlp.down_proj``).
+        forward: ``forward(model, batch)`` runs one batch (default: ``model(batch)``).
         source: description of the calibration data, stored with the result.
+
+    Returns:
+        The :class:`OutlierCalibration` (save it with :meth:`OutlierCalibration.save`).
+
+    Raises:
+        TPPlanError: no modules to calibrate, an unknown module, a module that never ran or
+            returned a ``DTensor``, or ``max_channels`` out of range.
     """
     names = list(modules) if modules is not None else _default_modules(model)
     if not names:
@@ -212,13 +224,19 @@ def set_outlier_channels(
     outliers: OutlierCalibration | Mapping[str, Sequence[int]] | None,
     k: int | None = None,
 ) -> int:
-    """Give the compressed row-parallel modules of ``model`` their outlier channels.
+    """Give the compressed row-parallel modules of ``model`` their outlier channels (no re-sharding).
 
-    ``outliers``: a calibration (``k`` of its channels per module; ``k=None``:
-    all it holds), a mapping module name -> channels, or ``None`` to remove
-    them everywhere. Modules the mapping does not name get none. Raises
-    :class:`TPPlanError` when it names a module that is not compressed
-    row-parallel. Returns the number of modules that now send outlier channels.
+    Args:
+        model: A model parallelized with :class:`~mxcomm.tp.CompressedRowwiseParallel` modules.
+        outliers: A calibration, a mapping module name -> channels, or ``None`` to remove
+            them everywhere. Modules the mapping does not name get none.
+        k: How many of a calibration's channels per module (``None``: all it holds).
+
+    Returns:
+        The number of modules that now send outlier channels.
+
+    Raises:
+        TPPlanError: the mapping names a module that is not compressed row-parallel, or a bad ``k``.
     """
     targets = compressed_modules(model)
     if outliers is None:

@@ -23,12 +23,14 @@ from typing import Any, Union
 
 import torch
 import torch.nn as nn
+from torch.distributed import ProcessGroup
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Replicate
 from torch.distributed.tensor.parallel import RowwiseParallel
 from torch.distributed.tensor.placement_types import Partial, Placement
 
-from mxcomm.collectives import REQUESTABLE, Algorithm, all_reduce, all_reduce_with_outliers
+from mxcomm.collectives import Algorithm, all_reduce, all_reduce_with_outliers
+from mxcomm.collectives.algorithms import REQUESTABLE
 from mxcomm.errors import FormatError, MxcommError
 from mxcomm.formats import BlockFormat, get_format
 
@@ -58,7 +60,7 @@ def resolve_format(fmt: FormatLike | None) -> BlockFormat | None:
 
 @dataclass
 class RowwiseComm:
-    """How one row-parallel module reduces its partial output.
+    """How one row-parallel module reduces its partial output (see :func:`compressed_modules`).
 
     ``fmt is None`` (or ``algorithm == "none"``) runs the uncompressed
     ``algorithm="none"`` path of :func:`mxcomm.collectives.all_reduce` — still
@@ -71,6 +73,11 @@ class RowwiseComm:
     :func:`mxcomm.tp.calibrate_outliers`) travel uncompressed beside the
     compressed rest (:func:`mxcomm.collectives.all_reduce_with_outliers`);
     they are ignored when the reduction is uncompressed.
+
+    Raises:
+        TPPlanError: an unknown algorithm, a ``comm_dtype`` other than float32/bfloat16/float16,
+            or negative outlier channels.
+        FormatError: an unknown format.
     """
 
     fmt: BlockFormat | None
@@ -122,7 +129,7 @@ class _ReduceToReplicate(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, partial_out: torch.Tensor, comm: RowwiseComm, group: Any) -> torch.Tensor:
+    def forward(ctx: Any, partial_out: torch.Tensor, comm: RowwiseComm, group: ProcessGroup | None) -> torch.Tensor:
         wire_dtype = comm.comm_dtype or partial_out.dtype
         # all_reduce works in place; never overwrite a tensor autograd may still need.
         buf = partial_out.detach().to(dtype=wire_dtype, copy=True, memory_format=torch.contiguous_format)
@@ -140,7 +147,7 @@ class _ReduceToReplicate(torch.autograd.Function):
         return grad_out, None, None
 
 
-def reduce_partial(partial_out: torch.Tensor, comm: RowwiseComm, group: Any) -> torch.Tensor:
+def reduce_partial(partial_out: torch.Tensor, comm: RowwiseComm, group: ProcessGroup | None) -> torch.Tensor:
     """Sum ``partial_out`` over ``group`` as ``comm`` says (autograd: identity backward)."""
     return _ReduceToReplicate.apply(partial_out, comm, group)
 
@@ -168,6 +175,11 @@ class CompressedRowwiseParallel(RowwiseParallel):
             sharded output would need a compressed reduce-scatter.
 
     Linear and Embedding modules are supported, like ``RowwiseParallel``.
+
+    Raises:
+        TPPlanError: an output layout other than ``Replicate()``, a bad algorithm or
+            ``comm_dtype``; when applied, a mesh that is not 1-D.
+        FormatError: an unknown format.
     """
 
     def __init__(
@@ -236,7 +248,11 @@ class CompressedRowwiseParallel(RowwiseParallel):
 
 
 def compressed_modules(model: nn.Module) -> dict[str, RowwiseComm]:
-    """Name -> settings of every module parallelized with :class:`CompressedRowwiseParallel`."""
+    """The communication settings of every module parallelized with :class:`CompressedRowwiseParallel`.
+
+    Returns:
+        Module name -> its :class:`RowwiseComm` (the live object: changing it changes the module).
+    """
     return {name: getattr(mod, COMM_ATTR) for name, mod in model.named_modules() if hasattr(mod, COMM_ATTR)}
 
 
@@ -250,12 +266,22 @@ def set_comm_format(
 ) -> int:
     """Change the all-reduce format of already parallelized modules, without re-sharding.
 
-    ``names`` (an iterable of module names) restricts the change; by default
-    every :class:`CompressedRowwiseParallel` module in ``model`` changes.
     Outlier channels stay as they are (:func:`mxcomm.tp.set_outlier_channels`).
-    ``algorithm=None`` and ``comm_dtype="keep"`` leave those settings as they
-    are. Returns the number of modules changed; raises :class:`TPPlanError`
-    when ``names`` lists a module that is not compressed row-parallel.
+
+    Args:
+        model: A model parallelized with :class:`CompressedRowwiseParallel` modules.
+        fmt: The new format (``None`` / ``"none"``: mxcomm's uncompressed path).
+        algorithm: The new algorithm (``None``: keep each module's).
+        comm_dtype: The new wire dtype (``"keep"``: keep each module's).
+        names: Module names to change (default: every compressed row-parallel module).
+
+    Returns:
+        The number of modules changed.
+
+    Raises:
+        TPPlanError: ``names`` lists a module that is not compressed row-parallel, or a bad
+            algorithm or ``comm_dtype``.
+        FormatError: an unknown format.
     """
     targets = compressed_modules(model)
     if names is not None:

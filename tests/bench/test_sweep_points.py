@@ -16,7 +16,7 @@ from mxcomm.bench.sweep import (
     sweep_formats,
     sweep_points,
 )
-from mxcomm.formats import NVFP4, OCP_FORMATS
+from mxcomm.formats.builtins import NVFP4, OCP_FORMATS
 
 
 def _definition(fmt: mxcomm.BlockFormat) -> tuple:

@@ -12,7 +12,17 @@ import torch
 import torch.distributed as dist
 
 import mxcomm
-from mxcomm.collectives import CodecCost, CostModel, all_gather, all_reduce, calibrate, reduce_scatter, track_comm
+from mxcomm.collectives import (
+    CodecCost,
+    CostModel,
+    all_gather,
+    all_gather_into_tensor,
+    all_reduce,
+    calibrate,
+    reduce_scatter,
+    reduce_scatter_tensor,
+    track_comm,
+)
 from mxcomm.errors import MxcommError
 
 FORMATS = ["mxfp8_e4m3", "mxfp6_e2m3", "mxfp4_e2m1", "mxint8", "nvfp4", "int4_fp16"]
@@ -57,14 +67,15 @@ def all_reduce_cases(n: int) -> list[dict]:
 
 
 def gather_cases() -> list[dict]:
+    """``form``: the output of all_gather_into_tensor concatenated along dim 0 or stacked, or the list form."""
     cases = [
-        dict(fmt="mxfp4_e2m1", dtype=torch.bfloat16, shape=(7, 45)),
-        dict(fmt="nvfp4", dtype=torch.float16, shape=(33,)),
-        dict(fmt="mxfp8_e5m2", dtype=torch.float32, shape=(2, 2, 40)),
-        dict(fmt="mxfp4_e2m1", dtype=torch.bfloat16, shape=(0,)),
+        dict(fmt="mxfp4_e2m1", dtype=torch.bfloat16, shape=(7, 45), form="concat"),
+        dict(fmt="nvfp4", dtype=torch.float16, shape=(33,), form="list"),
+        dict(fmt="mxfp8_e5m2", dtype=torch.float32, shape=(2, 2, 40), form="stack"),
+        dict(fmt="mxfp4_e2m1", dtype=torch.bfloat16, shape=(0,), form="concat"),
     ]
     for i, c in enumerate(cases):
-        c["key"] = f"ag{i}:{c['fmt']}:{c['shape']}"
+        c["key"] = f"ag{i}:{c['fmt']}:{c['shape']}:{c['form']}"
         c["seed"] = 500 + i
     return cases
 
@@ -82,7 +93,8 @@ def scatter_cases() -> list[dict]:
 
 
 def _error(e: BaseException) -> dict:
-    return {"type": type(e).__name__, "message": str(e), "mxcomm": isinstance(e, MxcommError)}
+    return {"type": type(e).__name__, "message": str(e), "mxcomm": isinstance(e, MxcommError),
+            "bases": [c.__name__ for c in type(e).__mro__]}
 
 
 def _tracked(fn, *args, **kwargs):
@@ -116,20 +128,54 @@ def main_suite(rank: int, n: int) -> dict:
         dist.all_reduce(ref)
         res[f"none{i}"] = {"out": x, "dist": ref, "records": recs}
 
-    # -- all_gather / reduce_scatter
+    # -- all_gather / reduce_scatter, tensor and list forms
     for c in gather_cases():
         x = make_input(c["seed"], rank, c["shape"], c["dtype"])
-        out, recs = _tracked(all_gather, x, c["fmt"])
+        if c["form"] == "list":
+            out = [torch.full(x.shape, float("nan"), dtype=x.dtype) for _ in range(n)]
+            _, recs = _tracked(all_gather, out, x, c["fmt"])
+        else:
+            shape = (n * x.shape[0], *x.shape[1:]) if c["form"] == "concat" else (n, *x.shape)
+            out = torch.full(shape, float("nan"), dtype=x.dtype)
+            _, recs = _tracked(all_gather_into_tensor, out, x, c["fmt"])
+            out = list(out.reshape(n, *x.shape).unbind(0))
         res[c["key"]] = {"out": out, "records": recs}
     for c in scatter_cases():
         m = 1
         for d in c["out_shape"]:
             m *= d
         x = make_input(c["seed"], rank, (n * m,), c["dtype"])
-        inp = list(x.split(m)) if c["as_list"] else x
-        out = torch.empty(c["out_shape"], dtype=c["dtype"])
-        _, recs = _tracked(reduce_scatter, out, inp, c["fmt"])
+        out = torch.full(c["out_shape"], float("nan"), dtype=c["dtype"])
+        if c["as_list"]:
+            _, recs = _tracked(reduce_scatter, out, [t.view(c["out_shape"]) for t in x.split(m)], c["fmt"])
+        else:
+            _, recs = _tracked(reduce_scatter_tensor, out, x, c["fmt"])
         res[c["key"]] = {"out": out, "records": recs}
+    # in place: the input is this rank's slot of the output (all_gather) / the output is a slice of the input
+    x = make_input(510, rank, (3, 40), torch.bfloat16)
+    gathered = torch.empty(n * 3, 40, dtype=torch.bfloat16)
+    gathered[3 * rank : 3 * rank + 3] = x
+    all_gather_into_tensor(gathered, gathered[3 * rank : 3 * rank + 3], "mxfp4_e2m1")
+    expect = torch.empty_like(gathered)
+    all_gather_into_tensor(expect, x, "mxfp4_e2m1")
+    transposed = torch.empty(40, n * 3, dtype=torch.bfloat16).t()  # a non-contiguous output, written back
+    all_gather_into_tensor(transposed, x, "mxfp4_e2m1")
+    x = make_input(710, rank, (n * 64,), torch.bfloat16)
+    aliased = x.clone()
+    reduce_scatter_tensor(aliased[rank * 64 : (rank + 1) * 64], aliased, "mxfp4_e2m1")
+    separate = torch.empty(64, dtype=torch.bfloat16)
+    reduce_scatter_tensor(separate, x, "mxfp4_e2m1")
+    res["aliased"] = {"gather": (gathered, expect), "scatter": (aliased[rank * 64 : (rank + 1) * 64], separate),
+                      "noncontiguous_output": transposed.contiguous()}
+
+    # -- op and the positional arguments of torch.distributed
+    x = make_input(520, rank, (300,), torch.bfloat16)
+    outs = []
+    for op in (dist.ReduceOp.SUM, "sum", "SUM", dist.ReduceOp(dist.ReduceOp.SUM)):
+        y = x.clone()
+        all_reduce(y, "mxfp6_e2m3", op, None, False, algorithm="two_shot")
+        outs.append(y)
+    res["op_sum_spellings"] = {"outs": outs}
 
     # -- async handles: same bytes as the synchronous calls; two outstanding at once
     for alg in ("allgather", "two_shot", "none"):
@@ -139,26 +185,20 @@ def main_suite(rank: int, n: int) -> dict:
         fmt = "mxfp4_e2m1" if alg != "none" else None
         all_reduce(a_sync, fmt, algorithm=alg)
         all_reduce(b_sync, fmt, algorithm=alg)
+        a_before = a.clone()
         with track_comm() as stats:
             ha = all_reduce(a, fmt, algorithm=alg, async_op=True)
             hb = all_reduce(b, fmt, algorithm=alg, async_op=True)
             before = (ha.is_completed(), hb.is_completed(), len(stats.records))
-            ra = ha.wait()
-            rb = hb.wait()
+            untouched = torch.equal(a.view(torch.int16), a_before.view(torch.int16))
+            returned = (ha.wait(), hb.wait())
+            after = (ha.is_completed(), hb.is_completed(), len(stats.records))
+            again = (ha.wait(), hb.wait(), len(stats.records))  # waiting twice: nothing more happens
         res[f"async:{alg}"] = {
-            "a": a, "b": b, "a_sync": a_sync, "b_sync": b_sync, "before": before,
-            "after": (ha.is_completed(), hb.is_completed(), len(stats.records)),
-            "returned_self": ra is a and rb is b,
+            "a": a, "b": b, "a_sync": a_sync, "b_sync": b_sync, "before": before, "after": after,
+            "untouched_before_wait": untouched, "returned": returned, "again": again,
         }
-    g = make_input(410, rank, (5, 50), torch.float32)
-    hg = all_gather(g, "mxfp6_e3m2", async_op=True)
-    res["async:all_gather"] = {"out": hg.wait(), "sync": all_gather(g, "mxfp6_e3m2")}
-    s_in = make_input(411, rank, (n * 90,), torch.bfloat16)
-    s_out, s_sync = torch.empty(90, dtype=torch.bfloat16), torch.empty(90, dtype=torch.bfloat16)
-    hs = reduce_scatter(s_out, s_in, "mxfp8_e4m3", async_op=True)
-    hs.wait()
-    reduce_scatter(s_sync, s_in, "mxfp8_e4m3")
-    res["async:reduce_scatter"] = {"out": s_out, "sync": s_sync}
+    res.update(async_scenarios(rank, n))
 
     # verify=False: no descriptor exchange, same bytes of result
     for alg in ("allgather", "two_shot", "none"):
@@ -171,6 +211,45 @@ def main_suite(rank: int, n: int) -> dict:
 
     res.update(mismatch_scenarios(rank, n))
     res.update(planner_scenarios(rank, n))
+    return res
+
+
+def _async_work(call, sync_call, outputs: list[torch.Tensor]) -> dict:
+    """Issue ``call`` with async_op=True; the Work's state before / after wait() and the outputs vs ``sync_call``."""
+    with track_comm() as stats:
+        work = call()
+        before = (work.is_completed(), len(stats.records))
+        untouched = all(bool(t.isnan().all()) for t in outputs)  # NaN-filled: nothing written before wait()
+        returned = work.wait()
+        after = (work.is_completed(), len(stats.records))
+        again = (work.wait(), work.is_completed(), len(stats.records))
+    got = [t.clone() for t in outputs]
+    sync_call()
+    return {"out": got, "sync": [t.clone() for t in outputs], "before": before, "untouched_before_wait": untouched,
+            "returned": returned, "after": after, "again": again}
+
+
+def async_scenarios(rank: int, n: int) -> dict:
+    """The Work of every collective but all_reduce (which main_suite checks per algorithm)."""
+    res = {}
+    g = make_input(410, rank, (5, 50), torch.float32)
+    out = torch.full((n * 5, 50), float("nan"))
+    res["async:all_gather_into_tensor"] = _async_work(
+        lambda: all_gather_into_tensor(out, g, "mxfp6_e3m2", async_op=True),
+        lambda: all_gather_into_tensor(out, g, "mxfp6_e3m2"), [out])
+    outs = [torch.full((5, 50), float("nan")) for _ in range(n)]
+    res["async:all_gather"] = _async_work(
+        lambda: all_gather(outs, g, "mxfp6_e3m2", None, True),
+        lambda: all_gather(outs, g, "mxfp6_e3m2"), outs)
+    s_in = make_input(411, rank, (n * 90,), torch.bfloat16)
+    s_out = torch.full((90,), float("nan"), dtype=torch.bfloat16)
+    res["async:reduce_scatter_tensor"] = _async_work(
+        lambda: reduce_scatter_tensor(s_out, s_in, "mxfp8_e4m3", async_op=True),
+        lambda: reduce_scatter_tensor(s_out, s_in, "mxfp8_e4m3"), [s_out])
+    s_list_out = torch.full((90,), float("nan"), dtype=torch.bfloat16)
+    res["async:reduce_scatter"] = _async_work(
+        lambda: reduce_scatter(s_list_out, list(s_in.split(90)), "mxfp8_e4m3", dist.ReduceOp.SUM, None, True),
+        lambda: reduce_scatter(s_list_out, list(s_in.split(90)), "mxfp8_e4m3"), [s_list_out])
     return res
 
 
@@ -211,13 +290,20 @@ def mismatch_scenarios(rank: int, n: int) -> dict:
         "bad_backend_one_rank": lambda: all_reduce(torch.ones(64), "mxfp4", algorithm="two_shot",
                                                    backend="no_such_backend" if rank == last else "auto"),
         "bad_algorithm_everywhere": lambda: all_reduce(torch.ones(64), "mxfp4", algorithm="ring"),
-        "gather_shape": lambda: all_gather(torch.ones(32 + rank), "mxfp4"),
-        "scatter_format": lambda: reduce_scatter(
+        "gather_shape": lambda: all_gather_into_tensor(torch.empty(n * (32 + rank)), torch.ones(32 + rank), "mxfp4"),
+        "scatter_format": lambda: reduce_scatter_tensor(
             torch.empty(16), torch.ones(16 * n), "mxfp4" if rank == last else "nvfp4"
         ),
-        "scatter_bad_size_one_rank": lambda: reduce_scatter(
+        "scatter_bad_size_one_rank": lambda: reduce_scatter_tensor(
             torch.empty(16), torch.ones(16 * n + (1 if rank == 0 else 0)), "mxfp4"
         ),
+        "op_one_rank": lambda: all_reduce(torch.ones(64), "mxfp4", dist.ReduceOp.MAX if rank == last else "sum"),
+        "not_a_tensor_one_rank": lambda: all_reduce([1.0] * 64 if rank == last else torch.ones(64), "mxfp4"),
+        "gather_output_one_rank": lambda: all_gather_into_tensor(torch.empty(32 * n + (rank == 0)), torch.ones(32),
+                                                                 "mxfp4"),
+        "gather_list_one_rank": lambda: all_gather([torch.empty(32) for _ in range(n - (rank == last))],
+                                                   torch.ones(32), "mxfp4"),
+        **everywhere_cases(n),
     }
     for name, fn in cases.items():
         res[f"mismatch:{name}"] = {"error": _try(fn), "after": healthy()}
@@ -229,6 +315,50 @@ def mismatch_scenarios(rank: int, n: int) -> dict:
         "out": x,
     }
     return res
+
+
+def everywhere_cases(n: int) -> dict:
+    """Calls every rank makes with the same bad arguments: every rank raises the same error type."""
+    ones = torch.ones(32)
+    return {
+        # op other than SUM
+        "everywhere:UnsupportedReduceOpError:all_reduce_max": lambda: all_reduce(ones.clone(), "mxfp4",
+                                                                                 dist.ReduceOp.MAX),
+        "everywhere:UnsupportedReduceOpError:all_reduce_avg_none": lambda: all_reduce(
+            ones.clone(), None, dist.ReduceOp.AVG, algorithm="none"),
+        "everywhere:UnsupportedReduceOpError:scatter_tensor_product": lambda: reduce_scatter_tensor(
+            torch.empty(32), torch.ones(32 * n), "mxfp4", dist.ReduceOp.PRODUCT),
+        "everywhere:UnsupportedReduceOpError:scatter_list_min": lambda: reduce_scatter(
+            torch.empty(32), [ones] * n, "mxfp4", "min"),
+        "everywhere:UnsupportedReduceOpError:all_reduce_int": lambda: all_reduce(ones.clone(), "mxfp4", 0),
+        # not a tensor
+        "everywhere:ArgumentTypeError:all_reduce_list": lambda: all_reduce([1.0] * 32, "mxfp4"),
+        "everywhere:ArgumentTypeError:gather_input": lambda: all_gather_into_tensor(torch.empty(32 * n), [1.0] * 32,
+                                                                                   "mxfp4"),
+        "everywhere:ArgumentTypeError:gather_output": lambda: all_gather_into_tensor(None, ones, "mxfp4"),
+        "everywhere:ArgumentTypeError:gather_list_entries": lambda: all_gather([None] * n, ones, "mxfp4"),
+        "everywhere:ArgumentTypeError:gather_list_not_a_list": lambda: all_gather(torch.empty(n, 32), ones, "mxfp4"),
+        "everywhere:ArgumentTypeError:scatter_output": lambda: reduce_scatter_tensor(3.0, torch.ones(32 * n), "mxfp4"),
+        "everywhere:ArgumentTypeError:scatter_list_entries": lambda: reduce_scatter(torch.empty(32), [1.0] * n,
+                                                                                   "mxfp4"),
+        # output / input tensors of the wrong size, dtype or shape
+        "everywhere:FormatError:gather_output_numel": lambda: all_gather_into_tensor(torch.empty(32 * n + 1), ones,
+                                                                                    "mxfp4"),
+        "everywhere:FormatError:gather_output_dtype": lambda: all_gather_into_tensor(
+            torch.empty(32 * n, dtype=torch.bfloat16), ones, "mxfp4"),
+        "everywhere:FormatError:gather_list_length": lambda: all_gather([torch.empty(32)] * (n + 1), ones, "mxfp4"),
+        "everywhere:FormatError:gather_list_shape": lambda: all_gather([torch.empty(2, 16)] * n, ones, "mxfp4"),
+        "everywhere:FormatError:gather_integer_input": lambda: all_gather_into_tensor(
+            torch.empty(32 * n, dtype=torch.int32), torch.ones(32, dtype=torch.int32), "mxfp4"),
+        "everywhere:FormatError:scatter_input_numel": lambda: reduce_scatter_tensor(torch.empty(32),
+                                                                                   torch.ones(32 * n - 1), "mxfp4"),
+        "everywhere:FormatError:scatter_input_dtype": lambda: reduce_scatter_tensor(
+            torch.empty(32), torch.ones(32 * n, dtype=torch.float16), "mxfp4"),
+        "everywhere:FormatError:scatter_list_length": lambda: reduce_scatter(torch.empty(32), [ones] * (n - 1),
+                                                                            "mxfp4"),
+        "everywhere:FormatError:scatter_no_format": lambda: reduce_scatter_tensor(torch.empty(32),
+                                                                                 torch.ones(32 * n), None),
+    }
 
 
 # codec: 2 / 1 ns per element, 200 us per call (the order of a CPU codec's fixed cost)

@@ -11,7 +11,8 @@ import math
 import torch
 
 import mxcomm
-from mxcomm.formats import BlockFormat, code_values
+from mxcomm.formats import BlockFormat
+from mxcomm.formats.element import code_values
 
 DESCRIPTOR = 64
 DEFAULT_SEGMENT = 1 << 20

@@ -19,6 +19,7 @@ from tests.collectives._scenarios import (
     SLOW_LINK,
     all_reduce_cases,
     gather_cases,
+    main_suite,
     make_input,
     scatter_cases,
 )
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.multiprocess
 
 @pytest.fixture(scope="module", params=[2, 3, 4], ids=lambda n: f"world{n}")
 def world(request) -> list[dict]:
-    return run_world(request.param, "main")
+    return run_world(main_suite, request.param)
 
 
 def _bits(t: torch.Tensor) -> bytes:
@@ -156,6 +157,7 @@ def test_verify_false_skips_only_the_descriptor(world, alg):
 
 
 def test_all_gather(world):
+    # all_gather_into_tensor (output concatenated along dim 0 or stacked) and the list form
     n = len(world)
     for c in gather_cases():
         out = _same_on_all_ranks(world, c["key"])
@@ -166,6 +168,11 @@ def test_all_gather(world):
             expect = mxcomm.quantize(x.reshape(-1), fmt).view(x.shape) if x.numel() else x
             assert out[r].shape == x.shape and out[r].dtype == x.dtype
             assert _bits(out[r]) == _bits(expect), f"{c['key']} entry {r}"
+            # against the float64 input: within one quantization (+ the cast back to the dtype)
+            exact = x.reshape(-1).to(torch.float64)
+            bound = ref.quantization_bound(x.reshape(-1), fmt) * (1 + 1e-5)
+            bound = bound + ref.unit_roundoff(c["dtype"]) * (exact.abs() + bound)
+            assert bool(((out[r].reshape(-1).to(torch.float64) - exact).abs() <= bound).all()), c["key"]
         numel, esize = xs[0].numel(), xs[0].element_size()
         (rec,) = world[0][c["key"]]["records"]
         assert rec["op"] == "all_gather" and rec["logical_bytes"] == (n - 1) * numel * esize
@@ -195,7 +202,28 @@ def test_reduce_scatter(world):
             assert rec["bytes_sent"] == (n - 1) * (ref.DESCRIPTOR + ref.packed(fmt, m))
 
 
-# -- async ------------------------------------------------------------------------------------------
+def test_in_place_and_non_contiguous_forms(world):
+    # all_gather_into_tensor of the rank's own slot of the output (and into a transposed view);
+    # reduce_scatter_tensor into a slice of its input
+    for res in world:
+        gathered, expect = res["aliased"]["gather"]
+        assert _bits(gathered) == _bits(expect)
+        assert _bits(res["aliased"]["noncontiguous_output"]) == _bits(expect)
+        scattered, expect = res["aliased"]["scatter"]
+        assert _bits(scattered) == _bits(expect)
+
+
+def test_op_sum_spellings_and_positional_arguments(world):
+    # dist.ReduceOp.SUM, "sum", "SUM", ReduceOp(SUM), passed positionally with group and async_op
+    n = len(world)
+    fmt = mxcomm.get_format("mxfp6_e2m3")
+    expect = ref.two_shot(_inputs(520, n, (300,), torch.bfloat16), fmt, None)
+    for res in world:
+        for out in res["op_sum_spellings"]["outs"]:
+            assert _bits(out) == _bits(expect)
+
+
+# -- async: the handle behaves like torch.distributed's Work -----------------------------------------
 
 
 @pytest.mark.parametrize("alg", ["allgather", "two_shot", "none"])
@@ -204,16 +232,23 @@ def test_async_all_reduce(world, alg):
         e = res[f"async:{alg}"]
         assert _bits(e["a"]) == _bits(e["a_sync"]) and _bits(e["b"]) == _bits(e["b_sync"])
         assert e["before"] == (False, False, 0)  # nothing recorded or marked complete before wait()
+        if alg != "none":  # the compressed ones write in wait(); dist.all_reduce may write any time, as in torch
+            assert e["untouched_before_wait"]
+        assert e["returned"] == (True, True)  # like Work.wait(); the result is in the tensor
         assert e["after"] == (True, True, 2)
-        assert e["returned_self"]
+        assert e["again"] == (True, True, 2)  # a second wait() is harmless and records nothing
 
 
-def test_async_all_gather_and_reduce_scatter(world):
+@pytest.mark.parametrize("op", ["all_gather_into_tensor", "all_gather", "reduce_scatter_tensor", "reduce_scatter"])
+def test_async_work_of_every_collective(world, op):
     for res in world:
-        g = res["async:all_gather"]
-        assert [_bits(t) for t in g["out"]] == [_bits(t) for t in g["sync"]]
-        s = res["async:reduce_scatter"]
-        assert _bits(s["out"]) == _bits(s["sync"])
+        e = res[f"async:{op}"]
+        assert [_bits(t) for t in e["out"]] == [_bits(t) for t in e["sync"]]
+        assert e["before"] == (False, 0) and e["untouched_before_wait"]
+        assert e["returned"] is True and e["after"] == (True, 1)
+        assert e["again"] == (True, True, 1)
+    if op.startswith("all_gather"):  # a reduce-scatter's outputs differ by rank
+        _same_on_all_ranks(world, f"async:{op}")
 
 
 # -- mismatches ------------------------------------------------------------------------------------
@@ -225,7 +260,12 @@ _ONE_BAD_RANK = {  # case: (bad rank, what it raises)
     "unknown_format_one_rank": (-1, "FormatError"),
     "scatter_bad_size_one_rank": (0, "FormatError"),
     "bad_backend_one_rank": (-1, "BackendUnavailableError"),
+    "op_one_rank": (-1, "UnsupportedReduceOpError"),
+    "not_a_tensor_one_rank": (-1, "ArgumentTypeError"),
+    "gather_output_one_rank": (0, "FormatError"),
+    "gather_list_one_rank": (-1, "FormatError"),
 }
+_BUILTIN = {"UnsupportedReduceOpError": "ValueError", "ArgumentTypeError": "TypeError", "FormatError": "ValueError"}
 
 
 def test_mismatch_raises_on_every_rank(world):
@@ -250,13 +290,29 @@ def test_invalid_arguments_on_one_rank_raise_everywhere(world):
         assert res["mismatch:bad_algorithm_everywhere"]["error"]["type"] == "FormatError"
 
 
+def test_bad_arguments_on_every_rank_raise_the_same_error_everywhere(world):
+    # non-tensors -> ArgumentTypeError (a TypeError), op other than SUM -> UnsupportedReduceOpError,
+    # outputs / inputs of the wrong size, dtype or shape -> FormatError (both ValueErrors); nobody hangs
+    cases = [k for k in world[0] if k.startswith("mismatch:everywhere:")]
+    assert len(cases) >= 20
+    for key in cases:
+        expected = key.split(":")[2]
+        for r, res in enumerate(world):
+            err = res[key]["error"]
+            assert err.get("type") == expected, f"{key} on rank {r}: {err}"
+            assert err["mxcomm"] and _BUILTIN[expected] in err["bases"]
+
+
 def test_group_still_works_after_every_failure(world):
     n = len(world)
     fmt = mxcomm.get_format("mxfp8_e4m3")
     expect = ref.two_shot(_inputs(800, n, (64,), torch.bfloat16), fmt, None)
-    for name in [*_MISMATCH, *_ONE_BAD_RANK, "bad_algorithm_everywhere"]:
-        out = _same_on_all_ranks(world, f"mismatch:{name}", "after")
-        assert _bits(out) == _bits(expect), name
+    names = [k for k in world[0] if k.startswith("mismatch:")]
+    assert len(names) == len(_MISMATCH) + len(_ONE_BAD_RANK) + 1 + sum(k.startswith("mismatch:everywhere:")
+                                                                       for k in names)
+    for key in names:
+        out = _same_on_all_ranks(world, key, "after")
+        assert _bits(out) == _bits(expect), key
 
 
 def test_renamed_copy_of_a_format_is_not_a_mismatch(world):

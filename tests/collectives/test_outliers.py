@@ -7,7 +7,7 @@ import torch
 
 import mxcomm
 from mxcomm.collectives.outliers import all_reduce_with_outliers, channel_index
-from tests.collectives._harness import spawn_ranks
+from tests.collectives._harness import run_world
 
 pytestmark = pytest.mark.multiprocess
 
@@ -24,7 +24,7 @@ def _input(rank: int) -> torch.Tensor:
     return x.to(torch.bfloat16)
 
 
-def _rank_body(rank: int) -> dict:
+def _rank_body(rank: int, world: int) -> dict:
     result: dict = {}
     x = _input(rank)
     with mxcomm.track_comm() as stats:
@@ -44,7 +44,7 @@ def _rank_body(rank: int) -> dict:
 
 @pytest.fixture(scope="module")
 def ranks() -> list[dict]:
-    return spawn_ranks(_rank_body, WORLD)
+    return run_world(_rank_body, WORLD)
 
 
 def _exact_sum() -> torch.Tensor:

@@ -8,18 +8,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import mxcomm
-from mxcomm.collectives import (
-    CodecCost,
-    CostModel,
-    all_gather_wire_bytes,
-    all_reduce_wire_bytes,
-    format_fingerprint,
-    plan_all_reduce,
-    reduce_scatter_wire_bytes,
-    track_comm,
-)
+from mxcomm.collectives import CodecCost, CostModel, plan_all_reduce, track_comm
 from mxcomm.collectives.accounting import CommRecord, emit
-from mxcomm.collectives.handshake import Descriptor, WireDescriptor, check_descriptors
+from mxcomm.collectives.handshake import Descriptor, WireDescriptor, check_descriptors, format_fingerprint
+from mxcomm.collectives.planner import all_gather_wire_bytes, all_reduce_wire_bytes, reduce_scatter_wire_bytes
 from mxcomm.errors import CollectiveMismatchError
 from tests.collectives import reference as ref
 

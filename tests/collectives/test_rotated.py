@@ -17,7 +17,7 @@ from mxcomm.bench.synthetic import llm_activation
 from mxcomm.collectives.planner import all_reduce_wire_bytes, chunk_bounds, segment_bounds
 from mxcomm.kernels.reference import saturating_cast
 from mxcomm.kernels.rotation import rotate, unrotate
-from tests.collectives._harness import spawn_ranks
+from tests.collectives._harness import run_world
 
 pytestmark = pytest.mark.multiprocess
 
@@ -33,7 +33,7 @@ def _input(rank: int) -> torch.Tensor:
     return llm_activation(*SHAPE, outlier_channels=2, seed=100 + rank, dtype=torch.bfloat16)
 
 
-def _rank_body(rank: int) -> dict:
+def _rank_body(rank: int, world: int) -> dict:
     result: dict = {}
     for algorithm, segment in CASES:
         for fmt in (ROTATED, ROTATED.with_options(rotation_seed=None)):
@@ -47,7 +47,7 @@ def _rank_body(rank: int) -> dict:
 
 @pytest.fixture(scope="module")
 def ranks() -> list[dict]:
-    return spawn_ranks(_rank_body, WORLD)
+    return run_world(_rank_body, WORLD)
 
 
 def _q(x: torch.Tensor, fmt: mxcomm.BlockFormat) -> torch.Tensor:

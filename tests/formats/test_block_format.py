@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import mxcomm
-from mxcomm.formats import SCALE_SPECS, BlockFormat, FloatElement, IntElement, block_layout
+from mxcomm.formats import BlockFormat, FloatElement, IntElement, block_layout
+from mxcomm.formats.block import SCALE_SPECS
 from mxcomm.formats.builtins import E2M1, E4M3
 
 

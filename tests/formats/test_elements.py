@@ -14,8 +14,9 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import mxcomm
-from mxcomm.formats import FloatElement, IntElement, code_values
+from mxcomm.formats import FloatElement, IntElement
 from mxcomm.formats.builtins import E2M1, E2M3, E3M2, E4M3, E5M2
+from mxcomm.formats.element import code_values
 
 # -- derived properties --------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import mxcomm
 from mxcomm.formats import BlockFormat, FloatElement
-from mxcomm.kernels import unpack_codes
+from mxcomm.kernels.bitpack import unpack_codes
 from tests.formats.strategies import builtin_formats
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]

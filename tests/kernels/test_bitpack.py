@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import mxcomm
-from mxcomm.kernels import pack_codes, packed_code_bytes, unpack_codes
+from mxcomm.kernels.bitpack import pack_codes, packed_code_bytes, unpack_codes
 
 
 def _reference_pack(codes: list[int], bits: int) -> bytes:

@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 
 import mxcomm
 from mxcomm.errors import BackendUnavailableError
-from mxcomm.formats import E8M0_SCALE_MODES, BlockFormat, FloatElement, IntElement, Rounding
+from mxcomm.formats import BlockFormat, FloatElement, IntElement, Rounding
+from mxcomm.formats.block import E8M0_SCALE_MODES
 from mxcomm.kernels import backend_status, cpu_backend, dispatch, register_backend
 from mxcomm.kernels.packed import SCALE_STORAGE_DTYPES
 from tests import golden

@@ -16,8 +16,9 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import mxcomm
-from mxcomm.formats import BlockFormat, FloatElement, IntElement, code_values
-from mxcomm.kernels import pack_codes, unpack_codes
+from mxcomm.formats import BlockFormat, FloatElement, IntElement
+from mxcomm.formats.element import code_values
+from mxcomm.kernels.bitpack import pack_codes, unpack_codes
 from tests.formats.strategies import elements
 
 BACKEND = "torch"

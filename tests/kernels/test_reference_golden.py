@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import mxcomm
-from mxcomm.formats import code_values
-from mxcomm.kernels import unpack_codes
+from mxcomm.formats.element import code_values
+from mxcomm.kernels.bitpack import unpack_codes
 from tests import golden
 
 CASES = golden.cases()

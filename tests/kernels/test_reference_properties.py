@@ -16,8 +16,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import mxcomm
-from mxcomm.formats import BlockFormat, FloatElement, IntElement, code_values
-from mxcomm.kernels import unpack_codes
+from mxcomm.formats import BlockFormat, FloatElement, IntElement
+from mxcomm.formats.element import code_values
+from mxcomm.kernels.bitpack import unpack_codes
 from tests.formats.strategies import builtin_formats, e8m0_builtin_formats, elements
 
 BACKEND = "torch"

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import mxcomm
-from mxcomm.kernels import unpack_codes
+from mxcomm.kernels.bitpack import unpack_codes
 
 BACKEND = "torch"
 BELOW_4 = 4.0 - 2.0**-22  # the float32 just below 4 (float32 log2 rounds it to 2.0)
