@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from mxcomm.errors import FormatError
+from mxcomm.errors import ArgumentTypeError, FormatError
 from mxcomm.formats import BlockFormat, Rounding, block_layout, get_format
 from mxcomm.kernels.dispatch import CodecBackend, fuses_rotation, resolve_backend
 from mxcomm.kernels.dtypes import INPUT_DTYPES
@@ -70,12 +70,13 @@ def encode(
         The :class:`~mxcomm.kernels.Packed` encoding (``decode`` inverts it up to quantization).
 
     Raises:
-        FormatError: ``x`` is not a float32/bfloat16/float16 tensor, an unknown format, a bad
-            ``axis``, ``rounding`` or ``scale_mode``.
+        ArgumentTypeError: ``x`` is not a ``torch.Tensor``.
+        FormatError: ``x`` is not float32/bfloat16/float16, an unknown format, a bad ``axis``,
+            ``rounding`` or ``scale_mode``.
         BackendUnavailableError: the requested backend cannot run on ``x``'s device.
     """
     if not isinstance(x, torch.Tensor):
-        raise FormatError(f"encode takes a torch.Tensor, got {type(x).__name__}")
+        raise ArgumentTypeError(f"encode takes a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in INPUT_DTYPES:
         raise FormatError(f"encode takes float32, bfloat16 or float16 tensors, got {x.dtype}")
     f = effective_format(fmt, rounding, scale_mode)
@@ -150,11 +151,12 @@ def decode(p: Packed, *, dtype: torch.dtype | None = None, backend: str = "auto"
         The decoded tensor, of ``p.shape`` on ``p``'s device.
 
     Raises:
-        FormatError: ``p`` is not a :class:`~mxcomm.kernels.Packed`, or an unsupported ``dtype``.
+        ArgumentTypeError: ``p`` is not a :class:`~mxcomm.kernels.Packed`.
+        FormatError: an unsupported ``dtype``.
         BackendUnavailableError: the requested backend cannot run on ``p``'s device.
     """
     if not isinstance(p, Packed):
-        raise FormatError(f"decode takes a mxcomm.Packed, got {type(p).__name__}")
+        raise ArgumentTypeError(f"decode takes a mxcomm.Packed, got {type(p).__name__}")
     out = _out_dtype(dtype, p.dtype)
     lay = p.layout
     be = resolve_backend(backend, p.device)
@@ -213,20 +215,21 @@ def decode_sum(
         The sum, of the entries' shape.
 
     Raises:
-        FormatError: an empty list, an entry that is not a ``Packed``, entries that differ in
-            format, shape, axis or device, or an unsupported ``dtype``.
+        ArgumentTypeError: not a sequence, or an entry that is not a ``Packed``.
+        FormatError: an empty list, entries that differ in format, shape, axis or device, or an
+            unsupported ``dtype``.
         BackendUnavailableError: the requested backend cannot run on the entries' device.
     """
     try:
         items = list(packed_list)
     except TypeError:  # e.g. a single Packed instead of a list of them
-        raise FormatError(f"decode_sum takes a sequence of mxcomm.Packed, got {type(packed_list).__name__}") from None
+        raise ArgumentTypeError(f"decode_sum takes a sequence of mxcomm.Packed, got {type(packed_list).__name__}") from None
     if not items:
         raise FormatError("decode_sum needs at least one Packed")
     first = items[0]
     for i, p in enumerate(items):
         if not isinstance(p, Packed):
-            raise FormatError(f"decode_sum item {i} is a {type(p).__name__}, not a mxcomm.Packed")
+            raise ArgumentTypeError(f"decode_sum item {i} is a {type(p).__name__}, not a mxcomm.Packed")
         if p.format != first.format or p.shape != first.shape or p.axis != first.axis:
             raise FormatError(
                 f"decode_sum item {i} ({p.format.name}, {tuple(p.shape)}, axis {p.axis}) does not match "
