@@ -87,7 +87,8 @@ def run(rank: int, world: int, job: dict) -> None:
 
         assets = Assets.from_dict(job["assets"])
         ids = windows(load_tokens(assets), 1, job["window_tokens"])
-        results["smollm2"] = compare(rank, world, load_model(assets), ids, settings)
+        smollm2_settings = [CommSetting(**s) for s in job["smollm2_settings"]]
+        results["smollm2"] = compare(rank, world, load_model(assets), ids, smollm2_settings)
     for family in job.get("families", ()):
         from mxcomm.tp import calibrate_outliers
 

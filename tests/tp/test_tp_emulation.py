@@ -54,10 +54,24 @@ def _run(tmp_path, job: dict) -> list[dict]:
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
+def _smollm2_unavailable() -> str | None:
+    from mxcomm.bench.sweep import source_unavailable
+
+    return source_unavailable("smollm2")
+
+
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> list[dict]:
+def ranks(request, tmp_path_factory) -> list[dict]:
+    """One spawn of 3 ranks for the tiny models and, when a selected test wants it, SmolLM2-135M."""
     settings = [UNCOMPRESSED, *TINY_COMPRESSED]
-    return _run(tmp_path_factory.mktemp("tiny"), {"settings": [asdict(s) for s in settings], "families": FAMILIES})
+    job: dict = {"settings": [asdict(s) for s in settings], "families": FAMILIES}
+    if any("smollm2" in item.name for item in request.session.items) and not _smollm2_unavailable():
+        from mxcomm.bench.smollm2 import prepare_assets
+
+        assets = prepare_assets(log=lambda msg: None)  # converted once, cached outside the repository
+        job.update(assets=assets.to_dict(), window_tokens=128,
+                   smollm2_settings=[asdict(s) for s in (UNCOMPRESSED, *SMOLLM2_COMPRESSED)])
+    return _run(tmp_path_factory.mktemp("tp"), job)
 
 
 def _assert_bitwise(tp: torch.Tensor, emulated: torch.Tensor, what: str) -> None:
@@ -76,8 +90,8 @@ def _assert_uncompressed_close(tp: torch.Tensor, unsharded: torch.Tensor) -> Non
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("setting", TINY_COMPRESSED, ids=lambda s: s.label.replace(" ", "-"))
-def test_tiny_tp_logits_equal_the_emulation_bitwise(tiny, family, setting):
-    r0 = tiny[0][family]
+def test_tiny_tp_logits_equal_the_emulation_bitwise(ranks, family, setting):
+    r0 = ranks[0][family]
     tp, emulated = r0["tp"][setting.label], r0["emulated"][setting.label]
     _assert_bitwise(tp, emulated, f"{family} {setting.label}")
     assert torch.isfinite(tp).all()
@@ -85,39 +99,27 @@ def test_tiny_tp_logits_equal_the_emulation_bitwise(tiny, family, setting):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_tiny_settings_are_distinct_and_ranks_agree(tiny, family):
-    r0 = tiny[0][family]
+def test_tiny_settings_are_distinct_and_ranks_agree(ranks, family):
+    r0 = ranks[0][family]
     # rotation and outlier channels change the result on both sides: neither side ignored them
-    digests = [tiny[0][family]["digest"][s.label] for s in TINY_COMPRESSED]
+    digests = [ranks[0][family]["digest"][s.label] for s in TINY_COMPRESSED]
     assert len(set(digests)) == len(digests)
-    for rank in tiny[1:]:
+    for rank in ranks[1:]:
         assert rank[family]["digest"] == r0["digest"]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_tiny_uncompressed_tp_matches_unsharded(tiny, family):
-    r0 = tiny[0][family]
+def test_tiny_uncompressed_tp_matches_unsharded(ranks, family):
+    r0 = ranks[0][family]
     _assert_uncompressed_close(r0["tp"][UNCOMPRESSED.label], r0["unsharded"])
 
 
-def _smollm2_unavailable() -> str | None:
-    from mxcomm.bench.sweep import source_unavailable
-
-    return source_unavailable("smollm2")
-
-
 @pytest.mark.slow
-def test_smollm2_tp3_logits_equal_the_emulation_bitwise(tmp_path):
+def test_smollm2_tp3_logits_equal_the_emulation_bitwise(ranks):
     """SmolLM2-135M, TP=3, one 128-token window: compressed TP == emulation bitwise; none ~= unsharded."""
     reason = _smollm2_unavailable()
     if reason:
         pytest.skip(reason)
-    from mxcomm.bench.smollm2 import prepare_assets
-
-    assets = prepare_assets(log=lambda msg: None)  # converted once, cached outside the repository
-    settings = [UNCOMPRESSED, *SMOLLM2_COMPRESSED]
-    ranks = _run(tmp_path, {"settings": [asdict(s) for s in settings], "assets": assets.to_dict(),
-                            "window_tokens": 128})
     r0 = ranks[0]["smollm2"]
     assert r0["unsharded"].shape == (1, 128, 49152)
     for s in SMOLLM2_COMPRESSED:
