@@ -33,6 +33,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from mxcomm.errors import MxcommError
+
 RATES = {"100mbit": 100e6, "1gbit": 1e9, "10gbit": 10e9}
 OCP_FORMATS = ["mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4_e2m1", "mxint8"]
 SIZES_MIB = [0.25, 1, 4, 16, 64]
@@ -41,8 +43,8 @@ VARIANTS = ["dist", "none", "allgather", "two_shot", "auto"]
 STORE_PORT = 29500  # inside a fresh namespace every port is free
 
 
-class SlowLinkUnavailable(RuntimeError):
-    """Root, ``ip`` or ``tc`` is missing: the shaped-link benchmark cannot run here."""
+class SlowLinkUnavailable(MxcommError, RuntimeError):
+    """Root, ``ip`` or ``tc`` is missing, or the kernel refuses network namespaces: no shaped link here."""
 
 
 def check_environment() -> None:
@@ -104,11 +106,19 @@ class ShapedNamespace:
 
     def __enter__(self) -> ShapedNamespace:
         check_environment()
-        _sh("ip", "netns", "add", self.name)
+        try:
+            _sh("ip", "netns", "add", self.name)
+        except subprocess.CalledProcessError as exc:
+            # e.g. a container without CAP_SYS_ADMIN / CAP_NET_ADMIN: root, yet no namespaces
+            raise SlowLinkUnavailable(f"cannot create a network namespace: {(exc.stderr or '').strip()}") from None
         try:
             _sh("ip", "netns", "exec", self.name, "ip", "link", "set", "lo", "up")
             _sh("ip", "netns", "exec", self.name, "tc", "qdisc", "add", "dev", "lo", "root", "tbf",
                 "rate", self.rate, "burst", "512kb", "latency", "100ms")
+        except subprocess.CalledProcessError as exc:
+            self._delete()
+            raise SlowLinkUnavailable(f"cannot shape the namespace's loopback to {self.rate}: "
+                                      f"{(exc.stderr or '').strip()}") from None
         except BaseException:
             self._delete()
             raise

@@ -76,6 +76,15 @@ class Assets:
     def tokens(self) -> Path:
         return self.directory / "tokens.pt"
 
+    def to_dict(self) -> dict[str, str | int]:
+        """JSON-able form, for the jobs handed to spawned ranks."""
+        return {"directory": str(self.directory), "gguf": str(self.gguf), "text": str(self.text),
+                "num_tokens": self.num_tokens}
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> Assets:
+        return cls(Path(doc["directory"]), Path(doc["gguf"]), Path(doc["text"]), int(doc["num_tokens"]))
+
 
 def _fingerprint(gguf: Path, text: Path) -> str:
     h = hashlib.sha256()
@@ -122,9 +131,17 @@ def load_model(assets: Assets) -> torch.nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig.from_dict(json.loads(assets.config.read_text()))
-    model = LlamaForCausalLM(config)
     state = torch.load(assets.weights, mmap=True, weights_only=True)
-    model.load_state_dict(state, strict=True)
+    # Built on the meta device: the random initialisation of 135M parameters (seconds per rank) is
+    # skipped, the cached weights are assigned. Buffers outside the state dict (the rotary
+    # frequencies) are then computed for real by rebuilding their module.
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    model.load_state_dict(state, strict=True, assign=True)
+    model.model.rotary_emb = type(model.model.rotary_emb)(config=config)
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):  # a transformers version with more
+        model = LlamaForCausalLM(config)
+        model.load_state_dict(state, strict=True)
     return model.eval()
 
 

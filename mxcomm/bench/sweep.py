@@ -283,7 +283,7 @@ def row_parallel_partials(
     For each ``nn.Linear`` whose name ends with one of ``linear_names`` (Llama's
     ``o_proj`` / ``down_proj``), the input features are split into ``world_size``
     contiguous shards (what RowwiseParallel does) and rank r's partial sum
-    x[:, shard_r] @ W[:, shard_r].T is recorded; summed over ranks (plus the bias, which
+    x[:, shard_r] @ W[:, shard_r].T (:func:`mxcomm.bench.emulation.rank_partials`) is recorded; summed over ranks (plus the bias, which
     Llama has not) it is the layer's output. Rows are ordered by call, then rank, then token.
     """
     if world_size < 1:
@@ -298,15 +298,13 @@ def row_parallel_partials(
     for name, m in linears:
         if m.in_features % world_size:
             raise SweepError(f"{name} has {m.in_features} input features, not divisible by world size {world_size}")
+    from mxcomm.bench.emulation import rank_partials
+
     captured: list[torch.Tensor] = []
 
     def hook(module: torch.nn.Linear, args: tuple[torch.Tensor, ...]) -> None:
-        x = args[0].reshape(-1, module.in_features).float()
-        w = module.weight.float()
-        shard = module.in_features // world_size
-        for r in range(world_size):
-            cols = slice(r * shard, (r + 1) * shard)
-            captured.append(x[:, cols] @ w[:, cols].T)
+        x = args[0].reshape(-1, module.in_features)
+        captured.extend(p.float() for p in rank_partials(module, x, world_size))
 
     handles = [m.register_forward_pre_hook(hook) for _, m in linears]
     try:

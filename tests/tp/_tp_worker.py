@@ -1,8 +1,9 @@
 """Rank-side scenarios of the tensor-parallel tests (run in spawned gloo ranks).
 
 One spawn runs every scenario back to back; each rank writes a dict of raw
-results (logits, gradients, accounting records, caught errors) and the tests
-in test_llama_tp.py only inspect them.
+results (logits, gradients, accounting records, caught errors, and the
+single-process emulation of the compressed settings) and the tests in
+test_llama_tp.py only inspect them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor, Replicate
 from torch.distributed.tensor.parallel import ColwiseParallel, parallelize_module
 
+from mxcomm.bench.emulation import EmulatedReduction, emulated_tensor_parallel
 from mxcomm.collectives import track_comm
 from mxcomm.errors import MxcommError
 from mxcomm.formats import get_format
@@ -106,6 +108,19 @@ def run(rank: int, world: int, out_dir: str) -> None:
     res["ref_grad_o_proj"] = ref.model.layers[0].self_attn.o_proj.weight.grad.clone()
     res["ref_grad_down_proj"] = ref.model.layers[LAYERS - 1].mlp.down_proj.weight.grad.clone()
 
+    # The single-process emulation of each compressed setting below: the TP logits must equal it bitwise.
+    emu_model = copy.deepcopy(base)
+
+    def emulated(fmt, algorithm, comm_dtype=None, channels=None) -> torch.Tensor:  # noqa: ANN001
+        reduction = EmulatedReduction(get_format(fmt), algorithm, comm_dtype)
+        with torch.no_grad(), emulated_tensor_parallel(emu_model, world, reduction, channels):
+            return emu_model(ids).logits
+
+    res["emu_fp8_logits"] = emulated("mxfp8_e4m3", "allgather")
+    res["emu_fp8_2s_logits"] = emulated("mxfp8_e4m3", "two_shot")
+    res["emu_fp4_logits"] = emulated("mxfp4_e2m1", "allgather")
+    res["emu_bf16_logits"] = emulated("mxfp8_e4m3", "allgather", torch.bfloat16)
+
     # Model A: every row-parallel projection goes through mxcomm; formats switched in place.
     model = parallelize_llama(copy.deepcopy(base), mesh, None)
     res["none_logits"], res["none_records"] = forward_tracked(model, ids)
@@ -184,6 +199,11 @@ def run(rank: int, world: int, out_dir: str) -> None:
     res["outlier_described"] = sorted({c.describe() for c in
                                        (getattr(m, COMM_ATTR) for m in outl.modules() if hasattr(m, COMM_ATTR))})
     res["outlier_logits"], res["outlier_records"] = forward_tracked(outl, ids)
+    channels = loaded.top(OUTLIER_K)
+    res["emu_outlier_logits"] = emulated("mxfp4_e2m1", "allgather", channels=channels)
+    res["emu_both_logits"] = emulated(ROTATED_FP4, "allgather", channels=channels)
+    res["emu_rot_logits"] = emulated(ROTATED_FP4, "allgather")
+    res["emu_rot2s_logits"] = emulated(ROTATED_FP4, "two_shot")
     set_comm_format(outl, ROTATED_FP4, algorithm="allgather")
     res["both_logits"], res["both_records"] = forward_tracked(outl, ids)
     res["removed_leaves"] = set_outlier_channels(outl, None)

@@ -76,26 +76,16 @@ def test_all_ranks_bitwise_identical(ranks):
         assert torch.equal(ranks[0][key], ranks[1][key]), key
 
 
-def test_mxfp8_close_and_ordered_by_precision(ranks):
+def test_compressed_tp_logits_equal_the_emulation_bitwise(ranks):
+    # what the ranks computed = the single-process emulation (mxcomm.bench.emulation), bit for bit
+    for r in ranks:
+        for key in ("fp8_logits", "fp8_2s_logits", "fp4_logits", "bf16_logits"):
+            assert torch.equal(r[key], r[f"emu_{key}"]), key
+            assert not torch.equal(r[key], r["ref_logits"]), key  # compression really happened
     r = ranks[0]
-    ref = r["ref_logits"]
-    e8 = rel_err(r["fp8_logits"], ref)
-    e8_two_shot = rel_err(r["fp8_2s_logits"], ref)
-    e4 = rel_err(r["fp4_logits"], ref)
-    e_bf16 = rel_err(r["bf16_logits"], ref)
-    # Compression really happened and stayed moderate for 8 bits. (The random model's projections
-    # are scaled up, so errors grow through the layers: ~7% here, vs ~100% for a broken codec.)
-    assert 1e-3 < e8 < 0.12
-    assert 1e-3 < e8_two_shot < 0.2
-    assert 1e-3 < e_bf16 < 0.12
-    # 4-bit elements lose more than 8-bit ones (theory: ~4x); two-shot (quantized twice) more than one-shot
-    assert e4 > 2 * e8
-    assert e8_two_shot > e8
-    # only the MLP compressed: in between "none" and everything compressed
-    assert 0 < rel_err(r["mlp_only_logits"], ref) < e8
-    # argmax predictions survive mxfp8 almost everywhere
-    agree = (r["fp8_logits"].argmax(-1) == ref.argmax(-1)).float().mean().item()
-    assert agree > 0.85
+    # only the MLP compressed (the attention's all-reduce is PyTorch's own, not emulated bitwise):
+    # strictly between "none" and everything compressed
+    assert 0 < rel_err(r["mlp_only_logits"], r["ref_logits"]) < rel_err(r["fp8_logits"], r["ref_logits"])
 
 
 def test_backward_through_compressed_style_matches_unsharded_grads(ranks):
@@ -210,14 +200,12 @@ def test_outlier_plan_sends_exactly_the_calibrated_channels(ranks):
         assert {x["algorithm"] for x in r["rot2s_records"]} == {"two_shot"}
 
 
-def test_outlier_and_rotated_tp_bitwise_identical_and_close(ranks):
+def test_outlier_and_rotated_tp_bitwise_identical_and_equal_the_emulation(ranks):
     for key in ("outlier_logits", "both_logits", "rot_logits", "rot2s_logits", "mlp2_out"):
         assert torch.equal(ranks[0][key], ranks[1][key]), key
-    r = ranks[0]
     for key in ("outlier_logits", "both_logits", "rot_logits", "rot2s_logits"):
-        assert torch.isfinite(r[key]).all()
-        # 4-bit everywhere: clearly lossy, clearly not broken (a broken codec gives ~100%)
-        assert 1e-3 < rel_err(r[key], r["ref_logits"]) < 0.6, key
+        assert torch.equal(ranks[0][key], ranks[0][f"emu_{key}"]), key
+        assert not torch.equal(ranks[0][key], ranks[0]["ref_logits"]), key
 
 
 def test_style_outlier_channels_are_exact_the_rest_compressed(ranks):

@@ -1,0 +1,175 @@
+"""Time to first token of the sharded model over a shaped link.
+
+For each link rate a fresh network namespace is created, its loopback shaped
+with ``tc ... tbf`` (:class:`mxcomm.bench.slowlink.ShapedNamespace`), and the
+ranks run inside it (``python -m mxcomm.bench.ttft JOB.json``): prefill of a
+fixed prompt to the first token, median over repetitions, with the share of
+the time spent inside mxcomm collectives. Settings are interleaved
+round-robin over the repetitions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from mxcomm.bench.rank_setup import apply_setting, job_calibration, log_stderr, shard_model
+from mxcomm.bench.settings import CommSetting
+from mxcomm.bench.smollm2 import Assets, load_model, load_tokens, windows
+from mxcomm.bench.wire_accounting import comm_accounting
+
+Log = Callable[[str], None]
+
+
+def ttft_rank(rank: int, world: int, job: dict) -> None:
+    """Rank body of one TTFT run (one link rate)."""
+    from mxcomm.bench.slowlink import qdisc_sent_bytes
+    from mxcomm.collectives import calibrate, track_comm
+
+    assets = Assets.from_dict(job["assets"])
+    model = load_model(assets)
+    prompt = windows(load_tokens(assets), 1, job["prompt_tokens"])
+    lead = rank == 0
+    shaped = job["rate"] != "loopback"
+    result: dict[str, Any] = {"rate": job["rate"], "rows": []}
+
+    def prefill() -> int:
+        with torch.no_grad():
+            out = model(prompt, use_cache=True, logits_to_keep=1)
+            return int(out.logits[0, -1].argmax())
+
+    if lead and job["unsharded"]:
+        times = []
+        for rep in range(job["warmup"] + job["reps"]):
+            t0 = time.perf_counter()
+            token = prefill()
+            if rep >= job["warmup"]:
+                times.append(time.perf_counter() - t0)
+        result["unsharded"] = {"ttft_s": statistics.median(times), "first_token": token, "times": times}
+        log_stderr(f"[ttft {job['rate']}] unsharded, 1 process: {result['unsharded']['ttft_s']:.3f} s")
+    calibration = job_calibration(model, assets, job, lead)
+    dist.barrier()
+    shard_model(model, world)
+    cal_formats = sorted({s["fmt"] for s in job["settings"] if s["fmt"] and s["algorithm"] == "auto"})
+    if cal_formats:
+        t0 = time.perf_counter()
+        # max_probe_bytes = the first probe size: calibrate() grows its probe while the rank-local time is
+        # short, and ranks that disagree on that would issue different collectives and hang.
+        cost = calibrate(formats=cal_formats, dtype=torch.bfloat16, max_probe_bytes=256 << 10)
+        result["calibration"] = {"alpha_s": cost.alpha, "beta_s_per_byte": cost.beta,
+                                 "gbit_per_s_per_rank": 8e-9 / cost.beta, "seconds": time.perf_counter() - t0}
+        if lead:
+            log_stderr(f"[ttft {job['rate']}] calibrated: alpha {cost.alpha * 1e6:.0f} us, "
+                       f"{8e-9 / cost.beta:.3f} Gbit/s per rank")
+    settings = [CommSetting(**s) for s in job["settings"]]
+    runs: list[dict[str, Any]] = [{"times": [], "comm": [], "wire": [], "token": -1, "acct": {}} for _ in settings]
+    # Settings are interleaved (round-robin over repetitions), so a burst of load from elsewhere on the
+    # machine hits all settings alike instead of one setting's consecutive repetitions.
+    for rep in range(job["warmup"] + job["reps"]):
+        for setting, run in zip(settings, runs):
+            apply_setting(model, setting, calibration)
+            dist.barrier()
+            qdisc_before = qdisc_sent_bytes() if lead and shaped else 0
+            dist.barrier()
+            t0 = time.perf_counter()
+            with track_comm() as stats:
+                token = prefill()
+            elapsed = time.perf_counter() - t0
+            dist.barrier()
+            if rep < job["warmup"]:
+                continue
+            run["times"].append(elapsed)
+            run["comm"].append(stats.summary()["seconds"])
+            run["acct"], run["token"] = comm_accounting(stats, 1), token
+            if lead and shaped:
+                # everything that crossed the shaped lo (all ranks, packet headers, barriers included)
+                run["wire"].append(qdisc_sent_bytes() - qdisc_before)
+            if lead:
+                log_stderr(f"[ttft {job['rate']} rep {rep + 1 - job['warmup']}/{job['reps']}] {setting.label:<32} "
+                           f"{elapsed:7.3f} s  comm {run['comm'][-1] / elapsed:5.1%}  "
+                           f"algos {stats.summary()['algorithms']}")
+    if lead:
+        for setting, run in zip(settings, runs):
+            ttft, comm = statistics.median(run["times"]), statistics.median(run["comm"])
+            result["rows"].append({
+                "label": setting.label, "setting": asdict(setting), "ttft_s": ttft, "times": run["times"],
+                "comm_s": comm, "comm_share": comm / ttft, "first_token": run["token"],
+                "qdisc_bytes": statistics.median(run["wire"]) if run["wire"] else None, **run["acct"],
+            })
+        Path(job["out"]).write_text(json.dumps(result, indent=1))
+
+
+def _job_main(job_path: str) -> int:
+    """``python -m mxcomm.bench.ttft JOB.json``: run one TTFT job (inside a namespace)."""
+    from mxcomm.bench.launch import run_ranks
+
+    job = json.loads(Path(job_path).read_text())
+    run_ranks(ttft_rank, job["world_size"], (job,), threads=job["threads"], timeout_s=600)
+    return 0
+
+
+def run_ttft(
+    assets: Assets,
+    settings: Sequence[CommSetting],
+    rates: Sequence[str],
+    *,
+    world_size: int = 3,
+    prompt_tokens: int = 512,
+    reps: int = 3,
+    warmup: int = 1,
+    threads: int = 1,
+    timeout_s: float = 1800.0,
+    log: Log = log_stderr,
+    calibration: dict | None = None,
+) -> list[dict]:
+    """TTFT at each rate (``"loopback"``: unshaped, otherwise a ``tc`` rate such as ``100mbit``).
+
+    A rate whose ranks fail or exceed ``timeout_s`` gets an ``error`` entry instead of rows.
+    """
+    from mxcomm.bench.slowlink import ShapedNamespace, SlowLinkUnavailable
+
+    results = []
+    with tempfile.TemporaryDirectory(prefix="mxcomm-eval-") as tmp:
+        for i, rate in enumerate(rates):
+            out = Path(tmp) / f"ttft-{i}.json"
+            job = {"assets": assets.to_dict(), "prompt_tokens": prompt_tokens, "reps": reps, "warmup": warmup,
+                   "settings": [asdict(s) for s in settings], "unsharded": i == 0, "rate": rate,
+                   "world_size": world_size, "threads": threads, "out": str(out), "calibration": calibration}
+            job_path = Path(tmp) / f"job-{i}.json"
+            job_path.write_text(json.dumps(job))
+            cmd = [sys.executable, "-m", "mxcomm.bench.ttft", str(job_path)]
+            env = dict(os.environ)
+            package_root = str(Path(__file__).resolve().parents[2])
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+            try:
+                if rate == "loopback":
+                    log(f"[ttft] unshaped loopback, {world_size} ranks")
+                    subprocess.run(cmd, env=env, check=True, timeout=timeout_s)
+                else:
+                    with ShapedNamespace(rate) as ns:
+                        log(f"[ttft] {rate}: ranks in network namespace {ns.name}, lo shaped by tc tbf rate {rate}")
+                        subprocess.run([*ns.prefix(), *cmd], env=env, check=True, timeout=timeout_s)
+                results.append(json.loads(out.read_text()))
+            except (subprocess.SubprocessError, OSError, SlowLinkUnavailable) as exc:
+                # Keep the other links' results; the failure is reported in the table and the JSON.
+                log(f"[ttft] {rate}: FAILED: {exc}")
+                results.append({"rate": rate, "rows": [], "error": f"{type(exc).__name__}: {exc}"})
+    return results
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 2:
+        sys.exit(_job_main(sys.argv[1]))
+    raise SystemExit("usage: python -m mxcomm.bench.ttft JOB.json (internal; use `mxcomm eval`)")

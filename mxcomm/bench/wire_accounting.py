@@ -1,0 +1,40 @@
+"""What a measured forward pass sent: the :func:`mxcomm.collectives.track_comm` records as per-forward numbers.
+
+Used by the perplexity and TTFT ranks for every setting's row (calls, bytes,
+measured ratio, wire bits per element).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def sends_per_element(algorithm: str, n: int) -> float:
+    """How many times a rank sends each element of its tensor: one-shot to every peer; ring and two-shot
+    2(n-1)/n. Wire bits per element = 8 * bytes sent / (numel * this), the same for every algorithm."""
+    return float(n - 1) if algorithm == "allgather" else 2 * (n - 1) / n
+
+
+def comm_accounting(stats: Any, forwards: int) -> dict[str, Any]:
+    """Per-forward accounting of a ``track_comm()`` context that covered ``forwards`` forward passes."""
+    summary = stats.summary()
+    reduces = [r for r in stats.records if r.op == "all_reduce"]
+    compressed = [r for r in reduces if r.algorithm != "none"]
+    outliers = [r for r in stats.records if r.op == "outlier_channels"]
+    element_sends = sum(r.numel * sends_per_element(r.algorithm, r.world_size) for r in reduces)
+    wire_bits = 8 * summary["bytes_sent"] / element_sends if element_sends else None
+    return {
+        "calls_per_forward": len(reduces) / forwards,
+        "compressed_calls_per_forward": len(compressed) / forwards,
+        "outlier_bytes_per_forward": sum(r.bytes_sent for r in outliers) / forwards,
+        # everything this rank sent (descriptors, outlier channels) per element the algorithm moves
+        "wire_bits_per_element": wire_bits,
+        "compression_vs_bf16": 16 / wire_bits if wire_bits else None,
+        "algorithms": summary["algorithms"],
+        "bytes_sent_per_forward": summary["bytes_sent"] / forwards,
+        "bytes_received_per_forward": summary["bytes_received"] / forwards,
+        "logical_bytes_per_forward": summary["logical_bytes"] / forwards,
+        "ratio": summary["ratio"],
+        "comm_seconds": summary["seconds"],
+        "message": {"numel": stats.records[0].numel, "dtype": stats.records[0].dtype} if stats.records else None,
+    }
