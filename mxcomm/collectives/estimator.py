@@ -37,8 +37,8 @@ the seed's value (the defaults, :func:`calibrate`'s, or
 
 Exploration (``auto`` runs an algorithm the model does not pick, to measure
 it): messages are grouped into size classes (format, element size, numel's
-power of two). A class earns one exploration credit every ``EXPLORE_EVERY``
-calls and holds at most ``EXPLORE_BURST``; an exploration that was an
+power of two). A class starts with one exploration credit, earns one every
+``EXPLORE_EVERY`` calls and holds at most ``EXPLORE_BURST``; an exploration that was an
 algorithm's first run on the group (a warm-up, which teaches nothing) is
 repeated on the class's next call for free. A call explores when a credit is
 there and another algorithm's prediction is
@@ -198,7 +198,7 @@ class _SizeClass:
     """Bookkeeping of one size class: calls, exploration credit (in 1/EXPLORE_EVERY), last run per algorithm."""
 
     calls: int = 0
-    credit: int = EXPLORE_BURST * EXPLORE_EVERY
+    credit: int = EXPLORE_EVERY  # one exploration to start with
     explorations: int = 0
     last_run: dict[str, int] = field(default_factory=dict)
     last_algorithm: str = ""
@@ -468,7 +468,7 @@ class GroupEstimate:
         if best is None:
             return None
         return best[1], (f"{best[2]}; exploration {state.explorations + 1} in {call} calls of this class, "
-                         f"at most {EXPLORE_BURST} + 1 per {EXPLORE_EVERY}")
+                         f"at most 1 + 1 per {EXPLORE_EVERY}")
 
     def note_run(self, fingerprint: bytes, format_name: str, elem_size: int, numel: int, algorithm: str,
                  explored: bool) -> None:

@@ -15,7 +15,6 @@ import torch
 import mxcomm
 from mxcomm.collectives import CodecCost, CostModel
 from mxcomm.collectives.estimator import (
-    EXPLORE_BURST,
     EXPLORE_EVERY,
     STALE_AFTER,
     WINDOW,
@@ -169,7 +168,7 @@ def test_exploration_share_is_bounded(beta, planned):
         world.call(1 << 16)
         # an exploration that was an algorithm's first run (a warm-up) is repeated once for free
         free = sum(e and "repeating it, free" in r for e, r in zip(world.explored, world.reasons))
-        assert sum(world.explored) - free <= EXPLORE_BURST + i // EXPLORE_EVERY
+        assert sum(world.explored) - free <= 1 + i // EXPLORE_EVERY
         assert free <= 3  # once per algorithm (and format)
     # once learned, each of the two algorithms not planned is re-checked at most once per STALE_AFTER calls
     steady = sum(world.explored[200:])
