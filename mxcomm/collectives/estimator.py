@@ -106,7 +106,7 @@ class CallMeta:
     algorithm: str
     fmt: BlockFormat | None  # this rank's format object; its sizes are rank 0's (fingerprints agree)
     fingerprint: bytes
-    format_name: str  # rank 0's name
+    format_name: str  # this rank's name for it (display only: costs are kept by fingerprint)
     numel: int
     elem_size: int
     world_size: int
