@@ -8,9 +8,13 @@ happens. All ranks share the one shaped ``lo``, so the rate is the aggregate
 of all ranks' traffic (a shared link, like a PCIe switch or one NIC).
 
 Per (rate, world size) one process group runs every point: it calibrates the
-planner on the shaped link, then times ``dist.all_reduce`` (raw baseline),
-``mxcomm.all_reduce`` with ``none``, ``allgather``, ``two_shot`` and ``auto``
-on synthetic LLM activations. An iteration's latency is the slowest rank's;
+planner on the shaped link (unless ``calibrate=False``), then times
+``dist.all_reduce`` (raw baseline), ``mxcomm.all_reduce`` with ``none``,
+``allgather``, ``two_shot`` and ``auto`` on synthetic LLM activations.
+``auto`` runs on a process group of its own, so its estimate learns from its
+own calls only (seeded with the calibrated model, or, uncalibrated, starting
+from the defaults); the estimate carries over from point to point, as it
+would in an application. An iteration's latency is the slowest rank's;
 a point reports the median over repetitions. It also reads the bytes the
 qdisc saw, to check the accounting against what really crossed the link.
 
@@ -66,6 +70,8 @@ class SweepConfig:
     # skip points whose uncompressed all-reduce alone would take longer than this per iteration
     max_seconds_per_iteration: float = 1.5
     hidden: int = 4096
+    # False: no calibrate() call; auto starts from the default model and learns from its own calls
+    calibrate: bool = True
 
 
 def parse_rate(rate: str) -> float:
@@ -150,7 +156,7 @@ def _rank_main(args: argparse.Namespace) -> int:
 
     import mxcomm
     from mxcomm.bench.synthetic import llm_activation
-    from mxcomm.collectives import all_reduce, calibrate, track_comm
+    from mxcomm.collectives import all_reduce, calibrate, cost_model, set_cost_model, track_comm
 
     torch.set_num_threads(1)
     spec = json.loads(Path(args.spec).read_text())
@@ -159,8 +165,12 @@ def _rank_main(args: argparse.Namespace) -> int:
                           timeout=datetime.timedelta(seconds=300))
     dist.init_process_group("gloo", store=store, rank=rank, world_size=n,
                             timeout=datetime.timedelta(seconds=600))
+    # auto learns on a group of its own: the explicit algorithms' calls must not teach it
+    auto_group = dist.new_group(list(range(n)))
     t_cal = time.perf_counter()
-    model = calibrate(formats=sorted({p["format"] for p in spec["points"]}), max_probe_bytes=4 << 20)
+    if spec["calibrate"]:
+        model = calibrate(formats=sorted({p["format"] for p in spec["points"]}), max_probe_bytes=4 << 20)
+        set_cost_model(model, auto_group)
     t_cal = time.perf_counter() - t_cal
     rows = []
     backend = mxcomm.resolve_backend("auto").name
@@ -174,7 +184,7 @@ def _rank_main(args: argparse.Namespace) -> int:
             if alg == "dist":
                 dist.all_reduce(t)
             else:
-                all_reduce(t, fmt, algorithm=alg)
+                all_reduce(t, fmt, algorithm=alg, group=auto_group if alg == "auto" else None)
 
         for alg in algs:
             op(x.clone(), alg)  # warm-up: buffers, connections, codec caches
@@ -219,12 +229,17 @@ def _rank_main(args: argparse.Namespace) -> int:
                 "qdisc_bytes_per_iter": wire[alg] / spec["reps"] if rank == 0 else None,
                 "identical_on_ranks": len({float(d) for d in digests}) == 1,
                 "reason": rec.reason if rec else "",
+                # every timed repetition's algorithm (auto may explore on some)
+                "ran_each": [r.algorithm for r in records[alg]] if records[alg] else None,
             })
     if rank == 0:
+        learned = cost_model(auto_group)
+        model = learned.model  # what auto planned with at the end (the calibrated seed + what it learned)
         Path(args.out).write_text(json.dumps({
-            "rows": rows, "calibration_s": t_cal, "codec_backend": backend,
-            "model": {"alpha": model.alpha, "beta": model.beta,
+            "rows": rows, "calibration_s": t_cal, "codec_backend": backend, "calibrated": spec["calibrate"],
+            "model": {"alpha": model.alpha, "beta": model.beta, "source": model.source,
                       "codec": {k: asdict(v) for k, v in model.codec.items()}},
+            "estimate": learned.describe(),
         }))
     dist.barrier()
     dist.destroy_process_group()
@@ -244,7 +259,7 @@ def run_job(ns: ShapedNamespace, world_size: int, points: list[dict], cfg: Sweep
     with tempfile.TemporaryDirectory(prefix="mxcomm-slowlink-") as tmp:
         spec = Path(tmp) / "spec.json"
         spec.write_text(json.dumps({"points": points, "algorithms": cfg.algorithms, "reps": cfg.reps,
-                                    "rate": ns.rate, "hidden": cfg.hidden}))
+                                    "rate": ns.rate, "hidden": cfg.hidden, "calibrate": cfg.calibrate}))
         out = Path(tmp) / "result.json"
         procs = []
         for rank in range(world_size):
@@ -285,13 +300,15 @@ def run_sweep(cfg: SweepConfig, *, timeout_per_job: float = 900.0, progress=prin
                     continue
                 t0 = time.perf_counter()
                 result = run_job(ns, n, points, cfg, timeout_per_job)
+                how = f"calibration {result['calibration_s']:.1f} s" if result["calibrated"] else "uncalibrated"
                 progress(
                     f"# {rate} n={n}: {len(points)} points in {time.perf_counter() - t0:.0f} s, "
                     f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "
-                    f"(calibration {result['calibration_s']:.1f} s, codec backend {result['codec_backend']}, "
+                    f"({how}, codec backend {result['codec_backend']}; auto's final estimate: "
                     f"alpha {result['model']['alpha'] * 1e6:.0f} us, "
                     f"beta {8e-9 / result['model']['beta']:.3g} Gbit/s per rank)"
                 )
+                progress("\n".join("#   " + line for line in result["estimate"].splitlines()))
                 for row in result["rows"]:
                     row["model"] = result["model"]
                     row["load_average"] = os.getloadavg()[0]
@@ -314,7 +331,7 @@ def summarize(rows: list[dict]) -> list[dict]:
         line["ms"][r["algorithm"]] = r["median_s"] * 1e3
         line["min_ms"][r["algorithm"]] = min(r["times_s"]) * 1e3
         line["bytes"][r["algorithm"]] = r["bytes_sent"]
-        line["ran"][r["algorithm"]] = r["ran"]
+        line["ran"][r["algorithm"]] = _ran_label(r)
         line["wire"][r["algorithm"]] = r["qdisc_bytes_per_iter"]
         line["identical"] &= r["identical_on_ranks"]
     out = []
@@ -333,6 +350,14 @@ def summarize(rows: list[dict]) -> list[dict]:
             line["efficiency"] = line["speedup"][best] / line["ideal"][best] if line["ideal"].get(best) else None
         out.append(line)
     return out
+
+
+def _ran_label(row: dict) -> str:
+    """What a variant ran: one algorithm, or each one with its count when the repetitions differed (auto)."""
+    each = row.get("ran_each") or [row["ran"]]
+    if len(set(each)) == 1:
+        return each[0]
+    return ", ".join(f"{a} x{each.count(a)}" for a in dict.fromkeys(each))
 
 
 def format_table(summary: list[dict]) -> str:

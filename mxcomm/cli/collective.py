@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 
 from mxcomm.bench.slowlink import (
     OCP_FORMATS,
@@ -41,17 +42,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--max-seconds", type=float, default=1.5,
                    help="skip sizes whose uncompressed ring all-reduce would exceed this per iteration")
+    p.add_argument("--uncalibrated", action="store_true",
+                   help="do not call calibrate(): auto starts from the default model and learns from its own calls")
     p.add_argument("--json", default=None, help="also write every measurement to this file")
     p.set_defaults(func=cmd_bench_collective)
 
 
 def cmd_bench_collective(args: argparse.Namespace) -> int:
     if args.quick:
-        cfg = QUICK
+        cfg = replace(QUICK, calibrate=not args.uncalibrated)
     else:
         cfg = SweepConfig(rates=args.rates, world_sizes=args.world_sizes, sizes_mib=args.sizes_mib,
                           formats=args.formats, algorithms=args.algorithms, reps=args.reps,
-                          max_seconds_per_iteration=args.max_seconds)
+                          max_seconds_per_iteration=args.max_seconds, calibrate=not args.uncalibrated)
     t0 = time.perf_counter()
     try:
         rows = run_sweep(cfg, progress=lambda line: print(line, flush=True))

@@ -2,8 +2,8 @@
 
 ``all_reduce``, ``all_gather_into_tensor``, ``reduce_scatter_tensor`` and the list
 forms ``all_gather`` / ``reduce_scatter``; ``track_comm`` for the byte
-accounting; ``calibrate`` / ``CostModel`` for the planner behind
-``algorithm="auto"``. See docs/collectives.md for the algorithms, the wire
+accounting; ``CostModel``, ``cost_model`` (the learned estimate) and the
+optional ``calibrate`` for the planner behind ``algorithm="auto"``. See docs/collectives.md for the algorithms, the wire
 descriptor, the accounting and the planner's cost model. Internal pieces
 (byte formulas, the descriptor, the transport) stay importable from their
 modules.
@@ -11,6 +11,8 @@ modules.
 
 from mxcomm.collectives.accounting import CommRecord, CommStats, track_comm
 from mxcomm.collectives.algorithms import Algorithm
+from mxcomm.collectives.calibration import calibrate
+from mxcomm.collectives.estimator import CostEstimate, cost_model, get_cost_model, set_cost_model
 from mxcomm.collectives.handshake import DESCRIPTOR_NBYTES
 from mxcomm.collectives.ops import (
     CollectiveHandle,
@@ -22,15 +24,7 @@ from mxcomm.collectives.ops import (
     reduce_scatter_tensor,
 )
 from mxcomm.collectives.outliers import all_reduce_with_outliers
-from mxcomm.collectives.planner import (
-    CodecCost,
-    CostModel,
-    Plan,
-    calibrate,
-    get_cost_model,
-    plan_all_reduce,
-    set_cost_model,
-)
+from mxcomm.collectives.planner import CodecCost, CostModel, Plan, plan_all_reduce
 
 __all__ = [
     "DESCRIPTOR_NBYTES",
@@ -39,6 +33,7 @@ __all__ = [
     "CollectiveHandle",
     "CommRecord",
     "CommStats",
+    "CostEstimate",
     "CostModel",
     "Plan",
     "ReduceOpLike",
@@ -47,6 +42,7 @@ __all__ = [
     "all_reduce",
     "all_reduce_with_outliers",
     "calibrate",
+    "cost_model",
     "get_cost_model",
     "plan_all_reduce",
     "reduce_scatter",

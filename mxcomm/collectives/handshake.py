@@ -9,11 +9,19 @@ checks all of them and, on any disagreement, every rank raises the same
 ranks have then made the same sequence of process-group calls, so the group
 stays usable.
 
-Layout (64 bytes, little-endian)::
+Layout (80 bytes, little-endian)::
 
     magic 4s "MXC1" | version B | op B | requested algorithm B | planned algorithm B
     dtype B | ndim B | flags H | format fingerprint 8s | numel Q | shape crc32 I
-    segment elements Q | format name 16s (truncated, for messages) | reserved 8x
+    segment elements Q | format name 16s (truncated, for messages)
+    measured call H | has times B | pad x | descriptor s f | payload s f | encode s f
+    decode s f | wait s f
+
+The last 24 bytes carry this rank's phase times of its previous measured
+all-reduce on the group (:class:`CallTimes`): the descriptor is all-gathered
+anyway, so every rank receives every rank's times and updates the same
+estimate of the link and codec costs from the same numbers, with no extra
+exchange (mxcomm/collectives/estimator.py). They are not compared.
 
 A rank whose own arguments are invalid (unknown format, unsupported dtype,
 wrong sizes, an unusable codec backend) still sends a descriptor, flagged
@@ -39,13 +47,14 @@ from mxcomm.kernels.dtypes import INPUT_DTYPES, dtype_code
 from mxcomm.kernels.frame import format_fields
 
 MAGIC = b"MXC1"
-VERSION = 2
-DESCRIPTOR_NBYTES = 64
-_STRUCT = struct.Struct("<4sBBBBBBH8sQIQ16s8x")
+VERSION = 3
+DESCRIPTOR_NBYTES = 80
+_STRUCT = struct.Struct("<4sBBBBBBH8sQIQ16sHBxfffff")
 assert _STRUCT.size == DESCRIPTOR_NBYTES
 
 OPS: dict[str, int] = {"all_reduce": 1, "all_gather": 2, "reduce_scatter": 3}
 FLAG_INVALID = 1
+FLAG_EXPLORE = 2  # the planned algorithm is an exploration of auto (rank 0's flag is followed)
 _OP_NAMES = {v: k for k, v in OPS.items()}
 _DTYPE_NAMES = {i: str(d).replace("torch.", "") for i, d in enumerate(INPUT_DTYPES)}
 _NO_CODE = 255  # an algorithm or dtype field of an invalid descriptor
@@ -67,6 +76,24 @@ def shape_crc(shape: Sequence[int]) -> int:
 
 
 @dataclass(frozen=True)
+class CallTimes:
+    """One rank's phase times (seconds) of one measured all-reduce, as carried by a later descriptor.
+
+    ``seq`` numbers the group's measured calls (mod 2^16), so ranks can tell that
+    they report the same call. ``wait_s`` is the time spent blocked on payload
+    exchanges; ``payload_s`` runs from the end of the descriptor exchange to the
+    result (encode + decode + wait + the rest). Travels as float32.
+    """
+
+    seq: int
+    descriptor_s: float
+    payload_s: float
+    encode_s: float
+    decode_s: float
+    wait_s: float
+
+
+@dataclass(frozen=True)
 class Descriptor:
     """What one rank is about to do, as sent on the wire."""
 
@@ -79,6 +106,8 @@ class Descriptor:
     format_name: str
     segment_elems: int
     invalid: bool = False
+    explored: bool = False
+    times: CallTimes | None = None
 
     @property
     def numel(self) -> int:
@@ -88,6 +117,9 @@ class Descriptor:
         return n
 
     def pack(self) -> bytes:
+        t = self.times
+        timing = (t.seq & 0xFFFF, 1, t.descriptor_s, t.payload_s, t.encode_s, t.decode_s, t.wait_s) if t else (
+            0, 0, 0.0, 0.0, 0.0, 0.0, 0.0)
         return _STRUCT.pack(
             MAGIC,
             VERSION,
@@ -96,12 +128,13 @@ class Descriptor:
             _algorithm_code(self.planned),
             dtype_code(self.dtype) if self.dtype in INPUT_DTYPES else _NO_CODE,
             min(len(self.shape), 255),
-            FLAG_INVALID if self.invalid else 0,
+            (FLAG_INVALID if self.invalid else 0) | (FLAG_EXPLORE if self.explored else 0),
             self.fingerprint,
             self.numel,
             shape_crc(self.shape),
             self.segment_elems,
             self.format_name.encode()[:16],
+            *timing,
         )
 
     def to_tensor(self, device: torch.device) -> torch.Tensor:
@@ -124,20 +157,27 @@ class WireDescriptor:
     shape_crc: int
     segment_elems: int
     format_name: str
+    times: CallTimes | None = None
+
+    @property
+    def explored(self) -> bool:
+        return bool(self.flags & FLAG_EXPLORE)
 
     @classmethod
     def unpack(cls, data: bytes) -> WireDescriptor:
         if len(data) != DESCRIPTOR_NBYTES:
             raise FormatError(f"descriptor must be {DESCRIPTOR_NBYTES} bytes, got {len(data)}")
-        (magic, version, op, req, planned, dtype, ndim, flags, fp, numel, crc, seg, name) = _STRUCT.unpack(data)
+        (magic, version, op, req, planned, dtype, ndim, flags, fp, numel, crc, seg, name,
+         t_seq, t_has, *t_values) = _STRUCT.unpack(data)
         if magic != MAGIC:
             # Not an mxcomm descriptor at all: the peer is running a different collective.
             raise CollectiveMismatchError(
                 f"received bytes {magic!r} where an mxcomm collective descriptor was expected: "
                 "ranks are not running the same collective call"
             )
+        times = CallTimes(t_seq, *t_values) if t_has else None
         return cls(version, op, req, planned, dtype, ndim, flags, fp, numel, crc, seg,
-                   name.rstrip(b"\0").decode(errors="replace"))
+                   name.rstrip(b"\0").decode(errors="replace"), times)
 
     def describe(self) -> str:
         return (

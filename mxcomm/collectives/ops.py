@@ -9,10 +9,12 @@ is returned, else None.
 
 Every call runs in three stages on every rank:
 
-1. the 64-byte descriptor all-gather (``mxcomm.collectives.handshake``; skipped with
+1. the 80-byte descriptor all-gather (``mxcomm.collectives.handshake``; skipped with
    ``verify=False``): every rank checks that all agree, or every rank raises --
    a rank whose own arguments are invalid still takes part, flagged, so
-   nobody is left waiting;
+   nobody is left waiting; the descriptors also carry every rank's phase times
+   of the previous all-reduce, which the group's estimate learns from
+   (``mxcomm.collectives.estimator``);
 2. ``start``: encode and post the (async) payload exchanges of every pipeline
    segment;
 3. ``finish``: wait, decode, (two-shot: re-encode and all-gather), write the
@@ -40,6 +42,7 @@ from torch.distributed import ProcessGroup
 
 from mxcomm.collectives.accounting import CommRecord, current_trackers, emit
 from mxcomm.collectives.algorithms import REQUESTABLE, Algorithm
+from mxcomm.collectives.estimator import CallMeta, GroupEstimate, group_estimate
 from mxcomm.collectives.handshake import (
     DESCRIPTOR_NBYTES,
     Descriptor,
@@ -54,12 +57,12 @@ from mxcomm.collectives.planner import (
     Plan,
     all_reduce_logical_bytes,
     chunk_bounds,
-    get_cost_model,
     payload_nbytes,
     plan_all_reduce,
     segment_bounds,
     two_shot_slot_nbytes,
 )
+from mxcomm.collectives.timing import CallTimer, call_timer
 from mxcomm.collectives.transport import Transport, group_device
 from mxcomm.errors import ArgumentTypeError, FormatError, MxcommError, UnsupportedReduceOpError
 from mxcomm.formats import BlockFormat, get_format
@@ -144,9 +147,13 @@ def _exchange_descriptors(
 
 def _agree(
     desc: Descriptor, local_error: Exception | None, device: torch.device, n: int, transport: Transport,
-    verify: bool,
+    verify: bool, timer: CallTimer, estimate: GroupEstimate,
 ) -> WireDescriptor:
     """Exchange descriptors; raise on every rank unless all agree. Returns rank 0's descriptor.
+
+    The received descriptors carry every rank's times of the group's previous
+    measured call: the estimate learns from them first (on every rank alike,
+    even when this call then fails).
 
     With ``verify=False`` nothing is exchanged and the local descriptor is used:
     the caller vouches that all ranks agree (a disagreement is then undefined
@@ -156,7 +163,9 @@ def _agree(
         if local_error is not None:
             raise local_error
         return WireDescriptor.unpack(desc.pack())
-    received = _exchange_descriptors(desc, device, n, transport)
+    with timer.descriptor():
+        received = _exchange_descriptors(desc, device, n, transport)
+    estimate.absorb(received)
     if local_error is not None:
         raise local_error
     check_descriptors(received, compare_format=desc.requested != "none")
@@ -183,6 +192,7 @@ class _CallInfo:
     logical: int
     segments: int
     reason: str
+    measured: CallMeta | None = None  # what the estimate learns this call as (all_reduce only)
 
 
 Steps = Generator[None, None, None]
@@ -196,6 +206,9 @@ class _Context:
     n: int
     rank: int
     transport: Transport
+    verify: bool
+    timer: CallTimer
+    estimate: GroupEstimate
 
 
 @dataclass
@@ -224,10 +237,12 @@ class _Prepared:
 class _Job:
     """A started collective: a generator that has posted its first exchanges and yields to wait."""
 
-    def __init__(self, steps: Steps, info: _CallInfo, transport: Transport, t0: float) -> None:
+    def __init__(self, steps: Steps, info: _CallInfo, ctx: _Context, t0: float, measure: bool) -> None:
         self._steps = steps
         self._info = info
-        self._wire = transport
+        self._wire = ctx.transport
+        self._ctx = ctx
+        self._measure = measure
         self._t0 = t0
         self._trackers = current_trackers()
         self._error: BaseException | None = None
@@ -249,6 +264,8 @@ class _Job:
             raise
         self.done = True
         i = self._info
+        if self._measure and i.measured is not None:
+            self._ctx.estimate.record(i.measured, self._ctx.timer.times(0))
         record = CommRecord(
             op=i.op,
             algorithm=i.algorithm,
@@ -323,7 +340,8 @@ def _launch(
     """
     t0 = time.perf_counter()
     n = dist.get_world_size(group)
-    ctx = _Context(group, n, dist.get_rank(group), Transport(group, n))
+    transport = Transport(group, n)
+    ctx = _Context(group, n, dist.get_rank(group), transport, verify, call_timer(transport), group_estimate(group))
     local_error: MxcommError | None = None
     prepared: _Prepared | None = None
     try:
@@ -332,10 +350,15 @@ def _launch(
     except MxcommError as e:
         local_error = e
         desc, device = _invalid_descriptor(op, requested), group_device(group)
-    agreed = _agree(desc, local_error, device, n, ctx.transport, verify)
+    if verify:
+        # every descriptor carries this rank's times of the group's previous measured all-reduce
+        desc = replace(desc, times=ctx.estimate.take_pending())
+    agreed = _agree(desc, local_error, device, n, ctx.transport, verify, ctx.timer, ctx.estimate)
     assert prepared is not None  # a rank with a local error raised in _agree
     steps, info = prepared.start(agreed)
-    job = _Job(steps, info, ctx.transport, t0)
+    # Only synchronous calls with a descriptor are measured: an async call's waits include the
+    # caller's own work, and without a descriptor the times could not reach the other ranks.
+    job = _Job(steps, info, ctx, t0, measure=verify and not async_op)
     if async_op:
         return CollectiveHandle(job)
     job.finish()
@@ -352,33 +375,35 @@ def _from_slot(buf: torch.Tensor, start: int, fmt: BlockFormat, numel: int, dtyp
 
 def _one_shot(
     src: torch.Tensor, dst: torch.Tensor, fmt: BlockFormat, segs: Sequence[tuple[int, int]], rank: int,
-    n: int, transport: Transport, backend: str,
+    n: int, transport: Transport, backend: str, timer: CallTimer,
 ) -> Generator[None, None, None]:
     posted = []
     for s0, s1 in segs:
-        payload = encode(src[s0:s1], fmt, backend=backend).payload()
+        with timer.codec("encode", s1 - s0):
+            payload = encode(src[s0:s1], fmt, backend=backend).payload()
         out = torch.empty(n * payload.numel(), dtype=torch.uint8, device=src.device)
-        posted.append((s0, s1, payload.numel(), out, transport.all_gather(out, payload)))
+        posted.append((s0, s1, payload.numel(), out, timer.track(transport.all_gather(out, payload))))
     yield
     for s0, s1, size, out, work in posted:
         work.wait()
         shards = [_from_slot(out, r * size, fmt, s1 - s0, src.dtype) for r in range(n)]
-        dst[s0:s1].copy_(decode_sum(shards, dtype=dst.dtype, backend=backend))
+        with timer.codec("decode", n * (s1 - s0)):
+            dst[s0:s1].copy_(decode_sum(shards, dtype=dst.dtype, backend=backend))
 
 
 def _two_shot(
     src: torch.Tensor, dst: torch.Tensor, fmt: BlockFormat, segs: Sequence[tuple[int, int]], rank: int,
-    n: int, transport: Transport, backend: str,
+    n: int, transport: Transport, backend: str, timer: CallTimer,
 ) -> Generator[None, None, None]:
     if fmt.rotation_seed is not None:
-        yield from _two_shot_rotated(src, dst, fmt, segs, rank, n, transport, backend)
+        yield from _two_shot_rotated(src, dst, fmt, segs, rank, n, transport, backend, timer)
         return
-    yield from _two_shot_plain(src, dst, fmt, segs, rank, n, transport, backend)
+    yield from _two_shot_plain(src, dst, fmt, segs, rank, n, transport, backend, timer)
 
 
 def _two_shot_rotated(
     src: torch.Tensor, dst: torch.Tensor, fmt: BlockFormat, segs: Sequence[tuple[int, int]], rank: int,
-    n: int, transport: Transport, backend: str,
+    n: int, transport: Transport, backend: str, timer: CallTimer,
 ) -> Generator[None, None, None]:
     """Two-shot with a rotated format: rotate each segment once, run both phases in the
     rotated domain with the plain format, un-rotate once at the end.
@@ -396,20 +421,22 @@ def _two_shot_rotated(
         length = s1 - s0
         padded = torch.zeros((1, -(-length // block) * block), dtype=torch.float32, device=src.device)
         padded[0, :length] = src[s0:s1]
-        rotated.append(rotate(padded, seed, block).view(-1))
+        with timer.codec("encode", 0, calls=0):  # the rotation is part of the rotated format's encode cost
+            rotated.append(rotate(padded, seed, block).view(-1))
         padded_segs.append((start, start + padded.shape[1]))
         start += padded.shape[1]
     flat_rotated = torch.cat(rotated) if rotated else torch.zeros(0, dtype=torch.float32, device=src.device)
     summed = torch.empty_like(flat_rotated)
-    yield from _two_shot_plain(flat_rotated, summed, plain, padded_segs, rank, n, transport, backend)
+    yield from _two_shot_plain(flat_rotated, summed, plain, padded_segs, rank, n, transport, backend, timer)
     for (s0, s1), (p0, p1) in zip(segs, padded_segs):
-        back = unrotate(summed[p0:p1].view(1, -1), seed, block)[0, : s1 - s0]
+        with timer.codec("decode", 0, calls=0):
+            back = unrotate(summed[p0:p1].view(1, -1), seed, block)[0, : s1 - s0]
         dst[s0:s1].copy_(saturating_cast(back, dst.dtype))
 
 
 def _two_shot_plain(
     src: torch.Tensor, dst: torch.Tensor, fmt: BlockFormat, segs: Sequence[tuple[int, int]], rank: int,
-    n: int, transport: Transport, backend: str,
+    n: int, transport: Transport, backend: str, timer: CallTimer,
 ) -> Generator[None, None, None]:
     device = src.device
     phase1 = []
@@ -419,14 +446,15 @@ def _two_shot_plain(
         send = torch.zeros(n * slot, dtype=torch.uint8, device=device)
         for c, (a, b) in enumerate(chunks):
             if b > a and c != rank:
-                payload = encode(src[s0 + a : s0 + b], fmt, backend=backend).payload()
+                with timer.codec("encode", b - a):
+                    payload = encode(src[s0 + a : s0 + b], fmt, backend=backend).payload()
                 send[c * slot : c * slot + payload.numel()] = payload
         # The owner's own chunk never leaves the rank, so it enters the sum exactly (a copy:
         # the tensor is overwritten in place later and may be touched before an async wait).
         a, b = chunks[rank]
         own = src[s0 + a : s0 + b].clone()
         recv = torch.empty(n * slot, dtype=torch.uint8, device=device)
-        phase1.append((s0, chunks, slot, own, recv, transport.all_to_all(recv, send)))
+        phase1.append((s0, chunks, slot, own, recv, timer.track(transport.all_to_all(recv, send))))
     yield
     phase2 = []
     for s0, chunks, slot, own, recv, work in phase1:
@@ -439,23 +467,26 @@ def _two_shot_plain(
             # re-encodes and, like every other rank, uses the decoded re-encoded chunk:
             # that is what makes all ranks bitwise equal.
             if parts:
-                reduced = decode_sum(parts, dtype=torch.float32, backend=backend).add_(own)  # exact widening
+                with timer.codec("decode", (n - 1) * (b - a)):
+                    reduced = decode_sum(parts, dtype=torch.float32, backend=backend).add_(own)  # exact widening
             else:
                 reduced = own.to(torch.float32)
-            payload = encode(reduced, fmt, backend=backend).payload()
+            with timer.codec("encode", b - a):
+                payload = encode(reduced, fmt, backend=backend).payload()
             reencoded[: payload.numel()] = payload
         out = torch.empty(n * slot, dtype=torch.uint8, device=device)
-        phase2.append((s0, chunks, slot, out, transport.all_gather(out, reencoded)))
+        phase2.append((s0, chunks, slot, out, timer.track(transport.all_gather(out, reencoded))))
     for s0, chunks, slot, out, work in phase2:
         work.wait()
         for c, (a, b) in enumerate(chunks):
             if b > a:
                 p = _from_slot(out, c * slot, fmt, b - a, torch.float32)
-                dst[s0 + a : s0 + b].copy_(decode(p, dtype=dst.dtype, backend=backend))
+                with timer.codec("decode", b - a):
+                    dst[s0 + a : s0 + b].copy_(decode(p, dtype=dst.dtype, backend=backend))
 
 
-def _plain(tensor: torch.Tensor, group: ProcessGroup | None) -> Steps:
-    work = dist.all_reduce(tensor, group=group, async_op=True)
+def _plain(tensor: torch.Tensor, group: ProcessGroup | None, timer: CallTimer) -> Steps:
+    work = timer.track(dist.all_reduce(tensor, group=group, async_op=True))
     yield
     work.wait()
 
@@ -466,10 +497,11 @@ _COMMON_ARGS = """
         group: The process group (None: the default group).
         async_op: Return a :class:`CollectiveHandle` instead of completing the call.
         backend: Codec backend (``"auto"``, ``"torch"``, ``"cpu"``, ``"triton"``).
-        verify: Exchange and check the 64-byte descriptor first. ``False`` saves that
+        verify: Exchange and check the 80-byte descriptor first. ``False`` saves that
             small all-gather; the caller then vouches that every rank passes the same
             shapes, dtype and format (a disagreement is undefined, as with plain
             ``torch.distributed``) and argument errors are raised only where they occur.
+            Without the descriptor, ``auto`` neither learns from the call nor explores.
 """
 
 
@@ -505,9 +537,11 @@ def all_reduce(
         op: ``dist.ReduceOp.SUM`` or ``"sum"``, the only reduction there is.
         {common}
         algorithm: ``"allgather"`` (one-shot), ``"two_shot"``, ``"none"`` (plain
-            ``dist.all_reduce``) or ``"auto"`` (the planner, with ``model`` or the group's
-            installed :class:`CostModel`; rank 0's choice is used by every rank).
-        model: Cost model for ``"auto"``.
+            ``dist.all_reduce``) or ``"auto"`` (the planner, with the group's estimate,
+            learned from its own calls, see :func:`cost_model`; rank 0's choice is used by
+            every rank).
+        model: Cost model for ``"auto"`` instead of the group's estimate (used as given: no
+            exploration; the call's times still feed the estimate).
         segment_elems: Pipeline segment length in elements (rounded up to whole blocks;
             rank 0's value is used).
 
@@ -536,9 +570,13 @@ def all_reduce(
         if f is not None and algorithm != "none":
             resolve_backend(backend, tensor.device)  # an unusable backend fails here, on every rank
         n, esize = ctx.n, tensor.element_size()
-        if algorithm == "auto":
+        if algorithm == "auto" and model is not None:
             assert f is not None
-            plan = plan_all_reduce(model or get_cost_model(ctx.group), f, tensor.numel(), esize, n)
+            plan = plan_all_reduce(model, f, tensor.numel(), esize, n)
+        elif algorithm == "auto":
+            assert f is not None
+            # explores only with a descriptor: rank 0's flag must reach every rank
+            plan = ctx.estimate.plan(f, tensor.numel(), esize, n, explore=ctx.verify)
         else:
             plan = Plan(algorithm, DEFAULT_SEGMENT_ELEMS, "requested", {})
         if segment_elems is not None:
@@ -551,14 +589,22 @@ def all_reduce(
         desc = Descriptor(
             "all_reduce", algorithm, plan.algorithm, tensor.dtype, tuple(tensor.shape),
             format_fingerprint(f) if f is not None else b"\0" * 8, f.name if f is not None else "",
-            plan.segment_elems,
+            plan.segment_elems, explored=plan.explored,
         )
 
         def start(agreed: WireDescriptor) -> tuple[Steps, _CallInfo]:
             chosen = algorithm_name(agreed.planned)
             reason = plan.reason
-            if chosen != plan.algorithm:
+            if chosen != plan.algorithm or agreed.explored != plan.explored:
                 reason = f"rank 0 chose {chosen} (this rank's model chose {plan.algorithm}: {plan.reason})"
+            measured = None
+            if ctx.verify:
+                # from the agreed descriptor (rank 0's), so every rank counts and learns the same
+                fp = agreed.fingerprint if f is not None else b""
+                ctx.estimate.note_run(fp, f.name if f is not None else "", esize, tensor.numel(), chosen,
+                                      agreed.explored)
+                measured = CallMeta(chosen, f, fp, f.name if f is not None else "", tensor.numel(), esize, n,
+                                    agreed.segment_elems)
             log.debug(
                 "all_reduce rank %d/%d numel=%d %s fmt=%s requested=%s -> %s; %s",
                 ctx.rank, n, tensor.numel(), tensor.dtype, f.name if f else None, algorithm, chosen, reason,
@@ -568,7 +614,7 @@ def all_reduce(
             segs = segment_bounds(flat.numel(), agreed.segment_elems)
             logical = all_reduce_logical_bytes(tensor.numel(), esize, n)
             if chosen == "none":
-                reduce = _plain(work, ctx.group)
+                reduce = _plain(work, ctx.group, ctx.timer)
                 # What a bandwidth-optimal ring all-reduce moves; the backend's own algorithm may differ.
                 ctx.transport.sent += logical
                 ctx.transport.received += logical
@@ -576,7 +622,7 @@ def all_reduce(
                 assert f is not None
                 # The result is written segment by segment after all of them were encoded: no input is read late.
                 algo = _one_shot if chosen == "allgather" else _two_shot
-                reduce = algo(flat, flat, f, segs, ctx.rank, n, ctx.transport, backend)
+                reduce = algo(flat, flat, f, segs, ctx.rank, n, ctx.transport, backend, ctx.timer)
 
             def steps() -> Steps:
                 yield from reduce
@@ -585,7 +631,7 @@ def all_reduce(
 
             info = _CallInfo(
                 "all_reduce", chosen, algorithm, f.name if (f is not None and chosen != "none") else "", n,
-                tensor.numel(), tensor.dtype, logical, len(segs) if chosen != "none" else 1, reason,
+                tensor.numel(), tensor.dtype, logical, len(segs) if chosen != "none" else 1, reason, measured,
             )
             return steps(), info
 

@@ -1,4 +1,4 @@
-"""Wire-byte formulas, the alpha-beta cost model, the ``auto`` planner and ``calibrate``.
+"""Wire-byte formulas, the alpha-beta cost model and the ``auto`` planner (pure functions).
 
 The same functions compute the bytes a call puts on the wire (for the
 accounting) and the bytes the planner prices, so the planner can never price
@@ -22,30 +22,21 @@ the same descriptor all-gather, which therefore drops out of the comparison.
 When a message is cut into pipeline segments, communication of one segment
 overlaps the codec work of the others: the compressed time becomes
 ``latency + max(comm, codec) + codec / segments`` (the first encode and last
-decode cannot overlap anything).
+decode cannot overlap anything). ``CostModel.overhead`` adds a learned fixed cost per
+segment and ``CostModel.beta_scale`` a per-algorithm factor on ``beta``.
+
+Where the constants come from -- defaults, :func:`calibrate`, or learned online from
+the group's own calls -- is mxcomm/collectives/estimator.py's business.
 """
 
 from __future__ import annotations
 
-import logging
-import statistics
-import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-
-import torch
-import torch.distributed as dist
-from torch.distributed import ProcessGroup
 
 from mxcomm.collectives.algorithms import ALL_REDUCE_ALGORITHMS, COMPRESSED
 from mxcomm.collectives.handshake import DESCRIPTOR_NBYTES
-from mxcomm.collectives.transport import all_gather_bytes, group_device
-from mxcomm.errors import ArgumentTypeError, FormatError
+from mxcomm.errors import FormatError
 from mxcomm.formats import BlockFormat, get_format
-from mxcomm.kernels import Packed, decode_sum, encode
-
-log = logging.getLogger("mxcomm.collectives")
-
 
 # Pipeline segment (elements) for large compressed all-reduces. Big enough that
 # per-call codec overhead stays small, small enough that a 16 MiB bf16 message
@@ -146,39 +137,83 @@ class CodecCost:
     Attributes:
         encode_s_per_elem: Seconds per element encoded.
         decode_s_per_elem: Seconds per element decoded (and summed, as ``decode_sum`` does).
-        call_s: Fixed seconds per encode or decode call.
+        call_s: Fixed seconds per encode call, and per decode call unless ``decode_call_s`` is set.
+        decode_call_s: Fixed seconds per decode call (None: ``call_s``).
     """
 
     encode_s_per_elem: float
     decode_s_per_elem: float
     call_s: float = 50e-6
+    decode_call_s: float | None = None
 
     def encode(self, numel: int, calls: int = 1) -> float:
         return calls * self.call_s + numel * self.encode_s_per_elem
 
     def decode(self, numel: int, calls: int = 1) -> float:
-        return calls * self.call_s + numel * self.decode_s_per_elem
+        call_s = self.call_s if self.decode_call_s is None else self.decode_call_s
+        return calls * call_s + numel * self.decode_s_per_elem
+
+
+#: Exchanges (latencies) of one call of each all-reduce algorithm: pipeline segments are posted back
+#: to back, so their latencies overlap, and only two-shot's second phase waits for the first.
+EXCHANGES: dict[str, int] = {"none": 1, "allgather": 1, "two_shot": 2}
+
+
+@dataclass(frozen=True)
+class CodecWork:
+    """Encode and decode calls and elements of one compressed all-reduce (every rank does about the same)."""
+
+    encode_calls: int
+    encode_elems: int
+    decode_calls: int
+    decode_elems: int
+
+
+def codec_work(algorithm: str, numel: int, world_size: int, segments: int) -> CodecWork:
+    """The codec work the planner prices, and the estimator divides measured codec time by.
+
+    Raises:
+        FormatError: ``algorithm`` is not a compressed all-reduce algorithm.
+    """
+    n, seg = world_size, max(1, segments)
+    if algorithm == "allgather":
+        # one encode per segment; one decode_sum of n shards per segment
+        return CodecWork(seg, numel, seg, n * numel)
+    if algorithm == "two_shot":
+        others = numel - numel // n  # the own chunk is neither encoded nor decoded in the first exchange
+        # phase 1: n-1 chunk encodes and one decode_sum per segment; phase 2: one re-encode and n chunk decodes
+        return CodecWork(n * seg, others + -(-numel // n), (n + 1) * seg, others + numel)
+    raise FormatError(f"unknown compressed algorithm {algorithm!r}")
 
 
 @dataclass(frozen=True)
 class CostModel:
     """Constants of the planner's alpha-beta model (what ``algorithm="auto"`` decides with).
 
-    Build one by hand, or measure one on the live group with :func:`calibrate`;
-    :func:`set_cost_model` installs it for a group.
+    ``auto`` uses the group's learned estimate (mxcomm/collectives/estimator.py), which
+    starts from a model like this one (the defaults, :func:`calibrate`'s, or one given to
+    :func:`set_cost_model`) and replaces its constants by what the group's own calls
+    measured; :func:`cost_model` shows it.
 
     Attributes:
         alpha: Latency of one collective call in seconds (not of one ring step: on gloo
             over loopback a tiny all-reduce, 2(n-1) ring steps, and a tiny all-gather,
             n-1 steps, take the same time within noise -- the cost is waking the ranks
             up, not the steps; docs/collectives.md).
-        beta: Seconds per byte one rank sends while all ranks send.
+        beta: Seconds per byte one rank sends while all ranks send (as the uncompressed
+            ring all-reduce moves them).
         default_codec: Codec cost of formats not in ``codec``.
         codec: Per-format codec costs, by format name.
         min_gain: A compressed algorithm is chosen only if it is predicted at least this
             fraction faster than ``none`` (the model is approximate, and losing to the
             baseline is worse than missing a small win).
-        source: Where the numbers came from (``"default"``, ``"calibrated"``, ``"given"``).
+        source: Where the numbers came from (``"default"``, ``"calibrated"``, ``"given"``,
+            ``"learned ..."``).
+        overhead: Seconds per pipeline segment an algorithm spends besides codec calls and
+            waiting for exchanges (buffer allocation, copies, Python), by algorithm name (0 if absent).
+        beta_scale: Per-byte cost of an algorithm's exchanges relative to ``beta``, by
+            algorithm name (1 if absent): the payload all-gathers / all-to-alls may move bytes
+            more or less efficiently than the process group's ring all-reduce.
     """
 
     alpha: float = 50e-6
@@ -187,6 +222,8 @@ class CostModel:
     codec: dict[str, CodecCost] = field(default_factory=dict)
     min_gain: float = 0.1
     source: str = "default"
+    overhead: dict[str, float] = field(default_factory=dict)
+    beta_scale: dict[str, float] = field(default_factory=dict)
 
     def codec_for(self, fmt: BlockFormat) -> CodecCost:
         """The codec cost of ``fmt`` (``default_codec`` unless ``codec`` has its name)."""
@@ -229,31 +266,20 @@ class CostModel:
         n = world_size
         if n == 1 and algorithm == "none":
             return 0.0
-        wire = all_reduce_wire_bytes(algorithm, fmt, numel, elem_size, n, segment_elems)
-        comm = (wire.sent - (n - 1) * DESCRIPTOR_NBYTES) * self.beta
-        segments = max(1, len(segment_bounds(numel, segment_elems)))
-        if algorithm == "none":
-            return self.alpha + comm
-        cc = self.codec_for(fmt)
-        # Segments are posted back to back, so their latencies overlap: one per phase.
-        if algorithm == "allgather":
-            latency = self.alpha
-            codec = cc.encode(numel, segments) + cc.decode(n * numel, segments)
-        elif algorithm == "two_shot":
-            latency = 2 * self.alpha
-            # the own chunk is neither encoded nor decoded in the first exchange
-            others = numel - numel // n
-            codec = (
-                cc.encode(others, (n - 1) * segments)
-                + cc.decode(others, segments)
-                + cc.encode(-(-numel // n), segments)
-                + cc.decode(numel, n * segments)
-            )
-        else:
+        if algorithm not in EXCHANGES:
             raise FormatError(f"unknown algorithm {algorithm!r}")
+        wire = all_reduce_wire_bytes(algorithm, fmt, numel, elem_size, n, segment_elems)
+        comm = (wire.sent - (n - 1) * DESCRIPTOR_NBYTES) * self.beta * self.beta_scale.get(algorithm, 1.0)
+        latency = EXCHANGES[algorithm] * self.alpha
+        if algorithm == "none":
+            return latency + comm + self.overhead.get(algorithm, 0.0)
+        segments = max(1, len(segment_bounds(numel, segment_elems)))
+        cc, work = self.codec_for(fmt), codec_work(algorithm, numel, n, segments)
+        codec = cc.encode(work.encode_elems, work.encode_calls) + cc.decode(work.decode_elems, work.decode_calls)
+        overhead = segments * self.overhead.get(algorithm, 0.0)
         if segments == 1:
-            return latency + comm + codec
-        return latency + max(comm, codec) + codec / segments
+            return latency + comm + codec + overhead
+        return latency + max(comm, codec) + codec / segments + overhead
 
     def size_gate(self, fmt: BlockFormat | str, elem_size: int, world_size: int) -> int:
         """Smallest message (logical bytes, a power of two up to 1 GiB) from which ``auto`` compresses.
@@ -271,12 +297,17 @@ class CostModel:
 
 @dataclass(frozen=True)
 class Plan:
-    """The planner's verdict: the algorithm, its segment length, why, and every algorithm's predicted seconds."""
+    """The planner's verdict: the algorithm, its segment length, why, and every algorithm's predicted seconds.
+
+    ``explored`` is True when ``auto`` runs the algorithm to measure it, not because it is
+    predicted fastest (docs/collectives.md, *Exploration*).
+    """
 
     algorithm: str
     segment_elems: int
     reason: str
     predicted: dict[str, float]
+    explored: bool = False
 
 
 def plan_all_reduce(
@@ -306,191 +337,3 @@ def plan_all_reduce(
     return Plan(
         "none", seg, f"model ({model.source}) predicts no gain of {model.min_gain:.0%}: {shown}", predicted
     )
-
-
-# -- installed models and calibration --------------------------------------------------------------
-
-_models: dict[object, CostModel] = {}
-
-
-def _group_key(group: ProcessGroup | None) -> object:
-    return "default" if group is None or group is dist.group.WORLD else group
-
-
-def set_cost_model(model: CostModel, group: ProcessGroup | None = None) -> None:
-    """Install ``model`` as the one ``algorithm="auto"`` uses for ``group``.
-
-    Every rank must install the same model (as :func:`calibrate` does), or
-    rank 0's plan overrides the others' (see docs/collectives.md).
-
-    Args:
-        model: The cost model.
-        group: The process group (None: the default group).
-
-    Raises:
-        ArgumentTypeError: ``model`` is not a :class:`CostModel`.
-    """
-    if not isinstance(model, CostModel):
-        raise ArgumentTypeError(f"set_cost_model takes a CostModel, got {type(model).__name__}")
-    _models[_group_key(group)] = model
-
-
-def get_cost_model(group: ProcessGroup | None = None) -> CostModel:
-    """The model ``algorithm="auto"`` uses for ``group``.
-
-    Args:
-        group: The process group (None: the default group).
-
-    Returns:
-        The model installed for ``group``, else the default group's, else ``CostModel()``.
-    """
-    return _models.get(_group_key(group)) or _models.get("default") or CostModel()
-
-
-def _timed(fn, reps: int) -> float:
-    # the median, like the link probes: the planner should price typical, not best-case, costs
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def _agree_max(values: Sequence[float], group: ProcessGroup | None, device: torch.device) -> list[float]:
-    # Every rank must install the same model (the planner runs on every rank), and the
-    # slowest rank is what a collective waits for: take the maximum over ranks.
-    t = torch.tensor(list(values), dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
-    return t.tolist()
-
-
-def measure_codec(
-    fmt: BlockFormat | str,
-    *,
-    dtype: torch.dtype = torch.bfloat16,
-    numel: int = 1 << 20,
-    device: torch.device | str = "cpu",
-    backend: str = "auto",
-    reps: int = 5,
-) -> CodecCost:
-    """Time encode / decode_sum of this process's codec for ``fmt`` (median of ``reps``).
-
-    Args:
-        fmt: The format.
-        dtype: Dtype of the timed tensor.
-        numel: Elements of the timed tensor.
-        device: Where the tensor lives.
-        backend: Codec backend.
-        reps: Repetitions per timing.
-
-    Returns:
-        The measured :class:`CodecCost`.
-    """
-    f = get_format(fmt)
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    big = torch.randn(numel, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
-    small = big[: f.block_size * 8].clone()
-    p_big = encode(big, f, backend=backend)
-    p_small = encode(small, f, backend=backend)
-    payload = p_big.payload()
-    as_wire = Packed.from_payload(payload, f, (numel,), dtype, backend=p_big.backend)
-    t_enc_small = _timed(lambda: encode(small, f, backend=backend), reps)
-    t_dec_small = _timed(lambda: decode_sum([p_small, p_small], backend=backend), reps)
-    t_enc = _timed(lambda: encode(big, f, backend=backend), reps)
-    t_dec = _timed(lambda: decode_sum([as_wire, as_wire], backend=backend), reps)
-    call_s = max(0.0, min(t_enc_small, t_dec_small / 2))
-    return CodecCost(
-        encode_s_per_elem=max(t_enc - call_s, 0.0) / numel,
-        decode_s_per_elem=max(t_dec - call_s, 0.0) / (2 * numel),
-        call_s=call_s,
-    )
-
-
-def calibrate(
-    group: ProcessGroup | None = None,
-    *,
-    formats: Sequence[BlockFormat | str] = ("mxfp4_e2m1",),
-    dtype: torch.dtype = torch.bfloat16,
-    backend: str = "auto",
-    min_gain: float = 0.1,
-    install: bool = True,
-    max_probe_bytes: int = 8 << 20,
-    codec_probe_elems: int = 1 << 20,
-) -> CostModel:
-    """Measure alpha, beta and the codec costs on the live group; every rank gets the same model.
-
-    Collective: every rank of ``group`` must call it. alpha and beta come from
-    timing uint8 all-gathers of a tiny and a large buffer (the large one grows
-    until it takes ~50 ms or reaches ``max_probe_bytes`` per rank; each time is
-    a median). Codec costs, on ``codec_probe_elems`` elements, are timed on all
-    ranks at once, since they share the CPU the way a collective does. Each
-    constant is the maximum over ranks.
-
-    Args:
-        group: The process group (None: the default group).
-        formats: Formats whose codec costs are measured.
-        dtype: Dtype of the codec probe.
-        backend: Codec backend timed.
-        min_gain: ``min_gain`` of the returned model.
-        install: Make the model the one ``algorithm="auto"`` uses for ``group``.
-        max_probe_bytes: Largest all-gather probe per rank.
-        codec_probe_elems: Elements of the codec probe.
-
-    Returns:
-        The calibrated :class:`CostModel` (``source="calibrated"``), the same on every rank.
-
-    Raises:
-        FormatError: an entry of ``formats`` is not a format.
-    """
-    n = dist.get_world_size(group)
-    device = group_device(group)
-    fmts = [get_format(f) for f in formats]
-
-    def gather_time(nbytes: int, reps: int) -> float:
-        # median of individually timed all-gathers: robust to the odd scheduling hiccup
-        inp = torch.zeros(nbytes, dtype=torch.uint8, device=device)
-        out = torch.empty(n * nbytes, dtype=torch.uint8, device=device)
-        all_gather_bytes(out, inp, group)  # warm up connections and buffers
-        dist.barrier(group=group)
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            all_gather_bytes(out, inp, group)
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
-
-    small_b = 64
-    t_small = gather_time(small_b, 9)
-    big_b = 256 << 10
-    t_big = gather_time(big_b, 3)
-    while t_big < 0.05 and big_b < max_probe_bytes:
-        big_b = min(big_b * 4, max_probe_bytes)
-        t_big = gather_time(big_b, 3)
-    # t(B) = alpha + (n-1) B beta for an all-gather of B bytes per rank
-    sent = max(n - 1, 1)
-    beta = max((t_big - t_small) / (sent * (big_b - small_b)), 1e-13)
-    alpha = max(t_small - sent * small_b * beta, 0.0)
-
-    local: list[float] = [alpha, beta]
-    for f in fmts:
-        dist.barrier(group=group)
-        c = measure_codec(f, dtype=dtype, numel=codec_probe_elems, device=device, backend=backend)
-        local += [c.encode_s_per_elem, c.decode_s_per_elem, c.call_s]
-    agreed = _agree_max(local, group, device)
-    codec = {}
-    for i, f in enumerate(fmts):
-        e, d, c = agreed[2 + 3 * i : 5 + 3 * i]
-        codec[f.name] = CodecCost(e, d, c)
-    default_codec = max(codec.values(), key=lambda c: c.encode_s_per_elem) if codec else CostModel().default_codec
-    model = CostModel(
-        alpha=agreed[0], beta=agreed[1], default_codec=default_codec, codec=codec,
-        min_gain=min_gain, source="calibrated",
-    )
-    log.info(
-        "calibrated n=%d: alpha %.1f us, beta %.3g s/B (%.3g Gbit/s per rank), codec %s",
-        n, model.alpha * 1e6, model.beta, 8e-9 / model.beta, codec,
-    )
-    if install:
-        set_cost_model(model, group)
-    return model

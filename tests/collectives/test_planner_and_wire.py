@@ -84,13 +84,13 @@ def test_wire_byte_formulas(n, numel, fmt):
     f = mxcomm.get_format(fmt)
     segs = ref.segments(numel, None, f.block_size)
     w = all_reduce_wire_bytes("allgather", f, numel, 2, n, ref.DEFAULT_SEGMENT)
-    assert w.sent == (n - 1) * (64 + sum(ref.packed(f, b - a) for a, b in segs))
+    assert w.sent == (n - 1) * (ref.DESCRIPTOR + sum(ref.packed(f, b - a) for a, b in segs))
     w = all_reduce_wire_bytes("two_shot", f, numel, 2, n, ref.DEFAULT_SEGMENT)
     slots = [ref.packed(f, ref.chunks(b - a, n, f.block_size)[0][1]) for a, b in segs]
-    assert w.sent == (n - 1) * 64 + 2 * (n - 1) * sum(slots)
+    assert w.sent == (n - 1) * ref.DESCRIPTOR + 2 * (n - 1) * sum(slots)
     w = all_reduce_wire_bytes("none", None, numel, 2, n, ref.DEFAULT_SEGMENT)
-    assert w.sent == (n - 1) * 64 + 2 * (n - 1) * numel * 2 // n == w.received
-    assert all_gather_wire_bytes(f, numel, 4, n).sent == (n - 1) * (64 + ref.packed(f, numel))
+    assert w.sent == (n - 1) * ref.DESCRIPTOR + 2 * (n - 1) * numel * 2 // n == w.received
+    assert all_gather_wire_bytes(f, numel, 4, n).sent == (n - 1) * (ref.DESCRIPTOR + ref.packed(f, numel))
     assert reduce_scatter_wire_bytes(f, numel, 4, n).logical == (n - 1) * numel * 4
 
 
@@ -105,7 +105,7 @@ def _desc(**kw) -> Descriptor:
 def test_descriptor_roundtrip_and_checks():
     d = _desc()
     raw = d.pack()
-    assert len(raw) == 64
+    assert len(raw) == ref.DESCRIPTOR
     w = WireDescriptor.unpack(raw)
     assert w.numel == 15 and w.format_name == "mxfp4_e2m1" and w.segment_elems == ref.DEFAULT_SEGMENT
     check_descriptors([w, WireDescriptor.unpack(_desc(planned="allgather").pack())], compare_format=True)
@@ -114,7 +114,7 @@ def test_descriptor_roundtrip_and_checks():
         with pytest.raises(CollectiveMismatchError, match="rank 1"):
             check_descriptors([w, WireDescriptor.unpack(other.pack())], compare_format=True)
     with pytest.raises(CollectiveMismatchError):
-        WireDescriptor.unpack(b"\0" * 64)
+        WireDescriptor.unpack(b"\0" * ref.DESCRIPTOR)
 
 
 def test_fingerprint_ignores_the_name_only():
