@@ -40,3 +40,36 @@ class BackendUnavailableError(MxcommError, RuntimeError):
 
 class CollectiveMismatchError(MxcommError, RuntimeError):
     """Ranks of one collective disagree on format, dtype, shape or algorithm."""
+
+
+class CollectiveAbortedError(MxcommError, RuntimeError):
+    """A collective could not complete: a peer rank died, stalled or left the call, or the transport failed.
+
+    Raised on every surviving rank, within the process group's timeout (plus a
+    small margin) of the failure. The underlying ``torch.distributed`` error is
+    chained as ``__cause__``. The process group is unusable afterwards (as
+    after any gloo or NCCL failure): destroy it and restart the job; see
+    docs/reliability.md.
+
+    Attributes:
+        collective: The mxcomm call that failed (``"all_reduce"``, ``"all_gather"``, ...).
+        algorithm: The algorithm it ran (``"two_shot"``, ``"allgather"``, ...).
+        phase: The exchange that failed: ``"descriptor exchange"``, ``"payload"``,
+            ``"two-shot second phase"`` or ``"outlier channels"``.
+        timeout_s: The group's timeout in seconds.
+        async_wait: Whether the failure surfaced in a ``CollectiveHandle.wait()``
+            (or while another call completed that handle) rather than in the call itself.
+    """
+
+    def __init__(self, message: str, *, collective: str = "", algorithm: str = "", phase: str = "",
+                 timeout_s: float = 0.0, async_wait: bool = False) -> None:
+        super().__init__(message)
+        self.collective = collective
+        self.algorithm = algorithm
+        self.phase = phase
+        self.timeout_s = timeout_s
+        self.async_wait = async_wait
+
+
+class CollectiveTimeoutError(CollectiveAbortedError):
+    """A collective's exchange made no progress within the process group's timeout (a peer stalled or left)."""

@@ -53,3 +53,6 @@ def test_error_types_are_also_builtin_types():
     assert issubclass(mxcomm.ArgumentTypeError, TypeError) and issubclass(mxcomm.ArgumentTypeError, mxcomm.MxcommError)
     assert issubclass(mxcomm.UnsupportedReduceOpError, ValueError)
     assert issubclass(mxcomm.UnsupportedReduceOpError, mxcomm.MxcommError)
+    assert issubclass(mxcomm.CollectiveTimeoutError, mxcomm.CollectiveAbortedError)
+    assert issubclass(mxcomm.CollectiveAbortedError, RuntimeError)
+    assert issubclass(mxcomm.CollectiveAbortedError, mxcomm.MxcommError)

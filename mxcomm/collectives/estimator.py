@@ -515,7 +515,8 @@ class GroupEstimate:
         reports = [d.times for d in received]
         if all(t is None for t in reports):
             return
-        if in_flight is None or any(t is None or t.seq != in_flight[0].seq for t in reports):
+        if in_flight is None or any(t is None or t.seq != in_flight[0].seq or not t.plausible() for t in reports):
+            # every rank sees the same reports, so every rank drops the same ones
             self.dropped += 1
             return
         if self.learn and in_flight[1].world_size > 1 and in_flight[1].numel > 0:

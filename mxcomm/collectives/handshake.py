@@ -28,20 +28,29 @@ wrong sizes, an unusable codec backend) still sends a descriptor, flagged
 ``FLAG_INVALID``: it then raises its own error (``FormatError``,
 ``BackendUnavailableError``) and every other rank a ``CollectiveMismatchError``
 naming it, instead of leaving them blocked in the exchange.
+
+Received descriptors are untrusted input: a wrong magic or version, unknown
+op, algorithm, dtype or flag codes, or a plan that contradicts the request
+(``parse_descriptors``, ``check_plan``) raise ``CollectiveMismatchError`` naming
+the rank. Every rank parses the same gathered bytes, so every rank reaches the
+same verdict; nothing is allocated from a received size.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
 
-from mxcomm.collectives.algorithms import Algorithm
-from mxcomm.errors import CollectiveMismatchError, FormatError
+from mxcomm.collectives.algorithms import ALL_REDUCE_ALGORITHMS, COMPRESSED, REQUESTABLE, Algorithm
+from mxcomm.collectives.transport import DESCRIPTOR_PHASE, Transport
+from mxcomm.errors import CollectiveMismatchError, FormatError, MxcommError
 from mxcomm.formats import BlockFormat
 from mxcomm.kernels.dtypes import INPUT_DTYPES, dtype_code
 from mxcomm.kernels.frame import format_fields
@@ -52,12 +61,14 @@ DESCRIPTOR_NBYTES = 80
 _STRUCT = struct.Struct("<4sBBBBBBH8sQIQ16sHBxfffff")
 assert _STRUCT.size == DESCRIPTOR_NBYTES
 
-OPS: dict[str, int] = {"all_reduce": 1, "all_gather": 2, "reduce_scatter": 3}
+OPS: dict[str, int] = {"all_reduce": 1, "all_gather": 2, "reduce_scatter": 3, "outlier_channels": 4}
 FLAG_INVALID = 1
 FLAG_EXPLORE = 2  # the planned algorithm is an exploration of auto (rank 0's flag is followed)
+_KNOWN_FLAGS = FLAG_INVALID | FLAG_EXPLORE
 _OP_NAMES = {v: k for k, v in OPS.items()}
 _DTYPE_NAMES = {i: str(d).replace("torch.", "") for i, d in enumerate(INPUT_DTYPES)}
 _NO_CODE = 255  # an algorithm or dtype field of an invalid descriptor
+_ALGORITHM_CODES = frozenset(a.code for a in Algorithm)
 
 
 def format_fingerprint(fmt: BlockFormat) -> bytes:
@@ -91,6 +102,11 @@ class CallTimes:
     encode_s: float
     decode_s: float
     wait_s: float
+
+    def plausible(self) -> bool:
+        """Finite, non-negative times below a day: anything else (a corrupted or hostile peer) is not learnt from."""
+        values = (self.descriptor_s, self.payload_s, self.encode_s, self.decode_s, self.wait_s)
+        return all(math.isfinite(v) and 0.0 <= v < 86400.0 for v in values)
 
 
 @dataclass(frozen=True)
@@ -179,12 +195,53 @@ class WireDescriptor:
         return cls(version, op, req, planned, dtype, ndim, flags, fp, numel, crc, seg,
                    name.rstrip(b"\0").decode(errors="replace"), times)
 
+    def problems(self) -> list[str]:
+        """What makes this descriptor unusable as a peer's statement (empty: well formed).
+
+        A descriptor flagged invalid carries placeholder fields; only its header is checked.
+        """
+        if self.version != VERSION:
+            return [f"descriptor version {self.version} (this mxcomm speaks {VERSION}: ranks run different versions)"]
+        found = []
+        if self.op not in _OP_NAMES:
+            found.append(f"unknown op code {self.op}")
+        if self.flags & ~_KNOWN_FLAGS:
+            found.append(f"unknown flags 0x{self.flags:04x}")
+        if self.flags & FLAG_INVALID:
+            return found
+        for what, code in (("requested algorithm", self.requested), ("planned algorithm", self.planned)):
+            if code not in _ALGORITHM_CODES:
+                found.append(f"unknown {what} code {code}")
+        if self.dtype not in _DTYPE_NAMES:
+            found.append(f"unknown dtype code {self.dtype}")
+        return found
+
     def describe(self) -> str:
+        # an outlier_channels descriptor carries its channel set where the others carry the format
+        what = "channels" if self.op == OPS["outlier_channels"] else "format"
         return (
             f"op={_OP_NAMES.get(self.op, self.op)} algorithm={_algorithm_label(self.requested)} "
-            f"format={self.format_name}#{self.fingerprint.hex()} dtype={_DTYPE_NAMES.get(self.dtype, self.dtype)} "
+            f"{what}={self.format_name}#{self.fingerprint.hex()} dtype={_DTYPE_NAMES.get(self.dtype, self.dtype)} "
             f"ndim={self.ndim} numel={self.numel} shape_crc={self.shape_crc:08x}"
         )
+
+
+def parse_descriptors(raw: bytes, n: int) -> list[WireDescriptor]:
+    """The ``n`` descriptors of an all-gather's output; CollectiveMismatchError naming any malformed one."""
+    received, bad = [], []
+    for rank in range(n):
+        try:
+            d = WireDescriptor.unpack(raw[rank * DESCRIPTOR_NBYTES : (rank + 1) * DESCRIPTOR_NBYTES])
+        except CollectiveMismatchError as e:
+            bad.append(f"  rank {rank}: {e}")
+            continue
+        received.append(d)
+        bad.extend(f"  rank {rank}: {p}" for p in d.problems())
+    if bad:
+        raise CollectiveMismatchError(
+            "malformed collective descriptor(s); nothing was exchanged beyond the descriptors:\n" + "\n".join(bad)
+        )
+    return received
 
 
 def check_descriptors(received: list[WireDescriptor], *, compare_format: bool) -> None:
@@ -215,6 +272,85 @@ def check_descriptors(received: list[WireDescriptor], *, compare_format: bool) -
             "ranks disagree on a compressed collective; nothing was exchanged beyond the descriptors:\n"
             + "\n".join(lines)
         )
+
+
+# What each op may request and run (all_reduce: any planned algorithm, the requested one unless auto).
+_PLANS: dict[str, tuple[tuple[Algorithm, ...], tuple[Algorithm, ...]]] = {
+    "all_reduce": (REQUESTABLE, ALL_REDUCE_ALGORITHMS),
+    "all_gather": ((Algorithm.ALLGATHER,), (Algorithm.ALLGATHER,)),
+    "reduce_scatter": ((Algorithm.ALL_TO_ALL,), (Algorithm.ALL_TO_ALL,)),
+    "outlier_channels": (REQUESTABLE, REQUESTABLE),
+}
+
+
+def check_plan(agreed: WireDescriptor) -> None:
+    """Raise CollectiveMismatchError unless rank 0's plan (which every rank runs) fits its request.
+
+    The planned algorithm and the segment length are taken from rank 0 without
+    comparison, so they are checked here (on every rank, with the same verdict).
+    """
+    op = _OP_NAMES[agreed.op]
+    requestable, runnable = _PLANS[op]
+    requested, planned = Algorithm.from_code(agreed.requested), Algorithm.from_code(agreed.planned)
+    problem = None
+    if requested not in requestable or planned not in runnable:
+        problem = f"{op} cannot request {requested.value} and run {planned.value}"
+    elif requested != Algorithm.AUTO and planned != requested:
+        problem = f"requested {requested.value} but planned {planned.value}"
+    elif op == "all_reduce" and planned in COMPRESSED and agreed.segment_elems < 1:
+        problem = f"segment length {agreed.segment_elems}"
+    if problem:
+        raise CollectiveMismatchError(f"rank 0 sent an impossible plan ({problem}): {agreed.describe()}")
+
+
+def exchange_descriptors(desc: Descriptor, device: torch.device, transport: Transport) -> list[WireDescriptor]:
+    """All-gather every rank's descriptor (the call's first exchange) and parse them."""
+    inp = desc.to_tensor(device)
+    out = torch.empty(transport.n * DESCRIPTOR_NBYTES, dtype=torch.uint8, device=device)
+    transport.all_gather(out, inp, DESCRIPTOR_PHASE).wait()
+    return parse_descriptors(out.cpu().numpy().tobytes(), transport.n)
+
+
+def agree(
+    desc: Descriptor,
+    local_error: MxcommError | None,
+    device: torch.device,
+    transport: Transport,
+    verify: bool,
+    *,
+    timed: Callable[[], AbstractContextManager[object]] = nullcontext,
+    on_received: Callable[[list[WireDescriptor]], None] | None = None,
+) -> WireDescriptor:
+    """Exchange descriptors; raise on every rank unless all agree. Returns rank 0's descriptor.
+
+    ``local_error`` is this rank's own argument error (``desc`` is then flagged
+    invalid): it is raised here, after the exchange, so the other ranks learn of it.
+    With ``verify=False`` nothing is exchanged and the local descriptor is used:
+    the caller vouches that all ranks agree (a disagreement is then undefined
+    behaviour: wrong results or a hang until the group timeout, as with plain
+    torch.distributed). ``timed`` wraps the exchange (the call's timer), ``on_received`` sees every
+    parsed descriptor before any verdict (the online cost estimate learns from them).
+    """
+    if not verify:
+        if local_error is not None:
+            raise local_error
+        return WireDescriptor.unpack(desc.pack())
+    with timed():
+        received = exchange_descriptors(desc, device, transport)
+    if on_received is not None:
+        on_received(received)
+    if local_error is not None:
+        raise local_error
+    # a verdict from the gathered bytes alone, so that every rank reaches the same one
+    check_descriptors(received, compare_format=received[0].requested != Algorithm.NONE.code)
+    check_plan(received[0])
+    return received[0]
+
+
+def invalid_descriptor(op: str, requested: str) -> Descriptor:
+    """The descriptor a rank sends when its own arguments are invalid (flagged; placeholder fields)."""
+    return Descriptor(op, requested if requested in tuple(Algorithm) else "none", "none", torch.float32, (), b"\0" * 8,
+                      "", 0, invalid=True)
 
 
 def _algorithm_code(name: str) -> int:

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
+import weakref
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeAlias
@@ -41,15 +43,15 @@ import torch.distributed as dist
 from torch.distributed import ProcessGroup
 
 from mxcomm.collectives.accounting import CommRecord, current_trackers, emit
-from mxcomm.collectives.algorithms import REQUESTABLE, Algorithm
+from mxcomm.collectives.algorithms import REQUESTABLE
 from mxcomm.collectives.estimator import CallMeta, GroupEstimate, group_estimate
 from mxcomm.collectives.handshake import (
-    DESCRIPTOR_NBYTES,
     Descriptor,
     WireDescriptor,
+    agree,
     algorithm_name,
-    check_descriptors,
     format_fingerprint,
+    invalid_descriptor,
 )
 from mxcomm.collectives.planner import (
     DEFAULT_SEGMENT_ELEMS,
@@ -63,7 +65,7 @@ from mxcomm.collectives.planner import (
     two_shot_slot_nbytes,
 )
 from mxcomm.collectives.timing import CallTimer, call_timer
-from mxcomm.collectives.transport import Transport, group_device
+from mxcomm.collectives.transport import PAYLOAD_PHASE, SECOND_PHASE, Transport, group_device
 from mxcomm.errors import ArgumentTypeError, FormatError, MxcommError, UnsupportedReduceOpError
 from mxcomm.formats import BlockFormat, get_format
 from mxcomm.kernels import Packed, decode, decode_sum, encode, resolve_backend
@@ -132,51 +134,6 @@ def _format(fmt: Any) -> BlockFormat:
     return get_format(fmt)
 
 
-# -- the descriptor exchange -----------------------------------------------------------------------
-
-
-def _exchange_descriptors(
-    desc: Descriptor, device: torch.device, n: int, transport: Transport
-) -> list[WireDescriptor]:
-    inp = desc.to_tensor(device)
-    out = torch.empty(n * DESCRIPTOR_NBYTES, dtype=torch.uint8, device=device)
-    transport.all_gather(out, inp, async_op=False)
-    raw = out.cpu().numpy().tobytes()
-    return [WireDescriptor.unpack(raw[i * DESCRIPTOR_NBYTES : (i + 1) * DESCRIPTOR_NBYTES]) for i in range(n)]
-
-
-def _agree(
-    desc: Descriptor, local_error: Exception | None, device: torch.device, n: int, transport: Transport,
-    verify: bool, timer: CallTimer, estimate: GroupEstimate,
-) -> WireDescriptor:
-    """Exchange descriptors; raise on every rank unless all agree. Returns rank 0's descriptor.
-
-    The received descriptors carry every rank's times of the group's previous
-    measured call: the estimate learns from them first (on every rank alike,
-    even when this call then fails).
-
-    With ``verify=False`` nothing is exchanged and the local descriptor is used:
-    the caller vouches that all ranks agree (a disagreement is then undefined
-    behaviour: wrong results or a hang, as with plain torch.distributed).
-    """
-    if not verify:
-        if local_error is not None:
-            raise local_error
-        return WireDescriptor.unpack(desc.pack())
-    with timer.descriptor():
-        received = _exchange_descriptors(desc, device, n, transport)
-    estimate.absorb(received)
-    if local_error is not None:
-        raise local_error
-    check_descriptors(received, compare_format=desc.requested != "none")
-    return received[0]
-
-
-def _invalid_descriptor(op: str, requested: str) -> Descriptor:
-    return Descriptor(op, requested if requested in tuple(Algorithm) else "none", "none", torch.float32, (), b"\0" * 8,
-                      "", 0, invalid=True)
-
-
 # -- jobs and handles ------------------------------------------------------------------------------
 
 
@@ -195,7 +152,9 @@ class _CallInfo:
     measured: CallMeta | None = None  # what the estimate learns this call as (all_reduce only)
 
 
-Steps = Generator[None, None, None]
+#: A started call's remaining work. Each ``yield`` follows a round of posted exchanges and says
+#: whether resuming will post more (two-shot's second phase) or only wait and decode.
+Steps = Generator[bool, None, None]
 
 
 @dataclass
@@ -235,7 +194,7 @@ class _Prepared:
 
 
 class _Job:
-    """A started collective: a generator that has posted its first exchanges and yields to wait."""
+    """A started collective: a generator that has posted its first exchanges and yields between rounds."""
 
     def __init__(self, steps: Steps, info: _CallInfo, ctx: _Context, t0: float, measure: bool) -> None:
         self._steps = steps
@@ -247,22 +206,41 @@ class _Job:
         self._trackers = current_trackers()
         self._error: BaseException | None = None
         self.done = False
-        next(self._steps, None)  # run up to the first wait point: everything is posted
+        self.more_to_post = True
+        self.handle_dropped = False
+        self._resume()  # run up to the first wait point: the first round is posted
 
-    def finish(self) -> None:
-        if self._error is not None:
-            raise self._error
-        if self.done:
-            return
+    def _resume(self) -> None:
+        """Run to the next yield (or the end); a failure is kept and raised again by later calls."""
         try:
-            for _ in self._steps:
-                pass
+            self.more_to_post = next(self._steps)
+            return
+        except StopIteration:
+            pass
         except BaseException as e:
             # a second wait() must not resume a dead generator and record a call that failed
             self._error = e
             self.done = True
+            self.more_to_post = False
             raise
         self.done = True
+        self.more_to_post = False
+        self._record()
+
+    def post_all(self) -> None:
+        """Post every exchange still to post (two-shot's second phase: waits for the first)."""
+        if self._error is not None:
+            raise self._error
+        while self.more_to_post:
+            self._resume()
+
+    def finish(self) -> None:
+        if self._error is not None:
+            raise self._error
+        while not self.done:
+            self._resume()
+
+    def _record(self) -> None:
         i = self._info
         if self._measure and i.measured is not None:
             self._ctx.estimate.record(i.measured, self._ctx.timer.times(0))
@@ -284,20 +262,63 @@ class _Job:
         emit(record, self._trackers)
 
 
+# The async jobs not yet completed, per process group, in issue order. Holding them keeps their
+# buffers (and the tensors they write) alive until their exchanges are done, even when the
+# handle was dropped.
+_in_flight: weakref.WeakKeyDictionary[ProcessGroup, list[_Job]] = weakref.WeakKeyDictionary()
+
+
+def _group_key(group: ProcessGroup | None) -> ProcessGroup:
+    return group if group is not None else dist.distributed_c10d._get_default_group()
+
+
+def settle_in_flight(group: ProcessGroup | None) -> None:
+    """Before a new call posts on ``group``: earlier jobs post what they still have to post, dropped ones complete.
+
+    So every rank posts the exchanges of its calls in issue order, whenever and
+    in whatever order it waits on their handles, and a dropped handle's output is
+    written at the latest here. A failure of a job whose handle is alive is left
+    for its ``wait()`` to raise; a dropped job's failure is raised here.
+    """
+    jobs = _in_flight.get(_group_key(group))
+    if not jobs:
+        return
+    try:
+        for job in list(jobs):
+            try:
+                job.post_all()
+                if job.handle_dropped:
+                    job.finish()
+            except Exception:
+                if job.handle_dropped:
+                    raise
+    finally:
+        jobs[:] = [j for j in jobs if not j.done]
+
+
 class CollectiveHandle:
     """What a collective called with ``async_op=True`` returns; used like ``torch.distributed``'s ``Work``.
 
     ``wait()`` completes the collective (waits for the exchanges, decodes, and
     for two-shot posts and waits for the second exchange), writes the result
-    into the output tensor(s) given to the call and returns True. Because
-    ``wait()`` can post an exchange, ranks must call it at the same point of
-    their sequence of collectives on the group, as they must issue the
-    collectives themselves. Waiting again does nothing (and returns True).
+    into the output tensor(s) given to the call and returns True.
+
+    * Waiting again does nothing (and returns True); if the call failed, every
+      ``wait()`` raises the same error.
+    * Handles may be waited in any order, at any point, differently on
+      different ranks: a call's exchanges are always posted in issue order (the
+      next mxcomm collective on the group first posts an earlier two-shot's
+      second phase).
+    * Dropping a handle without ``wait()`` warns (``ResourceWarning``); the call
+      still runs to completion -- its buffers stay referenced and its output is
+      written when the next mxcomm collective is issued on the group. Do not
+      touch its tensors before that.
+
     ``is_completed()`` is True once ``wait()`` has returned. A compressed
     collective writes its output in ``wait()`` (the uncompressed ``none``
     all-reduce is ``dist.all_reduce``'s and, as in torch, may write any time
     before); read it only after. The call is recorded by ``track_comm`` when
-    ``wait()`` completes.
+    it completes.
     """
 
     def __init__(self, job: _Job) -> None:
@@ -310,6 +331,8 @@ class CollectiveHandle:
             True, like ``torch.distributed.Work.wait``; the result is in the output tensor(s).
 
         Raises:
+            CollectiveAbortedError: a peer died, stalled or left the call (``CollectiveTimeoutError``
+                after the group's timeout); the group is unusable afterwards.
             MxcommError: what the collective raised (every later ``wait()`` raises it again).
         """
         self._job.finish()
@@ -322,6 +345,15 @@ class CollectiveHandle:
             False until ``wait()`` has returned (or raised), True afterwards.
         """
         return self._job.done
+
+    def __del__(self) -> None:
+        job = getattr(self, "_job", None)
+        if job is not None and not job.done:
+            job.handle_dropped = True
+            warnings.warn(
+                f"an mxcomm {job._info.op} handle was dropped without wait(): its output is written when the "
+                "next mxcomm collective is issued on the group", ResourceWarning, stacklevel=2,
+            )
 
 
 def _launch(
@@ -340,8 +372,9 @@ def _launch(
     """
     t0 = time.perf_counter()
     n = dist.get_world_size(group)
-    transport = Transport(group, n)
+    transport = Transport(group, n, op)
     ctx = _Context(group, n, dist.get_rank(group), transport, verify, call_timer(transport), group_estimate(group))
+    settle_in_flight(group)
     local_error: MxcommError | None = None
     prepared: _Prepared | None = None
     try:
@@ -349,23 +382,30 @@ def _launch(
         desc, device = prepared.desc, prepared.device
     except MxcommError as e:
         local_error = e
-        desc, device = _invalid_descriptor(op, requested), group_device(group)
+        desc, device = invalid_descriptor(op, requested), group_device(group)
     if verify:
         # every descriptor carries this rank's times of the group's previous measured all-reduce
         desc = replace(desc, times=ctx.estimate.take_pending())
-    agreed = _agree(desc, local_error, device, n, ctx.transport, verify, ctx.timer, ctx.estimate)
-    assert prepared is not None  # a rank with a local error raised in _agree
+    # The received descriptors carry every rank's times of the group's previous measured call: the
+    # estimate learns from them first (on every rank alike, even when this call then fails).
+    agreed = agree(desc, local_error, device, ctx.transport, verify, timed=ctx.timer.descriptor,
+                   on_received=ctx.estimate.absorb)
+    assert prepared is not None  # a rank with a local error raised in agree
     steps, info = prepared.start(agreed)
+    ctx.transport.algorithm = info.algorithm
     # Only synchronous calls with a descriptor are measured: an async call's waits include the
     # caller's own work, and without a descriptor the times could not reach the other ranks.
     job = _Job(steps, info, ctx, t0, measure=verify and not async_op)
-    if async_op:
-        return CollectiveHandle(job)
-    job.finish()
-    return None
+    if not async_op:
+        job.finish()
+        return None
+    ctx.transport.async_wait = True  # what fails from now on surfaces in wait() (or a later call)
+    if not job.done:
+        _in_flight.setdefault(_group_key(group), []).append(job)
+    return CollectiveHandle(job)
 
 
-# -- algorithms (generators: post, yield, then wait and decode) ---------------------------------------
+# -- algorithms (generators: post, yield whether more will be posted, then wait and decode) ---------------------------------------
 
 
 def _from_slot(buf: torch.Tensor, start: int, fmt: BlockFormat, numel: int, dtype: torch.dtype) -> Packed:
@@ -382,8 +422,8 @@ def _one_shot(
         with timer.codec("encode", s1 - s0):
             payload = encode(src[s0:s1], fmt, backend=backend).payload()
         out = torch.empty(n * payload.numel(), dtype=torch.uint8, device=src.device)
-        posted.append((s0, s1, payload.numel(), out, timer.track(transport.all_gather(out, payload))))
-    yield
+        posted.append((s0, s1, payload.numel(), out, timer.track(transport.all_gather(out, payload, PAYLOAD_PHASE))))
+    yield False
     for s0, s1, size, out, work in posted:
         work.wait()
         shards = [_from_slot(out, r * size, fmt, s1 - s0, src.dtype) for r in range(n)]
@@ -454,8 +494,8 @@ def _two_shot_plain(
         a, b = chunks[rank]
         own = src[s0 + a : s0 + b].clone()
         recv = torch.empty(n * slot, dtype=torch.uint8, device=device)
-        phase1.append((s0, chunks, slot, own, recv, timer.track(transport.all_to_all(recv, send))))
-    yield
+        phase1.append((s0, chunks, slot, own, recv, timer.track(transport.all_to_all(recv, send, PAYLOAD_PHASE))))
+    yield True  # the second phase is posted as the first one's segments arrive
     phase2 = []
     for s0, chunks, slot, own, recv, work in phase1:
         work.wait()
@@ -475,7 +515,8 @@ def _two_shot_plain(
                 payload = encode(reduced, fmt, backend=backend).payload()
             reencoded[: payload.numel()] = payload
         out = torch.empty(n * slot, dtype=torch.uint8, device=device)
-        phase2.append((s0, chunks, slot, out, timer.track(transport.all_gather(out, reencoded))))
+        phase2.append((s0, chunks, slot, out, timer.track(transport.all_gather(out, reencoded, SECOND_PHASE))))
+    yield False
     for s0, chunks, slot, out, work in phase2:
         work.wait()
         for c, (a, b) in enumerate(chunks):
@@ -485,9 +526,9 @@ def _two_shot_plain(
                     dst[s0 + a : s0 + b].copy_(decode(p, dtype=dst.dtype, backend=backend))
 
 
-def _plain(tensor: torch.Tensor, group: ProcessGroup | None, timer: CallTimer) -> Steps:
-    work = timer.track(dist.all_reduce(tensor, group=group, async_op=True))
-    yield
+def _plain(tensor: torch.Tensor, transport: Transport, timer: CallTimer) -> Steps:
+    work = timer.track(transport.all_reduce(tensor, PAYLOAD_PHASE))
+    yield False
     work.wait()
 
 
@@ -554,6 +595,8 @@ def all_reduce(
         FormatError: unsupported dtype, unknown format or algorithm, bad ``segment_elems``.
         BackendUnavailableError: the requested codec backend cannot run here.
         CollectiveMismatchError: ranks disagree, or another rank's arguments were invalid.
+        CollectiveAbortedError: a peer died, stalled or left the call (``CollectiveTimeoutError``
+            after the group's timeout); raised on every surviving rank, the group is unusable after.
 
     With ``verify=True`` an invalid call raises on every rank: the rank at fault its
     own error, the others ``CollectiveMismatchError``; nothing hangs.
@@ -614,7 +657,7 @@ def all_reduce(
             segs = segment_bounds(flat.numel(), agreed.segment_elems)
             logical = all_reduce_logical_bytes(tensor.numel(), esize, n)
             if chosen == "none":
-                reduce = _plain(work, ctx.group, ctx.timer)
+                reduce = _plain(work, ctx.transport, ctx.timer)
                 # What a bandwidth-optimal ring all-reduce moves; the backend's own algorithm may differ.
                 ctx.transport.sent += logical
                 ctx.transport.received += logical
@@ -661,8 +704,9 @@ def _prepare_gather(
             payload = encode(src, f, backend=backend).payload() if m else torch.empty(0, dtype=torch.uint8,
                                                                                       device=device)
             out = torch.empty(n * size, dtype=torch.uint8, device=device)
-            work = ctx.transport.all_gather(out, payload)  # the input is encoded: it may alias the output
-            yield
+            # the input is encoded: it may alias the output
+            work = ctx.transport.all_gather(out, payload, PAYLOAD_PHASE)
+            yield False
             work.wait()
             dst = output if output.is_contiguous() else torch.empty(output.shape, dtype=output.dtype, device=device)
             flat = dst.view(-1)
@@ -713,6 +757,8 @@ def all_gather_into_tensor(
         FormatError: unsupported dtype, unknown format, output of the wrong size, dtype or device.
         BackendUnavailableError: the requested codec backend cannot run here.
         CollectiveMismatchError: ranks disagree, or another rank's arguments were invalid.
+        CollectiveAbortedError: a peer died, stalled or left the call (``CollectiveTimeoutError``
+            after the group's timeout); raised on every surviving rank, the group is unusable after.
     """
     return _launch("all_gather", "allgather", group, async_op, verify,
                    lambda ctx: _prepare_gather(ctx, output_tensor, input_tensor, fmt, backend))
@@ -749,6 +795,8 @@ def all_gather(
             wrong shape, dtype or device.
         BackendUnavailableError: the requested codec backend cannot run here.
         CollectiveMismatchError: ranks disagree, or another rank's arguments were invalid.
+        CollectiveAbortedError: a peer died, stalled or left the call (``CollectiveTimeoutError``
+            after the group's timeout); raised on every surviving rank, the group is unusable after.
     """
 
     def prepare(ctx: _Context) -> _Prepared:
@@ -788,8 +836,8 @@ def _prepare_scatter(
                         send[r * size : (r + 1) * size] = encode(c, f, backend=backend).payload()
             own = chunks[rank].clone()  # never leaves the rank: summed exactly (and the output may alias it)
             recv = torch.empty(n * size, dtype=torch.uint8, device=device)
-            work = ctx.transport.all_to_all(recv, send)
-            yield
+            work = ctx.transport.all_to_all(recv, send, PAYLOAD_PHASE)
+            yield False
             work.wait()
             if m:
                 parts = [_from_slot(recv, j * size, f, m, output.dtype) for j in range(n) if j != rank]
@@ -844,6 +892,8 @@ def reduce_scatter_tensor(
         FormatError: unsupported dtype, unknown format, ``input`` of the wrong size, dtype or device.
         BackendUnavailableError: the requested codec backend cannot run here.
         CollectiveMismatchError: ranks disagree, or another rank's arguments were invalid.
+        CollectiveAbortedError: a peer died, stalled or left the call (``CollectiveTimeoutError``
+            after the group's timeout); raised on every surviving rank, the group is unusable after.
     """
 
     def prepare(ctx: _Context) -> _Prepared:
@@ -891,6 +941,8 @@ def reduce_scatter(
             wrong shape, dtype or device.
         BackendUnavailableError: the requested codec backend cannot run here.
         CollectiveMismatchError: ranks disagree, or another rank's arguments were invalid.
+        CollectiveAbortedError: a peer died, stalled or left the call (``CollectiveTimeoutError``
+            after the group's timeout); raised on every surviving rank, the group is unusable after.
     """
 
     def prepare(ctx: _Context) -> _Prepared:

@@ -16,10 +16,19 @@ The accounting records the channel exchange as its own record
 (``op="outlier_channels"``, ``algorithm="dense_allgather"``) with
 ``logical_bytes=0`` -- the compressed record already counts the whole tensor
 as its logical size -- so ``summary()["ratio"]`` is the honest end-to-end ratio.
+
+Before anything else every rank all-gathers a handshake descriptor carrying
+its tensor's dtype and shape and a fingerprint of its channel set
+(``mxcomm.collectives.handshake``): a rank whose arguments are invalid (bad
+channels, not a tensor) raises its own error and every other rank a
+``CollectiveMismatchError``, as do ranks that disagree on the channels --
+nobody waits for the group timeout.
 """
 
 from __future__ import annotations
 
+import hashlib
+import operator
 import time
 from collections.abc import Sequence
 
@@ -28,22 +37,54 @@ import torch.distributed as dist
 from torch.distributed import ProcessGroup
 
 from mxcomm.collectives.accounting import CommRecord, current_trackers, emit
-from mxcomm.collectives.ops import all_reduce
-from mxcomm.errors import ArgumentTypeError, FormatError
+from mxcomm.collectives.algorithms import REQUESTABLE
+from mxcomm.collectives.handshake import Descriptor, agree, invalid_descriptor
+from mxcomm.collectives.ops import all_reduce, settle_in_flight
+from mxcomm.collectives.transport import OUTLIER_PHASE, Transport, group_device
+from mxcomm.errors import ArgumentTypeError, FormatError, MxcommError
 from mxcomm.formats import BlockFormat
+from mxcomm.kernels.dtypes import INPUT_DTYPES
 
 
 def channel_index(channels: Sequence[int] | torch.Tensor, hidden: int) -> torch.Tensor:
     """Validated, sorted, unique int64 channel indices into a last dimension of ``hidden``.
 
     Raises:
-        FormatError: an index outside ``[0, hidden)``.
+        FormatError: an index outside ``[0, hidden)``, or channels that are not integers.
     """
-    idx = torch.as_tensor(channels, dtype=torch.int64).reshape(-1)
+    if isinstance(channels, torch.Tensor):
+        if channels.dtype.is_floating_point or channels.dtype.is_complex or channels.dtype == torch.bool:
+            raise FormatError(f"outlier channels must be integers, got a {channels.dtype} tensor")
+        idx = channels.detach().to("cpu", torch.int64).reshape(-1)
+    else:
+        try:
+            idx = torch.tensor([operator.index(c) for c in channels], dtype=torch.int64)
+        except (TypeError, OverflowError, RuntimeError) as e:
+            raise FormatError(f"outlier channels must be a sequence of ints, got {channels!r}") from e
     if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= hidden):
         raise FormatError(f"outlier channels must lie in [0, {hidden}), got {idx.tolist()}")
     idx = torch.unique(idx)  # sorted
     return idx
+
+
+def _channels_fingerprint(idx: torch.Tensor) -> bytes:
+    return hashlib.blake2b(idx.numpy().tobytes(), digest_size=8).digest()
+
+
+def _prepare(tensor: object, channels: object, algorithm: object) -> tuple[torch.Tensor, Descriptor]:
+    """This rank's validated channel index and descriptor; an MxcommError if its arguments are unusable."""
+    if not isinstance(tensor, torch.Tensor):
+        raise ArgumentTypeError(f"all_reduce_with_outliers tensor must be a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.dtype not in INPUT_DTYPES:
+        raise FormatError(f"all_reduce_with_outliers tensor must be float32, bfloat16 or float16, got {tensor.dtype}")
+    if tensor.dim() == 0:
+        raise FormatError("all_reduce_with_outliers needs a tensor with a channel (last) dimension")
+    if algorithm not in REQUESTABLE:
+        raise FormatError(f"algorithm must be one of {tuple(a.value for a in REQUESTABLE)}, got {algorithm!r}")
+    idx = channel_index(channels, tensor.shape[-1])  # type: ignore[arg-type]
+    desc = Descriptor("outlier_channels", str(algorithm), str(algorithm), tensor.dtype, tuple(tensor.shape),
+                      _channels_fingerprint(idx), f"{idx.numel()} channels", idx.numel())
+    return idx, desc
 
 
 def all_reduce_with_outliers(
@@ -57,7 +98,8 @@ def all_reduce_with_outliers(
 ) -> None:
     """In-place SUM all-reduce: ``channels`` of the last dim exact, the rest in ``fmt``.
 
-    Collective: every rank must call it with the same channels.
+    Collective: every rank must call it with the same channels (checked: ranks
+    that disagree raise ``CollectiveMismatchError``).
 
     Args:
         tensor: float32, bfloat16 or float16 tensor with a channel (last) dimension; overwritten with the sum.
@@ -69,23 +111,35 @@ def all_reduce_with_outliers(
 
     Raises:
         ArgumentTypeError: ``tensor`` is not a ``torch.Tensor``.
-        FormatError: a 0-dim tensor, or a channel outside the last dimension (raised before
-            anything is exchanged, on the rank at fault only); what ``all_reduce`` raises.
+        FormatError: a 0-dim tensor or one of another dtype, a channel outside the last dimension,
+            an unknown algorithm; what ``all_reduce`` raises.
+        CollectiveMismatchError: ranks disagree on shape, dtype or channels, or another rank's
+            arguments were invalid (every rank raises; nothing else is exchanged).
+        CollectiveAbortedError: a peer died, stalled or left the call (``CollectiveTimeoutError``
+            after the group's timeout).
     """
-    if not isinstance(tensor, torch.Tensor):
-        raise ArgumentTypeError(f"all_reduce_with_outliers tensor must be a torch.Tensor, got {type(tensor).__name__}")
-    if tensor.dim() == 0:
-        raise FormatError("all_reduce_with_outliers needs a tensor with a channel (last) dimension")
-    idx = channel_index(channels, tensor.shape[-1]).to(tensor.device)
-    if idx.numel() == 0:
-        all_reduce(tensor, fmt, group=group, algorithm=algorithm, backend=backend)
-        return
     t0 = time.perf_counter()
     trackers = current_trackers()
     n = dist.get_world_size(group)
+    transport = Transport(group, n, "all_reduce_with_outliers")
+    transport.algorithm = "dense_allgather"
+    settle_in_flight(group)
+    local_error: MxcommError | None = None
+    try:
+        idx, desc = _prepare(tensor, channels, algorithm)
+        device = tensor.device
+    except MxcommError as e:
+        local_error = e
+        desc, device = invalid_descriptor("outlier_channels", algorithm if isinstance(algorithm, str) else ""), \
+            group_device(group)
+    agree(desc, local_error, device, transport, verify=True)
+    if idx.numel() == 0:
+        all_reduce(tensor, fmt, group=group, algorithm=algorithm, backend=backend)
+        return
+    idx = idx.to(tensor.device)
     dense = tensor.index_select(-1, idx).contiguous()
-    gathered = [torch.empty_like(dense) for _ in range(n)]
-    dist.all_gather(gathered, dense, group=group)
+    gathered = torch.empty((n, *dense.shape), dtype=dense.dtype, device=dense.device)
+    transport.all_gather(gathered.view(-1).view(torch.uint8), dense.view(-1).view(torch.uint8), OUTLIER_PHASE).wait()
     exact = gathered[0].to(torch.float32)
     for part in gathered[1:]:
         exact += part.to(torch.float32)
@@ -94,7 +148,6 @@ def all_reduce_with_outliers(
     all_reduce(rest, fmt, group=group, algorithm=algorithm, backend=backend)
     rest.index_copy_(-1, idx, exact.to(tensor.dtype))
     tensor.copy_(rest)
-    dense_bytes = dense.numel() * dense.element_size()
     emit(
         CommRecord(
             op="outlier_channels",
@@ -105,8 +158,8 @@ def all_reduce_with_outliers(
             numel=dense.numel(),
             dtype=str(tensor.dtype).replace("torch.", ""),
             logical_bytes=0,
-            bytes_sent=(n - 1) * dense_bytes,
-            bytes_received=(n - 1) * dense_bytes,
+            bytes_sent=transport.sent,
+            bytes_received=transport.received,
             seconds=dense_seconds,
             reason=f"{idx.numel()} calibrated outlier channels sent uncompressed",
         ),

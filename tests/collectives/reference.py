@@ -109,3 +109,32 @@ def quantization_bound(x: torch.Tensor, fmt: BlockFormat) -> torch.Tensor:
 
 def unit_roundoff(dtype: torch.dtype) -> float:
     return {torch.float32: 2.0**-24, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}[dtype]
+
+
+def all_reduce_bound(xs: list[torch.Tensor], fmt: BlockFormat, algorithm: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(float64 exact sum, per-element bound on |result - exact|) of a compressed all-reduce of flat ``xs``.
+
+    Each rank's partial is quantized once (one-shot) and summed in float32; two-shot
+    re-quantizes the sum; the result is cast to the inputs' dtype.
+    """
+    n = len(xs)
+    exact = torch.stack([x.to(torch.float64) for x in xs]).sum(0)
+    per_rank = sum(quantization_bound(x, fmt) for x in xs)
+    mags = sum(x.to(torch.float64).abs() for x in xs) + per_rank
+    bound = per_rank + n * 2.0**-24 * mags  # float32 accumulation
+    if algorithm == "two_shot":
+        bound = bound + quantization_bound(exact.abs() + bound, fmt)
+    return exact, bound + unit_roundoff(xs[0].dtype) * (exact.abs() + bound)
+
+
+def all_gather_bound(x: torch.Tensor, fmt: BlockFormat) -> torch.Tensor:
+    """Bound on |decoded entry - x| of an all-gathered flat ``x``: one quantization and the cast back."""
+    bound = quantization_bound(x, fmt) * (1 + 1e-5)
+    return bound + unit_roundoff(x.dtype) * (x.to(torch.float64).abs() + bound)
+
+
+def reduce_scatter_bound(chunks: list[torch.Tensor], fmt: BlockFormat) -> tuple[torch.Tensor, torch.Tensor]:
+    """(float64 exact sum, bound) of the reduce-scattered chunk summed from every rank's flat ``chunks``."""
+    exact = sum(c.to(torch.float64) for c in chunks)
+    bound = sum(quantization_bound(c, fmt) for c in chunks) * (1 + 1e-5)
+    return exact, bound + unit_roundoff(chunks[0].dtype) * (exact.abs() + bound)

@@ -9,6 +9,8 @@ decisions, never about wall-clock speed.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -35,6 +37,18 @@ FAST = 8 / 100e9
 def _wire(times: CallTimes | None) -> WireDescriptor:
     d = Descriptor("all_reduce", "auto", "none", torch.bfloat16, (1,), b"\0" * 8, "x", 1, times=times)
     return WireDescriptor.unpack(d.pack())
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1e-3, 1e9])
+def test_implausible_times_from_a_peer_are_dropped_by_everyone(bad):
+    est = GroupEstimate(CostModel())
+    meta = CallMeta("none", FMT, format_fingerprint(FMT), FMT.name, 1 << 16, 2, N, 1 << 20)
+    est.record(meta, CallTimes(0, 1e-4, 1e-3, 0, 0, 1e-3))
+    mine = est.take_pending()
+    hostile = CallTimes(mine.seq, 1e-4, 1e-3, 0, 0, bad)  # a corrupted or hostile peer's report
+    est.absorb([_wire(mine), _wire(hostile), _wire(mine)])
+    assert est.view().dropped == 1 and est.alpha.count == 0
+    assert all(math.isfinite(v) for v in (est.model().alpha, est.model().beta))
 
 
 class _World:

@@ -71,14 +71,7 @@ def test_all_reduce_error_within_format_bound(world):
         out = world[0][c["key"]]["out"].reshape(-1).to(torch.float64)
         fmt = mxcomm.get_format(c["fmt"])
         xs = [x.reshape(-1) for x in _inputs(c["seed"], n, c["shape"], c["dtype"])]
-        exact = torch.stack([x.to(torch.float64) for x in xs]).sum(0)
-        per_rank = sum(ref.quantization_bound(x, fmt) for x in xs)
-        mags = sum(x.to(torch.float64).abs() for x in xs) + per_rank
-        accumulate = n * 2.0**-24 * mags
-        bound = per_rank + accumulate
-        if c["alg"] == "two_shot":
-            bound = bound + ref.quantization_bound(exact.abs() + bound, fmt)
-        bound = bound + ref.unit_roundoff(c["dtype"]) * (exact.abs() + bound)
+        exact, bound = ref.all_reduce_bound(xs, fmt, c["alg"])
         err = (out - exact).abs()
         assert bool((err <= bound).all()), f"{c['key']}: max excess {float((err - bound).max()):.3g}"
         # the bound is not vacuous: the typical error is well inside it and the result is not garbage
@@ -170,8 +163,7 @@ def test_all_gather(world):
             assert _bits(out[r]) == _bits(expect), f"{c['key']} entry {r}"
             # against the float64 input: within one quantization (+ the cast back to the dtype)
             exact = x.reshape(-1).to(torch.float64)
-            bound = ref.quantization_bound(x.reshape(-1), fmt) * (1 + 1e-5)
-            bound = bound + ref.unit_roundoff(c["dtype"]) * (exact.abs() + bound)
+            bound = ref.all_gather_bound(x.reshape(-1), fmt)
             assert bool(((out[r].reshape(-1).to(torch.float64) - exact).abs() <= bound).all()), c["key"]
         numel, esize = xs[0].numel(), xs[0].element_size()
         (rec,) = world[0][c["key"]]["records"]
@@ -192,9 +184,7 @@ def test_reduce_scatter(world):
             expect = ref.own_exact_sum([x[r * m : (r + 1) * m] for x in xs], r, fmt).to(c["dtype"])
             expect = expect.view(c["out_shape"])
             assert _bits(out) == _bits(expect), f"{c['key']} rank {r}"
-            exact = sum(x[r * m : (r + 1) * m].to(torch.float64) for x in xs)
-            bound = sum(ref.quantization_bound(x[r * m : (r + 1) * m], fmt) for x in xs)
-            bound = bound * (1 + 1e-5) + ref.unit_roundoff(c["dtype"]) * (exact.abs() + bound)
+            exact, bound = ref.reduce_scatter_bound([x[r * m : (r + 1) * m] for x in xs], fmt)
             assert bool(((out.reshape(-1).to(torch.float64) - exact).abs() <= bound).all())
             (rec,) = res[c["key"]]["records"]
             assert rec["op"] == "reduce_scatter" and rec["algorithm"] == "all_to_all"

@@ -188,10 +188,10 @@ def test_outlier_plan_sends_exactly_the_calibrated_channels(ranks):
         assert len(compressed) == len(dense) == 2 * W.LAYERS
         for x in compressed:
             assert x["format"] == "mxfp4_e2m1" and x["bytes_sent"] == allgather_sent("mxfp4_e2m1")
-        # k channels of every token, fp32 (the compute dtype), to each peer
+        # k channels of every token, fp32 (the compute dtype), and the call's descriptor, to each peer
         for x in dense:
             assert x["numel"] == W.BATCH * W.SEQ * W.OUTLIER_K
-            assert x["bytes_sent"] == (WORLD - 1) * W.BATCH * W.SEQ * W.OUTLIER_K * 4
+            assert x["bytes_sent"] == (WORLD - 1) * (DESCRIPTOR_NBYTES + W.BATCH * W.SEQ * W.OUTLIER_K * 4)
         # the rotated format keeps the channels; removing them leaves plain compressed records
         assert sum(x["op"] == "outlier_channels" for x in r["both_records"]) == 2 * W.LAYERS
         assert {x["format"] for x in r["both_records"] if x["op"] == "all_reduce"} == {W.ROTATED_FP4.name}
