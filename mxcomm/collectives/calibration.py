@@ -18,7 +18,7 @@ from torch.distributed import ProcessGroup
 
 from mxcomm.collectives.estimator import set_cost_model
 from mxcomm.collectives.planner import CodecCost, CostModel
-from mxcomm.collectives.transport import all_gather_bytes, group_device
+from mxcomm.collectives.transport import Transport, group_device
 from mxcomm.formats import BlockFormat, get_format
 from mxcomm.kernels import Packed, decode_sum, encode
 
@@ -35,12 +35,22 @@ def _timed(fn, reps: int) -> float:
     return statistics.median(times)
 
 
-def _agree_max(values: Sequence[float], group: ProcessGroup | None, device: torch.device) -> list[float]:
+#: The phases of calibrate's exchanges, as a CollectiveAbortedError names them.
+_PROBE, _SYNC, _AGREE = "link probe", "synchronisation", "agreement on the measured constants"
+
+
+def _agree_max(values: Sequence[float], transport: Transport, device: torch.device) -> list[float]:
     # Every rank must install the same model (the planner runs on every rank), and the
     # slowest rank is what a collective waits for: take the maximum over ranks.
     t = torch.tensor(list(values), dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+    transport.all_reduce(t, _AGREE, op=dist.ReduceOp.MAX).wait()
     return t.tolist()
+
+
+def _sync(transport: Transport, device: torch.device) -> None:
+    """A barrier whose wait is bounded by the group timeout (a one-byte all-gather)."""
+    out = torch.empty(transport.n, dtype=torch.uint8, device=device)
+    transport.all_gather(out, torch.zeros(1, dtype=torch.uint8, device=device), _SYNC).wait()
 
 
 def measure_codec(
@@ -121,21 +131,25 @@ def calibrate(
 
     Raises:
         FormatError: an entry of ``formats`` is not a format.
+        CollectiveAbortedError: a peer died, stalled (``CollectiveTimeoutError`` after the group's
+            timeout) or did not call ``calibrate``; the group is unusable afterwards.
     """
     n = dist.get_world_size(group)
     device = group_device(group)
     fmts = [get_format(f) for f in formats]
+    # every exchange through the transport: waits bounded by the group timeout, errors translated
+    transport = Transport(group, n, "calibrate")
 
     def gather_time(nbytes: int, reps: int) -> float:
         # median of individually timed all-gathers: robust to the odd scheduling hiccup
         inp = torch.zeros(nbytes, dtype=torch.uint8, device=device)
         out = torch.empty(n * nbytes, dtype=torch.uint8, device=device)
-        all_gather_bytes(out, inp, group)  # warm up connections and buffers
-        dist.barrier(group=group)
+        transport.all_gather(out, inp, _PROBE).wait()  # warm up connections and buffers
+        _sync(transport, device)
         times = []
         for _ in range(reps):
             t0 = time.perf_counter()
-            all_gather_bytes(out, inp, group)
+            transport.all_gather(out, inp, _PROBE).wait()
             times.append(time.perf_counter() - t0)
         return statistics.median(times)
 
@@ -145,7 +159,7 @@ def calibrate(
     t_big = gather_time(big_b, 3)
     # Every rank must grow the probe the same way (a rank that stopped early would leave the others
     # waiting in an all-gather): the decision uses the slowest rank's time.
-    while _agree_max([t_big], group, device)[0] < 0.05 and big_b < max_probe_bytes:
+    while _agree_max([t_big], transport, device)[0] < 0.05 and big_b < max_probe_bytes:
         big_b = min(big_b * 4, max_probe_bytes)
         t_big = gather_time(big_b, 3)
     # t(B) = alpha + (n-1) B beta for an all-gather of B bytes per rank
@@ -155,10 +169,10 @@ def calibrate(
 
     local: list[float] = [alpha, beta]
     for f in fmts:
-        dist.barrier(group=group)
+        _sync(transport, device)
         c = measure_codec(f, dtype=dtype, numel=codec_probe_elems, device=device, backend=backend)
         local += [c.encode_s_per_elem, c.decode_s_per_elem, c.call_s]
-    agreed = _agree_max(local, group, device)
+    agreed = _agree_max(local, transport, device)
     codec = {}
     for i, f in enumerate(fmts):
         e, d, c = agreed[2 + 3 * i : 5 + 3 * i]

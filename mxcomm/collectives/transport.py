@@ -132,9 +132,9 @@ class Transport:
         self.received += (self.n - 1) * slot
         return self._post(phase, inp, lambda: dist.all_to_all_single(out, inp, group=self.group, async_op=True))
 
-    def all_reduce(self, tensor: torch.Tensor, phase: str) -> Exchange:
+    def all_reduce(self, tensor: torch.Tensor, phase: str, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> Exchange:
         """Post the uncompressed ``dist.all_reduce`` of ``tensor`` (not counted here: see the ``none`` path)."""
-        return self._post(phase, tensor, lambda: dist.all_reduce(tensor, group=self.group, async_op=True))
+        return self._post(phase, tensor, lambda: dist.all_reduce(tensor, op=op, group=self.group, async_op=True))
 
     def _post(self, phase: str, send: torch.Tensor, post: Callable[[], dist.Work]) -> Exchange:
         if before_post is not None:
