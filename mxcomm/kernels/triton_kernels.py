@@ -181,7 +181,10 @@ def _element_codes(
     Ex = tl.maximum(ef, 1) - 150  # |x| = M * 2**Ex
     if IS_INT:
         # k = round(|x| * 2**-e / 2**-(BITS-2))
-        sh = e - Ex - (BITS - 2)
+        # A negative shift means a normal |x| * 2**-e >= 2**23 (e.g. a huge input under a float
+        # scale clamped at its max): far above KMAX, so shift by 0 and let the clamp saturate --
+        # the left shift would overflow the integer and wrap.
+        sh = tl.maximum(e - Ex - (BITS - 2), 0)
         if ROUNDING == 3:
             q = _round_shift64(M.to(tl.int64), sh, rand, ROUNDING).to(tl.int32)
         else:
