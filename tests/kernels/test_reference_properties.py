@@ -12,13 +12,14 @@ import math
 
 import pytest
 import torch
-from hypothesis import assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import mxcomm
 from mxcomm.formats import BlockFormat, FloatElement, IntElement, code_values
 from mxcomm.kernels import unpack_codes
 from tests.formats.strategies import builtin_formats, e8m0_builtin_formats, elements
+from tests.profiles import CORE_EXAMPLES, examples
 
 BACKEND = "torch"
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -148,6 +149,7 @@ MODES = st.sampled_from(["floor", "ceil", "rceil", "even"])
 # -- error bounds ----------------------------------------------------------------------
 
 
+@examples(CORE_EXAMPLES)
 @given(fmt=builtin_formats(), mode=MODES, rounding=st.sampled_from(["rne", "away"]), data=tensors())
 def test_round_to_nearest_error_is_at_most_half_an_element_ulp(fmt, mode, rounding, data) -> None:
     x, axis = data
@@ -176,6 +178,7 @@ def test_round_to_nearest_error_is_at_most_half_an_element_ulp(fmt, mode, roundi
     assert bool((yb[~nonzero.expand_as(yb)] == 0).all())
 
 
+@examples(CORE_EXAMPLES)
 @given(fmt=builtin_formats(), mode=MODES, data=tensors())
 def test_toward_zero_never_increases_magnitude(fmt, mode, data) -> None:
     x, axis = data
@@ -186,6 +189,7 @@ def test_toward_zero_never_increases_magnitude(fmt, mode, data) -> None:
     assert bool(((y64 == 0) | (y64.sign() == x64.sign())).all())
 
 
+@examples(CORE_EXAMPLES)
 @given(
     fmt=builtin_formats(),
     mode=MODES,
@@ -297,6 +301,7 @@ def test_nvfp4_is_not_idempotent_in_general() -> None:
     assert changed > 0
 
 
+@examples(CORE_EXAMPLES)
 @given(
     fmt=builtin_formats(),
     mode=MODES,
@@ -362,6 +367,7 @@ def test_power_of_two_scale_invariance_float_scales(fmt, data, k) -> None:
 # -- NaN / Inf --------------------------------------------------------------------------
 
 
+@examples(CORE_EXAMPLES)
 @given(
     fmt=builtin_formats(),
     mode=MODES,
@@ -432,7 +438,7 @@ def test_stochastic_rounding_is_unbiased(fmt_name: str, fraction: float) -> None
     assert abs(float((body > lo).double().mean()) - fraction) <= 6 * math.sqrt(fraction * (1 - fraction) / n)
 
 
-@settings(max_examples=15)
+@examples(15)
 @given(
     elem=elements(max_bits=8),
     fraction=st.floats(0.05, 0.95),
