@@ -5,7 +5,7 @@ with Python's exact arithmetic (``math.frexp`` on the float inputs, ``fractions.
 every quotient and rounding), not with any helper of the reference codec: the scale-type grids are
 written out below from their IEEE / OCP definitions. Inputs are random bit patterns of the input
 dtype, block by block of one kind: all zeros, subnormals, tiny, near the dtype's max, ordinary,
-huge and tiny mixed, with NaN / Inf blocks; for every scale type and E8M0 mode, on the reference and
+amax right at (or next to) a scale mode's threshold, huge and tiny mixed, NaN / Inf blocks; for every scale type and E8M0 mode, on the reference and
 every fast backend.
 """
 
@@ -111,20 +111,36 @@ def stored_scale_values(p: mxcomm.Packed) -> list[Fraction | None]:
 
 # -- inputs -----------------------------------------------------------------------------------
 _BITS = {torch.float32: (8, 23, torch.int32), torch.bfloat16: (8, 7, torch.int16), torch.float16: (5, 10, torch.int16)}
-KINDS = ("zero", "subnormal", "tiny", "near_max", "ordinary", "huge_and_tiny", "nan", "inf")
+KINDS = ("zero", "subnormal", "tiny", "near_max", "ordinary", "threshold", "huge_and_tiny", "nan", "inf")
 
 
-def random_blocks(dtype: torch.dtype, kinds: list[str], block: int, center: float, seed: int) -> torch.Tensor:
+def thresholds(elem: FloatElement | IntElement, mode: str) -> list[float]:
+    """Significands where scale mode ``mode`` changes its choice: 1 (floor, ceil), max_normal's
+    (rceil, and the float scale types), 2 - 2**-(p+1) (even)."""
+    max_normal = Fraction(elem.max_normal)
+    return {"floor": [1.0], "ceil": [1.0], "rceil": [float(max_normal / Fraction(2) ** floor_log2(max_normal))],
+            "even": [2.0 - 2.0 ** -(element_precision(elem) + 1)]}[mode]
+
+
+def random_blocks(dtype: torch.dtype, kinds: list[str], block: int, center: float, seed: int,
+                  edges: list[float] = (1.0,)) -> torch.Tensor:
     """(1, len(kinds) * block) of random bit patterns of ``dtype``, block i of kind ``kinds[i]``;
-    ``center`` in [0, 1) places the ordinary blocks' exponents in the dtype's range."""
+    ``center`` in [0, 1) places the ordinary blocks' exponents in the dtype's range. A threshold
+    block's amax is one of the significands ``edges`` (times a power of two), rounded to the
+    dtype, or the float next to it on either side; its other elements are smaller."""
     ebits, mbits, int_dtype = _BITS[dtype]
     top = 2**ebits - 2  # the largest exponent field of a finite value
+    bias = 2 ** (ebits - 1) - 1
     g = torch.Generator().manual_seed(seed)
     n = block
 
     def fields(lo: int, hi: int) -> torch.Tensor:
         return torch.randint(lo, hi + 1, (n,), generator=g)
 
+    def pick(options) -> float:
+        return options[int(torch.randint(0, len(options), (1,), generator=g))]
+
+    around_center = (max(1, int(center * top) - 3), min(top - 1, int(center * top) + 3))
     rows = []
     for kind in kinds:
         exp_field = {
@@ -132,7 +148,8 @@ def random_blocks(dtype: torch.dtype, kinds: list[str], block: int, center: floa
             "subnormal": torch.zeros(n, dtype=torch.int64),
             "tiny": fields(0, 3),
             "near_max": fields(top - 2, top),
-            "ordinary": fields(max(1, int(center * top) - 3), min(top, int(center * top) + 3)),
+            "ordinary": fields(*around_center),
+            "threshold": fields(*around_center),
             "huge_and_tiny": torch.where(torch.rand(n, generator=g) < 0.5, fields(top - 1, top), fields(0, 2)),
             "nan": fields(1, top),
             "inf": fields(1, top),
@@ -149,15 +166,24 @@ def random_blocks(dtype: torch.dtype, kinds: list[str], block: int, center: floa
             bits[torch.rand(n, generator=g) < 0.2] = 0  # some zeros inside
         width = 1 << (ebits + mbits + 1)
         bits = torch.where(bits >= width // 2, bits - width, bits)  # as signed integers of that width
-        rows.append(bits.to(int_dtype).view(dtype))
+        row = bits.to(int_dtype).view(dtype)
+        if kind == "threshold":
+            amax = torch.tensor(math.ldexp(pick(edges), int(exp_field[0]) - bias), dtype=dtype)
+            amax = (amax.view(int_dtype) + int(pick([-1, 0, 0, 1]))).view(dtype)  # or a neighbour
+            others = torch.rand(n, generator=g, dtype=torch.float64) * float(amax) * (1 - 2 * sign.double())
+            row = others.to(dtype)
+            row[int(torch.randint(0, n, (1,), generator=g))] = amax * pick([1.0, -1.0])
+        rows.append(row)
     return torch.cat(rows).reshape(1, -1)
 
 
 @st.composite
-def block_inputs(draw: st.DrawFn, block: int) -> torch.Tensor:
+def block_inputs(draw: st.DrawFn, block: int, elem: FloatElement | IntElement, mode: str) -> torch.Tensor:
     dtype = draw(st.sampled_from(DTYPES))
-    kinds = draw(st.lists(st.sampled_from(KINDS), min_size=1, max_size=6))
-    x = random_blocks(dtype, kinds, block, draw(st.floats(0, 1, exclude_max=True)), draw(st.integers(0, 2**31 - 1)))
+    kinds = draw(st.lists(st.sampled_from(KINDS), max_size=5)) + ["threshold"]  # one amax at the threshold
+    kinds = draw(st.permutations(kinds))
+    x = random_blocks(dtype, kinds, block, draw(st.floats(0, 1, exclude_max=True)), draw(st.integers(0, 2**31 - 1)),
+                      thresholds(elem, mode))
     ragged = draw(st.integers(0, block - 1))  # the last block padded with zeros
     return x[:, : x.shape[1] - ragged] if ragged < x.shape[1] else x
 
@@ -173,7 +199,7 @@ ELEMENTS = st.one_of(st.sampled_from(OCP_ELEMENTS), elements())
 @given(elem=ELEMENTS, mode=st.sampled_from(["floor", "ceil", "rceil", "even"]),
        block=st.sampled_from([1, 4, 16, 32]), data=st.data())
 def test_e8m0_scales(codec: Codec, elem, mode: str, block: int, data) -> None:
-    x = data.draw(block_inputs(block))
+    x = data.draw(block_inputs(block, elem, mode))
     fmt = _build(BlockFormat, "e8", elem, block_size=block, scale_mode=mode)
     p = codec.encode(x, fmt)
     want = [0xFF if a is NAN else expected_e8m0_exponent(a, elem, mode) + 127 for a in block_amaxes(x, block)]
@@ -186,7 +212,7 @@ def test_e8m0_scales(codec: Codec, elem, mode: str, block: int, data) -> None:
 @given(elem=ELEMENTS, scale=st.sampled_from(sorted(GRIDS)), tensor_scale=st.booleans(),
        block=st.sampled_from([1, 4, 16, 32]), data=st.data())
 def test_float_scales(codec: Codec, elem, scale: str, tensor_scale: bool, block: int, data) -> None:
-    x = data.draw(block_inputs(block))
+    x = data.draw(block_inputs(block, elem, "rceil"))
     fmt = _build(BlockFormat, "fs", elem, block_size=block, scale=scale, tensor_scale=tensor_scale)
     p = codec.encode(x, fmt)
     max_normal = Fraction(elem.max_normal)
