@@ -197,7 +197,7 @@ def test_block_sizes(codec: Codec, block_size: int) -> None:
     """Tiny, odd, non-power-of-two and large blocks; ragged rows and rows of whole blocks."""
     rows = 1 if block_size >= 3000 else 3
     for elem, scale in [(FloatElement(3, 2), "e8m0"), (IntElement(5), "fp16"), (FloatElement(2, 1), "e4m3")]:
-        fmt = BlockFormat("b", elem, block_size=block_size, scale=scale, tensor_scale=scale == "e4m3")
+        fmt = BlockFormat("b", elem, block_size=block_size, scale=scale)
         codec.check(mixed_input((rows, 2 * block_size + block_size // 2 + 1), torch.bfloat16, seed=block_size), fmt,
                     dtypes=(None,))
         codec.check(mixed_input((rows, 2 * block_size), torch.float32, seed=block_size), fmt, dtypes=(None,))
@@ -506,10 +506,13 @@ def test_rotated_formats(codec: Codec, name: str, dtype: torch.dtype) -> None:
 @pytest.mark.parametrize("block", [2**k for k in range(1, 12)])
 @pytest.mark.parametrize("name", ["int4", "mxfp8_e4m3", "fp5_e2m2", "fp3_e1m1", "nvfp4"])
 def test_rotated_block_sizes(codec: Codec, name: str, block: int) -> None:
-    """Every power of two a fast backend rotates itself, byte-aligned or not, ragged rows."""
+    """Every power of two a fast backend rotates itself (in-vector stages only, the paired paths of
+    16-64, buffered stages from 128), byte-aligned or not, ragged rows with special values; float32
+    inputs (full significands: every butterfly sum rounds) and bf16 ones."""
     fmt = rotated(name, seed=block * 977 + 1, block_size=block)
-    rows = 1 if block >= 1024 else 3
-    x = awkward((rows, 2 * block + block // 2 + 1), torch.float32, block)
+    rows = 1 if block >= 1024 else 5
+    dtype = torch.float32 if block.bit_length() % 2 else torch.bfloat16
+    x = awkward((rows, 2 * block + block // 2 + 1), dtype, block)
     want = codec.check(x, fmt, dtypes=(torch.float32, torch.bfloat16))
     codec.check_decode_sum([want, mxcomm.encode(x.flip(1), fmt, backend=REFERENCE), want], dtypes=(torch.float16,))
 
@@ -585,7 +588,7 @@ def test_rotated_blocks_of_tiny_and_subnormal_inputs(codec: Codec, name: str, dt
 
 
 @pytest.mark.parametrize("codec", CODECS)
-@pytest.mark.parametrize("block", [8, 32, 128])
+@pytest.mark.parametrize("block", [8, 16, 32, 64, 128])
 @pytest.mark.parametrize(
     "elem,scale",
     [(FloatElement(2, 1), "e8m0"), (FloatElement(4, 3, nan="all_ones"), "e8m0"), (IntElement(4), "e8m0"),
