@@ -118,6 +118,11 @@ class Codec:
         return want
 
 
+def rotated(name: str | mxcomm.BlockFormat, seed: int = 1234, **options) -> mxcomm.BlockFormat:
+    """Format ``name`` with a Hadamard rotation of seed ``seed`` (and other ``options``)."""
+    return mxcomm.get_format(name).with_options(rotation_seed=seed, **options)
+
+
 def mixed_input(shape: Sequence[int], dtype: torch.dtype, seed: int, *, specials: bool = True,
                 device: torch.device | str = "cpu") -> torch.Tensor:
     """Gaussian rows at very different magnitudes; with ``specials`` also NaN, +-Inf, zeros, -0 and

@@ -23,16 +23,12 @@ from mxcomm.kernels import cpu_backend, reference
 from mxcomm.kernels.counter_rng import seed_key, stochastic_bits
 from mxcomm.kernels.dispatch import fuses_rotation, resolve_backend
 from mxcomm.kernels.rotation import hadamard_blocks_reference
-from tests.kernels.exactness import DTYPES, assert_same_values, awkward
+from tests.kernels.exactness import DTYPES, assert_same_values, awkward, rotated
 from tests.kernels.test_cpu_backend import assert_same_packed, check_random_payloads_decode, split_into_ranges
 from tests.kernels.test_reference_properties import make_values
 from tests.profiles import examples
 
 pytestmark = pytest.mark.requires_backend("cpu")
-
-
-def rotated(name: str | BlockFormat, seed: int = 1234, **options) -> BlockFormat:
-    return mxcomm.get_format(name).with_options(rotation_seed=seed, **options)
 
 
 # -- the parameters handed to the kernels --------------------------------------------------------
