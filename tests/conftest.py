@@ -1,21 +1,105 @@
-"""Shared pytest configuration: hypothesis profiles.
+"""Shared pytest configuration: hypothesis profiles (tests/profiles.py) and required codec backends.
 
-The ``ci`` profile (the default) keeps example counts moderate so the suite
-fits CI's budget on two cores; ``HYPOTHESIS_PROFILE=thorough`` runs more.
+Required backends
+-----------------
+A test that needs a codec backend says so with ``@pytest.mark.requires_backend(name)`` (or
+``pytestmark``); the conformance suite attaches the mark to each backend parameter. When the backend
+cannot run (no compiler, Triton missing, ...):
+
+* locally the test is skipped, with the reason;
+* when the backend is *required* it FAILS, with the reason. Required are the names in
+  ``MXCOMM_REQUIRE_BACKENDS`` (comma-separated; ``.ci/run`` sets ``cpu,triton``), or, when that is
+  unset and ``CI=true``, ``DEFAULT_REQUIRED``.
+
+Required backends also make the ``auto`` fallback warning an error, so a test that meant a fast
+backend cannot quietly compare the reference with itself; tests comparing ``auto`` with the
+reference assert ``Packed.backend`` against the ``auto_backend`` fixture.
+
+Triton runs on CPU tensors only in its interpreter, which must be switched on before Triton is
+first imported: that happens here, before any test module loads.
 """
 
 from __future__ import annotations
 
 import os
 
-from hypothesis import HealthCheck, settings
+import pytest
+import torch
 
-settings.register_profile(
-    "ci",
-    max_examples=50,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    print_blob=True,
-)
-settings.register_profile("thorough", max_examples=500, deadline=None, print_blob=True)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+from tests import profiles  # noqa: E402,F401  (registers and loads the hypothesis profile)
+from tests.kernels.exactness import backend_device  # noqa: E402
+
+REQUIRE_ENV = "MXCOMM_REQUIRE_BACKENDS"
+DEFAULT_REQUIRED = ("cpu", "triton")
+# the candidates of backend="auto" for CPU tensors, best first (mxcomm.kernels.dispatch)
+AUTO_CPU_CANDIDATES = ("cpu", "torch")
+
+
+def required_backends() -> frozenset[str]:
+    """The backends that must run here (see the module docstring)."""
+    configured = os.environ.get(REQUIRE_ENV)
+    if configured is not None:
+        return frozenset(name.strip() for name in configured.split(",") if name.strip())
+    if os.environ.get("CI", "").lower() == "true":
+        return frozenset(DEFAULT_REQUIRED)
+    return frozenset()
+
+
+def backend_problem(name: str, device: torch.device | str | None = None) -> str | None:
+    """None when backend ``name`` runs on ``device``, else the reason it does not."""
+    from mxcomm.kernels import backend_status
+
+    return backend_status(name, backend_device(name) if device is None else device)
+
+
+def check_backend(name: str, device: torch.device | str | None = None) -> None:
+    """Skip the running test (fail it, if ``name`` is required) when the backend cannot run."""
+    reason = backend_problem(name, device)
+    if reason is None:
+        return
+    message = f"codec backend {name!r} cannot run: {reason}"
+    if name in required_backends():
+        configured = os.environ.get(REQUIRE_ENV)
+        why = f"{REQUIRE_ENV}={configured}" if configured is not None else "CI=true"
+        pytest.fail(f"{message} (required here: {why})", pytrace=False)
+    pytest.skip(message)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "requires_backend(name, device=None): the test needs codec backend `name`; skipped locally when it "
+        "cannot run, failed when it is required (MXCOMM_REQUIRE_BACKENDS, CI=true)",
+    )
+    for name in sorted(required_backends()):
+        # mxcomm.kernels.dispatch warns once when auto passes over a backend; for a required one
+        # that is an error (the message's ':' is matched by '.': ':' separates filter fields)
+        config.addinivalue_line("filterwarnings", f"error:mxcomm. backend '{name}' is not used:RuntimeWarning")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item: pytest.Item) -> None:
+    # in the call phase, so that a required backend that cannot run is a test failure (not a setup error)
+    for mark in item.iter_markers("requires_backend"):
+        check_backend(*mark.args, **mark.kwargs)
+
+
+@pytest.fixture
+def auto_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The backend ``backend="auto"`` must pick for CPU tensors, worked out here from the dispatch
+    rule (the first candidate that can run), not by asking the dispatch; MXCOMM_BACKEND is cleared.
+    A required candidate is expected even when it cannot run: the test then fails with the reason."""
+    from mxcomm.kernels import BACKEND_ENV
+
+    monkeypatch.delenv(BACKEND_ENV, raising=False)
+    for name in AUTO_CPU_CANDIDATES:
+        if name == "torch" or backend_problem(name, "cpu") is None:
+            return name
+        if name in required_backends():
+            request.node.add_marker(pytest.mark.requires_backend(name, "cpu"))  # fails it in the call phase
+            return name
+        # locally a candidate that cannot run is passed over, as auto does
+    raise AssertionError("unreachable: the torch reference always runs")

@@ -1,7 +1,7 @@
 """Codecs: the torch reference (the specification) and faster backends behind one dispatch.
 
 The public API is ``__all__``: the codec functions, ``Packed``, and the backend
-registry (``resolve_backend``, ``backend_status``, ``register_backend``, the
+registry (``resolve_backend``, ``backend_status``, ``register_backend``, ``registered_backends``, the
 ``CodecBackend`` protocol). Internal pieces (bit packing, the reference
 backend's classes, the frame) stay importable from their modules.
 """
@@ -12,6 +12,7 @@ from mxcomm.kernels.dispatch import (
     CodecBackend,
     backend_status,
     register_backend,
+    registered_backends,
     resolve_backend,
 )
 from mxcomm.kernels.packed import Packed
@@ -52,5 +53,6 @@ __all__ = [
     "encode",
     "quantize",
     "register_backend",
+    "registered_backends",
     "resolve_backend",
 ]

@@ -93,6 +93,11 @@ def register_backend(name: str, loader: Callable[[], CodecBackend]) -> None:
 
 
 def registered_backends() -> list[str]:
+    """The names of the registered codec backends, in registration order.
+
+    Returns:
+        e.g. ``["torch", "triton", "cpu"]``; whether each can run here is ``backend_status(name, device)``.
+    """
     return list(_loaders)
 
 

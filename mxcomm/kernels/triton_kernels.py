@@ -187,8 +187,11 @@ def _element_codes(
     M = tl.where(ef > 0, mf | 0x800000, mf)
     Ex = tl.maximum(ef, 1) - 150  # |x| = M * 2**Ex
     if IS_INT:
-        # k = round(|x| * 2**-e / step): the grid's subnormal binade, step 2**(GRID_EMIN - GRID_MBITS)
-        sh = GRID_EMIN + e - Ex - GRID_MBITS
+        # k = round(|x| * 2**-e / step): the grid's subnormal binade, step 2**(GRID_EMIN - GRID_MBITS).
+        # A negative shift means a normal |x| * 2**-e >= 2**23 (e.g. a huge input under a float
+        # scale clamped at its max): far above KMAX, so shift by 0 and let the clamp saturate --
+        # the left shift would overflow the integer and wrap.
+        sh = tl.maximum(GRID_EMIN + e - Ex - GRID_MBITS, 0)
         if ROUNDING == RND_STOCHASTIC:
             q = _round_shift64(M.to(tl.int64), sh, rand, ROUNDING).to(tl.int32)
         else:

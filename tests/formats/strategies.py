@@ -6,7 +6,7 @@ from hypothesis import assume
 from hypothesis import strategies as st
 
 import mxcomm
-from mxcomm.formats import BlockFormat, FloatElement, IntElement
+from mxcomm.formats import BlockFormat, FloatElement, IntElement, Rounding, ScaleMode, ScaleType
 
 
 def _build(factory, *args, **kwargs):
@@ -42,3 +42,28 @@ def builtin_formats() -> st.SearchStrategy[BlockFormat]:
 
 def e8m0_builtin_formats() -> st.SearchStrategy[BlockFormat]:
     return builtin_formats().filter(lambda f: f.scale == "e8m0")
+
+
+SCALE_TYPES = tuple(ScaleType)
+BLOCK_SIZES = (1, 2, 3, 7, 8, 16, 32, 33, 48, 64, 100, 256, 2500)
+
+
+@st.composite
+def block_formats(draw: st.DrawFn, *, rotation: bool = True) -> BlockFormat:
+    """Any format the codec takes: a built-in one or a custom one (any element, block size, scale
+    type, tensor scale), with any rounding and scale mode, and (``rotation``) maybe a rotation."""
+    if draw(st.booleans()):
+        fmt = draw(builtin_formats())
+    else:
+        elem = draw(elements())
+        scale = draw(st.sampled_from(SCALE_TYPES))
+        block = draw(st.one_of(st.sampled_from(BLOCK_SIZES), st.integers(1, 100)))
+        tensor_scale = scale != ScaleType.E8M0 and draw(st.booleans())
+        fmt = _build(BlockFormat, "hyp", elem, block, scale, tensor_scale=tensor_scale)
+    rounding = draw(st.sampled_from(tuple(Rounding)))
+    mode = draw(st.sampled_from(tuple(ScaleMode))) if fmt.scale == ScaleType.E8M0 else ScaleMode.RCEIL
+    fmt = fmt.with_options(rounding=rounding, scale_mode=mode)
+    power_of_two = fmt.block_size >= 2 and fmt.block_size & (fmt.block_size - 1) == 0
+    if rotation and power_of_two and draw(st.booleans()):
+        fmt = fmt.with_options(rotation_seed=draw(st.integers(0, 2**64 - 1)))
+    return fmt

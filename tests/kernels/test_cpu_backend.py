@@ -1,92 +1,49 @@
-"""The fast CPU backend ("cpu") against the torch reference: same bytes, same values.
+"""What is specific to the fast CPU backend ("cpu"): block ranges on several threads, the
+vectorised whole-block paths, the ctypes entry points, forked children, dispatch and the build.
 
-Encodings are compared as whole payloads (codes | scales | tensor-scale
-bytes), where a NaN block's float scale may be any NaN (torch's own NaN bit
-patterns for bf16/fp16 depend on which of its kernels ran); decoded tensors bit
-for bit, where any NaN equals any NaN. Inputs come from the same generator as
-the reference's property suite, plus the microxcaling golden vectors, random
-payloads for the decoder, and the layouts the fast paths special-case.
+Conformance with the torch reference on every input (golden vectors, shapes, specials, scale modes,
+rotation, ...) is tests/kernels/test_conformance.py; the checks here use its comparisons (payload
+bytes equal, decoded values bit for bit, any NaN equal to any NaN).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import math
 import multiprocessing
 import os
 import warnings
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import mxcomm
 from mxcomm.errors import BackendUnavailableError
 from mxcomm.formats import BlockFormat, FloatElement, IntElement, Rounding
 from mxcomm.formats.block import E8M0_SCALE_MODES
-from mxcomm.kernels import backend_status, cpu_backend, dispatch, register_backend
+from mxcomm.kernels import cpu_backend, dispatch, register_backend
 from mxcomm.kernels.packed import SCALE_STORAGE_DTYPES
-from tests import golden
-from tests.formats.strategies import _build, builtin_formats, elements
+from tests.formats.strategies import _build, block_formats, elements
+from tests.kernels.exactness import DTYPES, assert_same_payload, assert_same_values, gen
 from tests.kernels.test_reference_properties import make_values, tensors, to_dtype
+from tests.profiles import examples
 
-_STATUS = backend_status("cpu", "cpu")
-pytestmark = pytest.mark.skipif(_STATUS is not None, reason=f"cpu backend cannot run here: {_STATUS}")
+pytestmark = pytest.mark.requires_backend("cpu")
 
-DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 SCALE_TYPES = ("e8m0", "e4m3", "fp16", "bf16", "fp32")
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def _scale_bits(p: mxcomm.Packed) -> torch.Tensor:
-    """Scale bit patterns as int64, every NaN float scale mapped to -1."""
-    s = p.scales
-    if s.dtype == torch.uint8:
-        return s.to(torch.int64)
-    bits = s.view({2: torch.int16, 4: torch.int32}[s.element_size()]).to(torch.int64)
-    return torch.where(s.isnan(), torch.full_like(bits, -1), bits)
-
-
 def assert_same_packed(got: mxcomm.Packed, want: mxcomm.Packed) -> None:
     assert got.backend == "cpu" and want.backend == "torch"
-    assert torch.equal(got.codes, want.codes), _first_diff(got.codes, want.codes)
-    assert torch.equal(_scale_bits(got), _scale_bits(want)), _first_diff(_scale_bits(got), _scale_bits(want))
-    if want.tensor_scale is None:
-        assert got.tensor_scale is None
-    else:
-        assert got.tensor_scale.dtype == torch.float32
-        assert got.tensor_scale.view(torch.int32).item() == want.tensor_scale.view(torch.int32).item()
-
-
-def _first_diff(a: torch.Tensor, b: torch.Tensor) -> str:
-    if a.shape != b.shape:
-        return f"shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}"
-    idx = (a != b).nonzero().flatten()
-    if not idx.numel():
-        return "equal"
-    i = int(idx[0])
-    return f"{idx.numel()} of {a.numel()} entries differ; first at {i}: cpu {int(a[i])} vs reference {int(b[i])}"
-
-
-def assert_same_values(got: torch.Tensor, want: torch.Tensor) -> None:
-    """Bit-identical, except that any NaN equals any NaN."""
-    assert got.dtype == want.dtype and got.shape == want.shape
-    nan = want.isnan()
-    assert torch.equal(got.isnan(), nan), "NaN positions differ"
-    ints = {4: torch.int32, 2: torch.int16}[want.element_size()]
-    a, b = got.contiguous().view(ints)[~nan], want.contiguous().view(ints)[~nan]
-    assert torch.equal(a, b), _first_diff(a, b)
+    assert_same_payload(got, want)
 
 
 def encode_both(x: torch.Tensor, fmt, *, axis: int = -1, seed: int = 0, **options):
-    got = mxcomm.encode(x, fmt, axis=axis, backend="cpu", generator=_gen(seed), **options)
-    want = mxcomm.encode(x, fmt, axis=axis, backend="torch", generator=_gen(seed), **options)
+    got = mxcomm.encode(x, fmt, axis=axis, backend="cpu", generator=gen(seed), **options)
+    want = mxcomm.encode(x, fmt, axis=axis, backend="torch", generator=gen(seed), **options)
     assert_same_packed(got, want)
     return got, want
 
@@ -109,25 +66,11 @@ def split_into_ranges(threads: int, min_task_elements: int = 64):
         cpu_backend.MIN_TASK_ELEMENTS = old_min
 
 
-@st.composite
-def formats(draw: st.DrawFn) -> BlockFormat:
-    """Built-in formats and random custom ones (any element, block size, scale type), any options."""
-    if draw(st.booleans()):
-        fmt = draw(builtin_formats())
-    else:
-        elem = draw(elements())
-        scale = draw(st.sampled_from(SCALE_TYPES))
-        block = draw(st.one_of(st.sampled_from([1, 2, 3, 8, 16, 32, 64]), st.integers(1, 100)))
-        tensor_scale = scale != "e8m0" and draw(st.booleans())
-        fmt = _build(BlockFormat, "hyp", elem, block, scale, tensor_scale=tensor_scale)
-    rounding = draw(st.sampled_from(tuple(Rounding)))
-    mode = draw(st.sampled_from(E8M0_SCALE_MODES)) if fmt.scale == "e8m0" else "rceil"
-    return fmt.with_options(rounding=rounding, scale_mode=mode)
-
-
-# -- byte equality over the reference's input space --------------------------------------------
-@given(fmt=formats(), data=tensors(), seed=st.integers(0, 2**31 - 1), threads=st.sampled_from([1, 3]))
-def test_same_bytes_and_values_as_the_reference(fmt, data, seed, threads) -> None:
+# -- several block ranges on several threads: the same bytes -------------------------------------
+@given(fmt=block_formats(), data=tensors(), seed=st.integers(0, 2**31 - 1), threads=st.sampled_from([2, 3]))
+def test_inputs_cut_into_ranges_give_the_reference_bytes(fmt, data, seed, threads) -> None:
+    """Any format and input, cut into many block ranges (each starting on a byte boundary of the
+    code stream) on several threads: the reference's bytes and values."""
     x, axis = data
     with split_into_ranges(threads):
         got, want = encode_both(x, fmt, axis=axis, seed=seed)
@@ -162,8 +105,8 @@ def test_fast_path_layouts(case, seed, threads) -> None:
     with split_into_ranges(threads):
         got, want = encode_both(x, fmt, seed=seed)
         check_roundtrips(got, want)
-        parts = [got, mxcomm.encode(-x, fmt, backend="cpu", generator=_gen(seed + 1))]
-        want_parts = [want, mxcomm.encode(-x, fmt, backend="torch", generator=_gen(seed + 1))]
+        parts = [got, mxcomm.encode(-x, fmt, backend="cpu", generator=gen(seed + 1))]
+        want_parts = [want, mxcomm.encode(-x, fmt, backend="torch", generator=gen(seed + 1))]
         for dtype in DTYPES:
             assert_same_values(
                 mxcomm.decode_sum(parts, dtype=dtype, backend="cpu"),
@@ -171,19 +114,18 @@ def test_fast_path_layouts(case, seed, threads) -> None:
             )
 
 
-# -- the decoder on arbitrary payloads ----------------------------------------------------------
-@given(fmt=formats(), rows=st.integers(1, 4), length=st.integers(1, 70), nparts=st.integers(1, 3),
-       seed=st.integers(0, 2**31 - 1), threads=st.sampled_from([1, 2]))
-def test_decode_of_random_payloads(fmt, rows, length, nparts, seed, threads) -> None:
-    """Every code and scale bit pattern (NaN/inf codes and scales, subnormal scales, overflowing
-    products) decodes like the reference, alone and summed."""
+# -- the decoder on arbitrary payloads, in ranges ----------------------------------------------
+@given(fmt=block_formats(), rows=st.integers(1, 4), length=st.integers(1, 70), nparts=st.integers(1, 3),
+       seed=st.integers(0, 2**31 - 1), threads=st.sampled_from([2, 3]))
+def test_decode_of_random_payloads_in_ranges(fmt, rows, length, nparts, seed, threads) -> None:
+    """Random payload bytes decode (alone and summed) like the reference when cut into ranges."""
     check_random_payloads_decode(fmt, rows, length, nparts, seed, threads)
 
 
 def check_random_payloads_decode(fmt: BlockFormat, rows: int, length: int, nparts: int, seed: int,
                                  threads: int) -> None:
     """Random payload bytes of ``fmt`` decode (alone and summed) like the reference, in every dtype."""
-    g = _gen(seed)
+    g = gen(seed)
     n = fmt.packed_nbytes((rows, length))
     parts = [
         mxcomm.Packed.from_payload(torch.randint(0, 256, (n,), dtype=torch.uint8, generator=g), fmt,
@@ -198,52 +140,7 @@ def check_random_payloads_decode(fmt: BlockFormat, rows: int, length: int, npart
                 assert_same_values(mxcomm.decode(parts[0], dtype=dtype, backend="cpu"), want)
 
 
-# -- external oracle -----------------------------------------------------------------------------
-@pytest.mark.parametrize("case", golden.cases(), ids=[golden.case_id(c) for c in golden.cases()])
-def test_golden_case(case: dict) -> None:
-    fmt = golden.format_for(case)
-    x = golden.input_for(case)
-    got, want = encode_both(x, fmt, axis=int(case["axis"]))
-    y = mxcomm.decode(got, backend="cpu")
-    expected = golden.expected_y(case)
-    if x.dtype == torch.bfloat16:
-        expected = expected.to(torch.bfloat16)
-    assert golden.same_with_nan(y, expected)
-    assert_same_values(y, mxcomm.decode(want, backend="torch"))
-
-
-# -- formats do not leak into each other -----------------------------------------------------
-def test_same_width_formats_give_their_own_bytes() -> None:
-    """One library serves every format: formats of the same width and block size, used in turn,
-    each give their own (correct) bytes."""
-    x = make_values("wide", (8, 256), 0, 7).to(torch.float32)
-    four_bit = [
-        mxcomm.get_format("mxfp4"),
-        mxcomm.get_format("int4"),
-        BlockFormat("e3m0", FloatElement(3, 0)),
-        BlockFormat("e2m1_b3", FloatElement(2, 1, bias=3)),
-        BlockFormat("e2m1_fp16", FloatElement(2, 1), scale="fp16"),
-        mxcomm.get_format("mxfp4").with_options(scale_mode="even"),
-        mxcomm.get_format("mxfp4").with_options(rounding="zero"),
-    ]
-    payloads = []
-    for _ in range(2):  # twice, interleaved: nothing is remembered from the previous format
-        for fmt in four_bit:
-            got, _ = encode_both(x, fmt)
-            payloads.append(got.payload())
-    first = payloads[: len(four_bit)]
-    assert all(torch.equal(a, b) for a, b in zip(first, payloads[len(four_bit):]))
-    assert len({bytes(p.numpy()) for p in first}) == len(four_bit)
-
-
-def test_stochastic_rounding_follows_the_generator_seed() -> None:
-    x = make_values("normal", (4, 512), 0, 3).to(torch.bfloat16)
-    for name in ("mxfp4", "mxint8", "nvfp4", "fp3_e1m1"):
-        a, _ = encode_both(x, name, rounding="stochastic", seed=11)
-        b, _ = encode_both(x, name, rounding="stochastic", seed=12)
-        assert not torch.equal(a.codes, b.codes)
-
-
+# -- the ctypes entry points -------------------------------------------------------------------
 @pytest.mark.parametrize("block,k,n", [(3, 1431655764, 4), (48, 89478484, 3)])
 def test_stochastic_random_words_across_the_2_to_32_index_boundary(monkeypatch, block: int, k: int, n: int) -> None:
     """Element indices >= 2**32 hash with another key (random.stochastic_bits). Blocks k..k+n-1,
@@ -274,71 +171,7 @@ def test_stochastic_random_words_across_the_2_to_32_index_boundary(monkeypatch, 
     assert seed_key(seed, 0) != seed_key(seed, 1)  # the key really changes at 2**32
 
 
-# -- inputs and layouts ------------------------------------------------------------------------
-def _special_blocks(dtype: torch.dtype) -> torch.Tensor:
-    x = make_values("normal", (6, 96), 0, 1).to(dtype)
-    x[0, 3] = math.nan
-    x[1, 40] = math.inf
-    x[2, 70] = -math.inf
-    x[3, :] = 0.0
-    x[4, ::2] = -0.0
-    x[5, 10] = torch.finfo(dtype).max
-    x[5, 50] = torch.finfo(dtype).tiny / 4  # subnormal
-    return x
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("name", ["mxfp4", "mxfp6_e3m2", "mxfp8_e4m3", "mxfp8_e5m2", "mxint8", "nvfp4", "int8_fp16"])
-def test_nan_inf_zero_and_extreme_blocks(name: str, dtype: torch.dtype) -> None:
-    got, want = encode_both(_special_blocks(dtype), name)
-    check_roundtrips(got, want)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("name", ["mxfp4", "mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxint8", "fp5_e3m1"])
-@pytest.mark.parametrize("mode", E8M0_SCALE_MODES)
-def test_blocks_of_subnormal_inputs(name: str, dtype: torch.dtype, mode: str) -> None:
-    """Blocks whose shared exponent clamps at -127 and whose elements are float32 subnormals: the
-    kernels then normalise the inputs (element_codes NORM=true)."""
-    x = make_values("wide", (4, 64), -136, 9).to(dtype)
-    x[1] *= 2.0**-8
-    x[2, :32] = make_values("dyadic", (32,), -140, 10).to(dtype)
-    for rounding in Rounding:
-        got, want = encode_both(x, name, scale_mode=mode, rounding=rounding, seed=3)
-        check_roundtrips(got, want)
-
-
-def test_effective_scale_underflowing_to_zero() -> None:
-    """NVFP4 block scale * tensor scale below float32's smallest subnormal: the block's codes are 0."""
-    tiny = 2.0**-149
-    x = torch.zeros(2, 32)
-    x[0, 0] = 2000 * tiny
-    x[0, 16:19] = torch.tensor([tiny, -tiny, 2 * tiny])
-    x[1] = make_values("normal", (32,), -140, 1).to(torch.float32)
-    got, want = encode_both(x, "nvfp4")
-    check_roundtrips(got, want)
-
-
-@pytest.mark.parametrize("shape,axis", [((0,), 0), ((0, 5), 1), ((3, 0), 0), ((3, 0), 1), ((1,), 0), ((), 0),
-                                        ((1, 1), 0), ((7,), 0), ((33,), 0), ((2, 3, 5), 1)])
-@pytest.mark.parametrize("name", ["mxfp4", "nvfp4", "fp3_e1m1", "int2"])
-def test_empty_tiny_and_odd_shapes(shape, axis, name) -> None:
-    x = make_values("normal", shape, 0, 2).to(torch.float32) if math.prod(shape) else torch.zeros(shape)
-    got, want = encode_both(x, name, axis=axis)
-    check_roundtrips(got, want)
-    assert_same_values(mxcomm.decode_sum([got, got], backend="cpu"), mxcomm.decode_sum([want, want], backend="torch"))
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_non_contiguous_inputs(dtype: torch.dtype) -> None:
-    base = make_values("outliers", (96, 80), 0, 4).to(dtype)
-    for x in (base.t(), base[::2, 1::3], base.unsqueeze(0).expand(2, 96, 80)):
-        assert not x.is_contiguous()
-        for axis in (0, -1):
-            got, want = encode_both(x, "mxfp4", axis=axis)
-            check_roundtrips(got, want, dtypes=(dtype,))
-
-
+# -- threads and block ranges -------------------------------------------------------------------
 @pytest.mark.parametrize(
     "elem,block",
     [(FloatElement(1, 1), 5), (FloatElement(2, 2), 7), (FloatElement(3, 3), 3), (FloatElement(5, 10), 4),
@@ -391,7 +224,7 @@ def test_threads_work_in_a_forked_child() -> None:
 
 @given(num_blocks=st.integers(0, 5000), block=st.integers(1, 70), bits=st.integers(1, 16),
        threads=st.integers(1, 8))
-@settings(max_examples=200)
+@examples(200)
 def test_block_ranges_cover_everything_on_byte_boundaries(num_blocks, block, bits, threads) -> None:
     old = cpu_backend.MIN_TASK_ELEMENTS
     cpu_backend.MIN_TASK_ELEMENTS = 16

@@ -12,7 +12,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import mxcomm
@@ -20,6 +20,7 @@ from mxcomm.formats import BlockFormat, FloatElement, IntElement
 from mxcomm.formats.element import code_values
 from mxcomm.kernels.bitpack import unpack_codes
 from tests.formats.strategies import builtin_formats, e8m0_builtin_formats, elements
+from tests.profiles import CORE_EXAMPLES, examples
 
 BACKEND = "torch"
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -149,6 +150,7 @@ MODES = st.sampled_from(["floor", "ceil", "rceil", "even"])
 # -- error bounds ----------------------------------------------------------------------
 
 
+@examples(CORE_EXAMPLES)
 @given(fmt=builtin_formats(), mode=MODES, rounding=st.sampled_from(["rne", "away"]), data=tensors())
 def test_round_to_nearest_error_is_at_most_half_an_element_ulp(fmt, mode, rounding, data) -> None:
     x, axis = data
@@ -177,6 +179,7 @@ def test_round_to_nearest_error_is_at_most_half_an_element_ulp(fmt, mode, roundi
     assert bool((yb[~nonzero.expand_as(yb)] == 0).all())
 
 
+@examples(CORE_EXAMPLES)
 @given(fmt=builtin_formats(), mode=MODES, data=tensors())
 def test_toward_zero_never_increases_magnitude(fmt, mode, data) -> None:
     x, axis = data
@@ -187,6 +190,7 @@ def test_toward_zero_never_increases_magnitude(fmt, mode, data) -> None:
     assert bool(((y64 == 0) | (y64.sign() == x64.sign())).all())
 
 
+@examples(CORE_EXAMPLES)
 @given(
     fmt=builtin_formats(),
     mode=MODES,
@@ -298,6 +302,7 @@ def test_nvfp4_is_not_idempotent_in_general() -> None:
     assert changed > 0
 
 
+@examples(CORE_EXAMPLES)
 @given(
     fmt=builtin_formats(),
     mode=MODES,
@@ -363,6 +368,7 @@ def test_power_of_two_scale_invariance_float_scales(fmt, data, k) -> None:
 # -- NaN / Inf --------------------------------------------------------------------------
 
 
+@examples(CORE_EXAMPLES)
 @given(
     fmt=builtin_formats(),
     mode=MODES,
@@ -433,7 +439,7 @@ def test_stochastic_rounding_is_unbiased(fmt_name: str, fraction: float) -> None
     assert abs(float((body > lo).double().mean()) - fraction) <= 6 * math.sqrt(fraction * (1 - fraction) / n)
 
 
-@settings(max_examples=15)
+@examples(15)
 @given(
     elem=elements(max_bits=8),
     fraction=st.floats(0.05, 0.95),

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from mxcomm.kernels import rotation
 from mxcomm.kernels.rotation import hadamard_blocks, hadamard_blocks_reference, rotate, rotation_signs, unrotate
+from tests.profiles import examples
 
 BITS = {torch.float32: torch.int32, torch.float64: torch.int64, torch.bfloat16: torch.int16}
 
@@ -85,7 +86,7 @@ def test_non_contiguous_empty_and_bfloat16_inputs() -> None:
     assert _same_bits(unrotate(yb, 3, 32), _straight_unrotate(yb, 3, 32))
 
 
-@settings(max_examples=40, deadline=None)
+@examples(40)
 @given(
     log_block=st.integers(1, 7),
     rows=st.integers(1, 4),

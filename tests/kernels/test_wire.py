@@ -15,12 +15,13 @@ import zlib
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import mxcomm
 from mxcomm.formats import BlockFormat, FloatElement, IntElement
 from tests.formats.strategies import builtin_formats, elements
+from tests.profiles import examples
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -207,7 +208,7 @@ def _check_mutant(data: bytes) -> None:
     assert y.shape == q.shape and y.dtype == q.dtype
 
 
-@settings(max_examples=150)
+@examples(150)
 @given(
     frame_index=st.integers(0, 4),
     edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=4),
