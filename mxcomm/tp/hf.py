@@ -103,6 +103,10 @@ class _ReducedForward:
         self.tp_forward = tp_forward  # transformers' wrapper (what :func:`uncompress` puts back)
         self.group = mesh.get_group()
         self.vocab_start = _vocab_start(module, mesh) if kind == EMBEDDING else 0
+        from transformers.distributed.parallel_utils import _use_local_dtensor_params
+
+        # transformers' own swap of the DTensor parameters for their local shards during a forward
+        self._use_local_params = _use_local_dtensor_params
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         comm: RowwiseComm = getattr(self.module, COMM_ATTR)
@@ -113,9 +117,7 @@ class _ReducedForward:
         return self._output(comm, args, kwargs)
 
     def _local_params(self) -> Any:
-        from transformers.distributed.parallel_utils import _use_local_dtensor_params
-
-        return _use_local_dtensor_params(self.module)
+        return self._use_local_params(self.module)
 
     def _as_output(self, reduced: torch.Tensor) -> Any:
         if getattr(self.style, "use_local_output", True):

@@ -299,6 +299,10 @@ class CommPlan:
 def save_plan(plan: CommPlan, path: str | Path) -> None:
     """Write ``plan`` as JSON (versioned, with the model identity).
 
+    Args:
+        plan: The plan.
+        path: The file to write.
+
     Raises:
         TPPlanError: a format that cannot be named (not registered, nor a registered one with options).
     """
@@ -309,6 +313,12 @@ def save_plan(plan: CommPlan, path: str | Path) -> None:
 
 def load_plan(path: str | Path) -> CommPlan:
     """Read a plan written by :func:`save_plan`.
+
+    Args:
+        path: The JSON file.
+
+    Returns:
+        The plan (check it against a model with :meth:`ModelIdentity.check`, as the entry points do).
 
     Raises:
         TPPlanError: an unreadable or malformed file, another version, an unknown format.
