@@ -323,10 +323,10 @@ def compress(
         raise TPPlanError(f"{type(model).__name__} is not sharded by transformers' tensor parallelism (no module "
                           "carries a TP forward): load it with from_pretrained(..., tp_plan='auto') under torchrun, "
                           "or shard it with mxcomm.tp.parallelize")
-    meshes = {id(m): _check_mesh(m, "mxcomm.tp.compress") for _, m, _, _ in sharded.values()}
-    if len(meshes) != 1:
-        raise TPPlanError(f"the model's TP modules use {len(meshes)} different meshes; compress expects one TP mesh")
-    world = next(iter(sharded.values()))[1].size()
+    meshes = [_check_mesh(m, "mxcomm.tp.compress") for _, m, _, _ in sharded.values()]
+    if any(m != meshes[0] for m in meshes):
+        raise TPPlanError("the model's TP modules use different device meshes; compress expects one TP mesh")
+    world = meshes[0].size()
     styles = {name: w[0] for name, w in sharded.items()}
     _check_heads(model, styles, world)
     comms = resolve_comms(model, _reduce_modules(model, styles), {n: style_name(s) for n, s in styles.items()},

@@ -76,7 +76,7 @@ SETTINGS: list[tuple[str, dict[str, Any]]] = [
     ("none", {"fmt": None}),
     ("mxfp8", {"fmt": "mxfp8_e4m3", "algorithm": "allgather"}),
     ("mxfp4_2s_bf16", {"fmt": "mxfp4_e2m1", "algorithm": "two_shot", "comm_dtype": torch.bfloat16}),
-    ("plan", {"fmt": "mxfp8_e4m3", "algorithm": "allgather"}),
+    ("plan", {"fmt": "mxfp8_e4m3", "algorithm": "allgather", "outliers": {"model.layers.1.self_attn.o_proj": [2, 3]}}),
     ("auto", {"fmt": "mxfp8_e4m3"}),
 ]
 EMULATED = ("mxfp8", "mxfp4_2s_bf16", "plan")
@@ -146,8 +146,10 @@ def run_family(rank: int, world: int, family: str, folder: Path) -> dict[str, An
     from torch.distributed.device_mesh import init_device_mesh
 
     copy = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
-    T.parallelize(copy, init_device_mesh("cpu", (world,)), "mxfp8_e4m3", algorithm="allgather")
+    T.parallelize(copy, init_device_mesh("cpu", (world,)), **_settings_kwargs("plan", dict(SETTINGS)["plan"], plan_path))
     with torch.no_grad():
+        res["parallelized_plan"] = copy(ids).logits
+        T.compress(copy, "mxfp8_e4m3", algorithm="allgather")
         res["parallelized_mxfp8"] = copy(ids).logits
         T.compress(copy, None)
         res["parallelized_none"] = copy(ids).logits

@@ -77,8 +77,9 @@ def test_mxfp8_is_close_and_parallelize_matches_from_pretrained(ranks, family):
     # post-norms the largest); a real model's is far smaller (docs/results.md)
     assert 0 < rel_err(r0["logits"]["mxfp8"], r0["unsharded"]) < 0.1
     assert rel_err(r0["logits"]["mxfp4_2s_bf16"], r0["unsharded"]) < 0.4
-    for r in ranks:  # the same sharding both ways: bit for bit the same logits
+    for r in ranks:  # the same sharding and settings both ways: bit for bit the same logits
         assert torch.equal(r[family]["parallelized_mxfp8"], r[family]["logits"]["mxfp8"])
+        assert torch.equal(r[family]["parallelized_plan"], r[family]["logits"]["plan"])
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -118,8 +119,10 @@ def test_per_module_plan_reaches_each_module(ranks, family):
     assert [x["format"] for x in reduces] == ["", "mxfp4_e2m1.rot7", "mxint8", "mxfp4_e2m1.rot7", "mxint8"]
     assert [x["algorithm"] for x in reduces] == ["none", "allgather", "two_shot", "allgather", "two_shot"]
     assert [x["dtype"] for x in reduces] == ["float32", "float32", "bfloat16", "float32", "bfloat16"]
-    assert [x["op"] for x in records].count("outlier_channels") == 1  # layer 0's attention output only
+    # the attention outputs: layer 0's channels from the plan, layer 1's from compress(outliers=...)
+    assert [x["op"] for x in records].count("outlier_channels") == 2
     assert f["described"]["plan"]["model.layers.0.self_attn.o_proj"] == "mxfp4_e2m1.rot7[rne]/allgather+3ch"
+    assert f["described"]["plan"]["model.layers.1.self_attn.o_proj"] == "mxfp4_e2m1.rot7[rne]/allgather+2ch"
     assert f["described"]["plan"]["model.embed_tokens"] == "none"
 
 
