@@ -15,7 +15,7 @@ DOCUMENTED = {
     "mxcomm.collectives": ["all_reduce", "all_gather_into_tensor", "reduce_scatter_tensor", "all_gather",
                            "reduce_scatter", "calibrate", "set_cost_model"],
     "mxcomm.tp": ["parallelize_llama", "llama_tp_plan", "calibrate_outliers", "set_outlier_channels",
-                  "set_comm_format"],
+                  "set_comm_format", "compress", "parallelize", "save_plan", "load_plan"],
 }
 
 

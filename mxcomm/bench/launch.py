@@ -35,6 +35,10 @@ def _rank_entry(
 ) -> None:
     # gloo must use the loopback device: that is the (possibly shaped) link under test.
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    # torchrun's environment, which libraries read (transformers' from_pretrained(tp_plan="auto") takes
+    # its TP size from WORLD_SIZE and finds the process group already initialised)
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     if threads is not None:
         torch.set_num_threads(threads)
     timeout = timedelta(seconds=timeout_s)
@@ -61,7 +65,9 @@ def run_ranks(
     """Run ``fn(rank, world_size, *args)`` in ``world_size`` spawned processes.
 
     ``fn`` must be importable (module level). A process group over loopback is
-    initialised before ``fn`` runs and destroyed after it returns. The
+    initialised before ``fn`` runs and destroyed after it returns; the ranks see
+    torchrun's environment variables (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``,
+    ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``). The
     rendezvous is on 127.0.0.1: the launcher and the ranks share one network
     namespace (a shaped one, for the TTFT benchmark).
 

@@ -43,6 +43,27 @@ def apply_setting(model: torch.nn.Module, setting: CommSetting, calibration: Any
     set_outlier_channels(model, calibration.top(setting.outliers) if setting.outliers else None)
 
 
+def calibrate_planner(settings: list[dict], tag: str, lead: bool) -> dict | None:
+    """Measure the ``auto`` planner's link costs on this group if a setting runs ``auto`` (collective).
+
+    ``settings``: the job's settings as dicts (``CommSetting`` fields). Returns what was measured
+    (alpha, beta, the rate it means, seconds), or None when no setting runs ``auto``.
+    """
+    from mxcomm.collectives import calibrate
+
+    formats = sorted({s["fmt"] for s in settings if s["fmt"] and s["algorithm"] == "auto"})
+    if not formats:
+        return None
+    t0 = time.perf_counter()
+    # max_probe_bytes = the first probe size: calibrate() grows its probe while the rank-local time is
+    # short, and ranks that disagree on that would issue different collectives and hang.
+    cost = calibrate(formats=formats, dtype=torch.bfloat16, max_probe_bytes=256 << 10)
+    if lead:
+        log_stderr(f"[{tag}] calibrated: alpha {cost.alpha * 1e6:.0f} us, {8e-9 / cost.beta:.3f} Gbit/s per rank")
+    return {"alpha_s": cost.alpha, "beta_s_per_byte": cost.beta, "gbit_per_s_per_rank": 8e-9 / cost.beta,
+            "seconds": time.perf_counter() - t0}
+
+
 def job_calibration(model: torch.nn.Module, assets: Assets, job: dict, lead: bool) -> Any:
     """The job's outlier calibration: given (JSON), or measured by rank 0 and broadcast; None if not needed.
 

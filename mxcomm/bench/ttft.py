@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from mxcomm.bench.rank_setup import apply_setting, job_calibration, log_stderr, shard_model
+from mxcomm.bench.rank_setup import apply_setting, calibrate_planner, job_calibration, log_stderr, shard_model
 from mxcomm.bench.settings import CommSetting
 from mxcomm.bench.smollm2 import Assets, load_model, load_tokens, windows
 from mxcomm.bench.wire_accounting import comm_accounting
@@ -36,7 +36,7 @@ Log = Callable[[str], None]
 def ttft_rank(rank: int, world: int, job: dict) -> None:
     """Rank body of one TTFT run (one link rate)."""
     from mxcomm.bench.slowlink import qdisc_sent_bytes
-    from mxcomm.collectives import calibrate, track_comm
+    from mxcomm.collectives import track_comm
 
     assets = Assets.from_dict(job["assets"])
     model = load_model(assets)
@@ -62,17 +62,9 @@ def ttft_rank(rank: int, world: int, job: dict) -> None:
     calibration = job_calibration(model, assets, job, lead)
     dist.barrier()
     shard_model(model, world)
-    cal_formats = sorted({s["fmt"] for s in job["settings"] if s["fmt"] and s["algorithm"] == "auto"})
-    if cal_formats:
-        t0 = time.perf_counter()
-        # max_probe_bytes = the first probe size: calibrate() grows its probe while the rank-local time is
-        # short, and ranks that disagree on that would issue different collectives and hang.
-        cost = calibrate(formats=cal_formats, dtype=torch.bfloat16, max_probe_bytes=256 << 10)
-        result["calibration"] = {"alpha_s": cost.alpha, "beta_s_per_byte": cost.beta,
-                                 "gbit_per_s_per_rank": 8e-9 / cost.beta, "seconds": time.perf_counter() - t0}
-        if lead:
-            log_stderr(f"[ttft {job['rate']}] calibrated: alpha {cost.alpha * 1e6:.0f} us, "
-                       f"{8e-9 / cost.beta:.3f} Gbit/s per rank")
+    planner = calibrate_planner(job["settings"], f"ttft {job['rate']}", lead)
+    if planner is not None:
+        result["calibration"] = planner
     settings = [CommSetting(**s) for s in job["settings"]]
     runs: list[dict[str, Any]] = [{"times": [], "comm": [], "wire": [], "token": -1, "acct": {}} for _ in settings]
     # Settings are interleaved (round-robin over repetitions), so a burst of load from elsewhere on the
@@ -138,33 +130,47 @@ def run_ttft(
 
     A rate whose ranks fail or exceed ``timeout_s`` gets an ``error`` entry instead of rows.
     """
+    jobs = [{"assets": assets.to_dict(), "prompt_tokens": prompt_tokens, "reps": reps, "warmup": warmup,
+             "settings": [asdict(s) for s in settings], "unsharded": i == 0, "rate": rate,
+             "world_size": world_size, "threads": threads, "calibration": calibration}
+            for i, rate in enumerate(rates)]
+    return run_per_rate("mxcomm.bench.ttft", jobs, timeout_s=timeout_s, log=log)
+
+
+def run_per_rate(module: str, jobs: Sequence[dict], *, timeout_s: float, log: Log = log_stderr) -> list[dict]:
+    """Run ``python -m MODULE JOB.json`` once per job, on the job's ``rate``, and collect each job's JSON result.
+
+    ``"loopback"`` runs unshaped; any other rate (``100mbit``, ...) runs the command in a fresh network
+    namespace whose loopback ``tc`` shapes to that rate (:class:`mxcomm.bench.slowlink.ShapedNamespace`).
+    The command writes its result to ``job["out"]`` (set here). A rate whose ranks fail or exceed
+    ``timeout_s`` gets ``{"rate": ..., "rows": [], "error": ...}`` instead.
+    """
     from mxcomm.bench.slowlink import ShapedNamespace, SlowLinkUnavailable
 
     results = []
     with tempfile.TemporaryDirectory(prefix="mxcomm-eval-") as tmp:
-        for i, rate in enumerate(rates):
-            out = Path(tmp) / f"ttft-{i}.json"
-            job = {"assets": assets.to_dict(), "prompt_tokens": prompt_tokens, "reps": reps, "warmup": warmup,
-                   "settings": [asdict(s) for s in settings], "unsharded": i == 0, "rate": rate,
-                   "world_size": world_size, "threads": threads, "out": str(out), "calibration": calibration}
+        for i, job in enumerate(jobs):
+            rate = job["rate"]
+            out = Path(tmp) / f"result-{i}.json"
             job_path = Path(tmp) / f"job-{i}.json"
-            job_path.write_text(json.dumps(job))
-            cmd = [sys.executable, "-m", "mxcomm.bench.ttft", str(job_path)]
+            job_path.write_text(json.dumps({**job, "out": str(out)}))
+            cmd = [sys.executable, "-m", module, str(job_path)]
             env = dict(os.environ)
             package_root = str(Path(__file__).resolve().parents[2])
             env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+            tag = module.rsplit(".", 1)[-1]
             try:
                 if rate == "loopback":
-                    log(f"[ttft] unshaped loopback, {world_size} ranks")
+                    log(f"[{tag}] unshaped loopback, {job['world_size']} ranks")
                     subprocess.run(cmd, env=env, check=True, timeout=timeout_s)
                 else:
                     with ShapedNamespace(rate) as ns:
-                        log(f"[ttft] {rate}: ranks in network namespace {ns.name}, lo shaped by tc tbf rate {rate}")
+                        log(f"[{tag}] {rate}: ranks in network namespace {ns.name}, lo shaped by tc tbf rate {rate}")
                         subprocess.run([*ns.prefix(), *cmd], env=env, check=True, timeout=timeout_s)
                 results.append(json.loads(out.read_text()))
             except (subprocess.SubprocessError, OSError, SlowLinkUnavailable) as exc:
                 # Keep the other links' results; the failure is reported in the table and the JSON.
-                log(f"[ttft] {rate}: FAILED: {exc}")
+                log(f"[{tag}] {rate}: FAILED: {exc}")
                 results.append({"rate": rate, "rows": [], "error": f"{type(exc).__name__}: {exc}"})
     return results
 

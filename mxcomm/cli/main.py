@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ["codec", "sweep", "collective", "evaluate"]
+COMMAND_MODULES = ["codec", "sweep", "collective", "evaluate", "generate"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -169,6 +169,11 @@ def parallelize_llama(
 ) -> nn.Module:
     """Shard a Llama-family model in place over a 1-D mesh (see :func:`llama_tp_plan`).
 
+    Superseded by :func:`mxcomm.tp.parallelize`, which shards any transformers model with its own
+    TP plan (vocabulary-parallel embedding, gathered LM head) and takes per-module
+    :class:`~mxcomm.tp.CommPlan` settings; this hand-written plan (PyTorch's own styles, embedding
+    and LM head replicated) stays for the evaluation harness and its emulation.
+
     Collective: every rank of the mesh calls it.
 
     Args:

@@ -212,3 +212,31 @@ def test_eval_quick_writes_only_into_out(tmp_path):
     tables = markdown_tables(md)
     assert [len(t) - 1 for t in tables] == [len(ppl), len(pareto)]
     assert "![Pareto front](img/pareto.png)" in md
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_bench_generate_loopback_writes_only_into_out(tmp_path):
+    """``bench-generate`` on the unshaped loopback: TTFT/TPOT rows and the algorithm of each phase, into --out."""
+    from mxcomm.bench.sweep import source_unavailable
+
+    reason = source_unavailable("smollm2")
+    if reason:
+        pytest.skip(reason)
+    out = tmp_path / "generate"
+    assert main(["bench-generate", "--rates", "loopback", "--settings", "none,mxfp8_e4m3:allgather",
+                 "--prompt-tokens", "24", "--new-tokens", "3", "--reps", "1", "--warmup", "0", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["generate.json", "generate.md"]
+    doc = json.loads((out / "generate.json").read_text())
+    (res,) = doc["results"]
+    rows = {r["label"]: r for r in res["rows"]}
+    none, fp8 = rows["none (bfloat16 wire)"], rows["mxfp8_e4m3 rne allgather"]
+    for row, algorithm in ((none, "none"), (fp8, "allgather")):
+        assert row["ranks_agree"] and len(row["tokens"]) == 3
+        assert row["ttft_s"] > 0 and row["tpot_s"] > 0
+        # SmolLM2 through its transformers plan: the embedding and 30 x (o_proj, down_proj)
+        assert row["prefill"]["algorithms"] == {algorithm: 61} and row["prefill"]["message_numel"] == [24 * 576]
+        assert row["decode"]["algorithms"] == {algorithm: 2 * 61} and row["decode"]["message_numel"] == [576]
+    assert fp8["decode"]["bytes_sent_per_forward"] < none["decode"]["bytes_sent_per_forward"]
+    (table,) = markdown_tables((out / "generate.md").read_text())
+    assert [row[1] for row in table[1:]] == ["none (bfloat16 wire)", "mxfp8_e4m3 rne allgather"]
