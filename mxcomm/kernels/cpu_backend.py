@@ -76,7 +76,7 @@ from mxcomm.kernels.bitpack import packed_code_bytes
 from mxcomm.kernels.dispatch import check_rotation
 from mxcomm.kernels.dtypes import INPUT_DTYPES, SCALE_STORAGE_DTYPES, dtype_code
 from mxcomm.kernels.params import NATIVE_ABI_VERSION, NativeParams, kernel_params, native_params
-from mxcomm.kernels.reference import EncodedBlocks, tensor_scale_from_amax
+from mxcomm.kernels.reference import EncodedBlocks
 
 log = logging.getLogger("mxcomm.kernels")
 
@@ -227,6 +227,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.mx_encode.restype = ctypes.c_int
     lib.mx_finite_amax.argtypes = [i32, p, i64, i64, i32, i64, i64]
     lib.mx_finite_amax.restype = ctypes.c_uint32
+    lib.mx_tensor_scale.argtypes = [p, ctypes.c_uint32]
+    lib.mx_tensor_scale.restype = f32
     lib.mx_rotated_finite_amax.argtypes = [p, i32, p, i64, i64, i64, i64]
     lib.mx_rotated_finite_amax.restype = ctypes.c_uint32
     lib.mx_decode.argtypes = [p, i32, i32, p, p, p, p, i64, i64, i64, i64, p]
@@ -434,10 +436,9 @@ class CpuBackend:
                     raise RuntimeError("mxcomm cpu codec: rotated amax failed (out of memory)")
             else:
                 amaxes = _run(ranges, lambda b0, b1: lib.mx_finite_amax(kind, x_ptr, length, bpr, bs, b0, b1))
-            amax_bits = max(amaxes, default=0)
-            amax = torch.tensor([amax_bits], dtype=torch.int32).view(torch.float32)
-            tensor_scale = tensor_scale_from_amax(amax, fmt)
-            ts_value = float(tensor_scale)
+            # (= reference.tensor_scale_from_amax, which costs ~150 us of torch ops per call)
+            ts_value = lib.mx_tensor_scale(ctypes.byref(params), max(amaxes, default=0))
+            tensor_scale = torch.tensor(ts_value, dtype=torch.float32)
         if seed is None:
             if fmt.rounding == "stochastic":
                 raise FormatError("stochastic rounding needs a seed")

@@ -437,8 +437,12 @@ MX_INLINE void store_scale(void* scales, int64_t k, int32_t scale_type, uint32_t
 }
 
 MX_INLINE float fp16_bits_to_float(uint32_t h) {
+#if defined(__F16C__)
+    return _cvtsh_ss(uint16_t(h));  // (a vector load of a just-stored word stalls on store forwarding)
+#else
     const uint16_t tmp[W] = {uint16_t(h), 0, 0, 0, 0, 0, 0, 0};
     return u2f(load8<DT_FP16>(tmp, 0)[0]);
+#endif
 }
 
 // The float32 multiplier X of block k (reference.block_scale_fp32).
@@ -3242,6 +3246,17 @@ int mx_encode(const Format* f, int32_t dt, const void* x, int64_t length, int64_
 #undef MX_ENC
     std::free(cbuf);
     return 0;
+}
+
+// The float32 tensor scale of a two-level format from the tensor's finite amax (float32 bits):
+// reference.tensor_scale_from_amax, S = amax / (max_normal * scale_max) rounded up onto the
+// float32 grid, 1 for an all-zero tensor -- without a torch round trip (which costs more than
+// encoding a small message).
+float mx_tensor_scale(const Format* f, uint32_t amax_bits) {
+    const float amax = u2f(amax_bits);
+    if (!(amax > 0.0f)) return 1.0f;
+    const double q = double(amax) / (f->max_normal * f->scale_max);
+    return float(round_up_grid(q, 23, -126, double(std::numeric_limits<float>::max())));
 }
 
 // Per-block amax over the finite elements of blocks [b0, b1) as float32 bits; returns their max.
