@@ -969,27 +969,52 @@ MX_INLINE vf32 block_values(const uint8_t* in, const uint16_t* cbuf, int32_t j, 
 }
 
 #if defined(__AVX2__)
-// One block of 4-bit codes decoded to a 16-bit type through a table of the 16 possible outputs
-// (each computed exactly as the element path computes it: product in float32, then rounded), looked
-// up with byte shuffles -- 16 elements per step. Needs bs % 16 == 0 and in-range products.
+// 4-bit codes decoded to a 16-bit type through a table of the 16 possible outputs of a block
+// (each computed exactly as the element path computes it: product in float32, then rounded), as
+// two byte planes, looked up with byte shuffles. Needs in-range products.
+struct NibbleOutputs {
+    __m128i lo, hi;
+};
+
 template <int ODT>
-MX_INLINE void decode_nibbles_by_table(const uint8_t* in, int32_t bs, float X, vf32 tlo, vf32 thi, uint16_t* out) {
+MX_INLINE NibbleOutputs nibble_outputs(float X, vf32 tlo, vf32 thi) {
     const vu32 o0 = ODT == DT_BF16 ? to_bf16_in_range(tlo * X) : to_fp16(tlo * X);
     const vu32 o1 = ODT == DT_BF16 ? to_bf16_in_range(thi * X) : to_fp16(thi * X);
     const __m128i w0 = (__m128i)__builtin_convertvector(o0, vu16), w1 = (__m128i)__builtin_convertvector(o1, vu16);
     const __m128i low_bytes = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, -1, -1, -1, -1, -1, -1, -1, -1);
     const __m128i high_bytes = _mm_setr_epi8(1, 3, 5, 7, 9, 11, 13, 15, -1, -1, -1, -1, -1, -1, -1, -1);
-    const __m128i tab_lo = _mm_unpacklo_epi64(_mm_shuffle_epi8(w0, low_bytes), _mm_shuffle_epi8(w1, low_bytes));
-    const __m128i tab_hi = _mm_unpacklo_epi64(_mm_shuffle_epi8(w0, high_bytes), _mm_shuffle_epi8(w1, high_bytes));
-    const __m128i nibble = _mm_set1_epi8(0x0F);
-    for (int32_t j = 0; j < bs; j += 16) {
+    return NibbleOutputs{_mm_unpacklo_epi64(_mm_shuffle_epi8(w0, low_bytes), _mm_shuffle_epi8(w1, low_bytes)),
+                         _mm_unpacklo_epi64(_mm_shuffle_epi8(w0, high_bytes), _mm_shuffle_epi8(w1, high_bytes))};
+}
+
+// One block (bs % 16 == 0) through its output table: 32 codes per step, then 16.
+MX_INLINE void decode_nibbles_with(const uint8_t* in, int32_t bs, NibbleOutputs t, uint16_t* out) {
+    const __m256i tab_lo = _mm256_broadcastsi128_si256(t.lo), tab_hi = _mm256_broadcastsi128_si256(t.hi);
+    int32_t j = 0;
+    for (; j + 32 <= bs; j += 32) {
+        const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + j / 2));
+        const __m128i nibble = _mm_set1_epi8(0x0F);
+        const __m128i lo = _mm_and_si128(b, nibble), hi = _mm_and_si128(_mm_srli_epi16(b, 4), nibble);
+        const __m256i codes = _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi));  // 0-15 | 16-31
+        const __m256i vl = _mm256_shuffle_epi8(tab_lo, codes), vh = _mm256_shuffle_epi8(tab_hi, codes);
+        const __m256i first = _mm256_unpacklo_epi8(vl, vh), second = _mm256_unpackhi_epi8(vl, vh);  // 0-7, 16-23 | 8-15, 24-31
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + j), _mm256_permute2x128_si256(first, second, 0x20));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + j + 16), _mm256_permute2x128_si256(first, second, 0x31));
+    }
+    if (j < bs) {
+        const __m128i nibble = _mm_set1_epi8(0x0F);
         const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(in + j / 2));
         const __m128i lo = _mm_and_si128(b, nibble), hi = _mm_and_si128(_mm_srli_epi16(b, 4), nibble);
         const __m128i codes = _mm_unpacklo_epi8(lo, hi);  // codes j .. j+15 in order
-        const __m128i vl = _mm_shuffle_epi8(tab_lo, codes), vh = _mm_shuffle_epi8(tab_hi, codes);
+        const __m128i vl = _mm_shuffle_epi8(t.lo, codes), vh = _mm_shuffle_epi8(t.hi, codes);
         _mm_storeu_si128(reinterpret_cast<__m128i*>(out + j), _mm_unpacklo_epi8(vl, vh));
         _mm_storeu_si128(reinterpret_cast<__m128i*>(out + j + 8), _mm_unpackhi_epi8(vl, vh));
     }
+}
+
+template <int ODT>
+MX_INLINE void decode_nibbles_by_table(const uint8_t* in, int32_t bs, float X, vf32 tlo, vf32 thi, uint16_t* out) {
+    decode_nibbles_with(in, bs, nibble_outputs<ODT>(X, tlo, thi), out);
 }
 #endif
 
@@ -2091,7 +2116,7 @@ MX_INLINE void plan8_float(const Format& f, const FloatScalePlanner& c, __m256i 
 
 // -- encode: element codes ---------------------------------------------------------------------
 struct ElementConsts {
-    __m256i abs, expmask, emin_bits, cb_add, k, max_code;
+    __m256i abs, expmask, emin_bits, cb_add, k, max_code, max_code8;
     __m128i shift;  // 23 - mbits
     __m256 step_inv, kmax;
     explicit ElementConsts(const Format& f) {
@@ -2101,16 +2126,21 @@ struct ElementConsts {
         cb_add = _mm256_set1_epi32((23 - f.grid_mbits) << 23);
         k = _mm256_set1_epi32((150 - f.grid_mbits + f.grid_emin) << f.grid_mbits);
         max_code = _mm256_set1_epi32(f.max_code);
+        max_code8 = _mm256_set1_epi8(char(f.max_code));
         shift = _mm_cvtsi32_si128(23 - f.grid_mbits);
         step_inv = _mm256_set1_ps(std::ldexp(1.0f, f.bits - 2));
         kmax = _mm256_set1_ps(float(f.max_code));
     }
 };
 
-// Magnitude codes of 8 elements (float32 bits u) scaled by m (E8M0: times 2**-e; else divided by X).
-template <bool IS_INT, bool DIV>
+// Magnitude codes of 8 elements (float32 bits u; ABS: already without their sign) scaled by m
+// (E8M0: times 2**-e; else divided by X). BYTE_CLAMP: float codes are left above max_code, for
+// codes32 to clamp the packed bytes (the packing saturates, and a saturated code is still
+// >= max_code) -- fewer instructions for 8-bit codes; for the others the compiler then keeps
+// fewer constants in registers, which costs more than it saves.
+template <bool IS_INT, bool DIV, bool ABS, bool BYTE_CLAMP>
 MX_INLINE __m256i magnitude_codes(__m256i u, __m256 m, const ElementConsts& c) {
-    const __m256 a = _mm256_castsi256_ps(_mm256_and_si256(u, c.abs));
+    const __m256 a = _mm256_castsi256_ps(ABS ? u : _mm256_and_si256(u, c.abs));
     const __m256 v = DIV ? _mm256_div_ps(a, m) : _mm256_mul_ps(a, m);
     if constexpr (IS_INT) {
         // k = rne(v * 2**(bits-2)) (the product is exact), at most kmax: clamping first gives the
@@ -2121,7 +2151,7 @@ MX_INLINE __m256i magnitude_codes(__m256i u, __m256 m, const ElementConsts& c) {
                                             c.cb_add);
         const __m256i ub = _mm256_castps_si256(_mm256_add_ps(v, _mm256_castsi256_ps(cb)));
         const __m256i code = _mm256_add_epi32(_mm256_srl_epi32(cb, c.shift), _mm256_sub_epi32(ub, c.k));
-        return _mm256_min_epi32(_mm256_sub_epi32(code, cb), c.max_code);
+        return BYTE_CLAMP ? _mm256_sub_epi32(code, cb) : _mm256_min_epi32(_mm256_sub_epi32(code, cb), c.max_code);
     }
 }
 
@@ -2134,11 +2164,13 @@ MX_INLINE __m256i codes32(const void* x, int64_t off, __m256 m_lo, __m256 m_hi, 
     if constexpr (DT == DT_BF16) {
         const uint16_t* p = static_cast<const uint16_t*>(x) + off;
         const __m256i a = lddqu256(p), b = HALF ? zero : lddqu256(p + 16);
+        const __m256i abs16 = _mm256_set1_epi16(0x7FFF);
+        const __m256i aa = _mm256_and_si256(a, abs16), ab = _mm256_and_si256(b, abs16);
         // per 128-bit lane: u0 = elements 0-3 | 8-11, u1 = 4-7 | 12-15 (packus_epi32 restores the order)
-        u[0] = _mm256_unpacklo_epi16(zero, a);
-        u[1] = _mm256_unpackhi_epi16(zero, a);
-        u[2] = _mm256_unpacklo_epi16(zero, b);
-        u[3] = _mm256_unpackhi_epi16(zero, b);
+        u[0] = _mm256_unpacklo_epi16(zero, aa);
+        u[1] = _mm256_unpackhi_epi16(zero, aa);
+        u[2] = _mm256_unpacklo_epi16(zero, ab);
+        u[3] = _mm256_unpackhi_epi16(zero, ab);
         s = _mm256_packs_epi16(a, b);  // sign bytes, in the order the codes are packed below
     } else {
         if constexpr (DT == DT_FP32) {
@@ -2157,13 +2189,15 @@ MX_INLINE __m256i codes32(const void* x, int64_t off, __m256 m_lo, __m256 m_hi, 
         }
         s = _mm256_packs_epi16(_mm256_packs_epi32(u[0], u[1]), _mm256_packs_epi32(u[2], u[3]));
     }
-    const __m256i k0 = magnitude_codes<IS_INT, DIV>(u[0], m_lo, c), k1 = magnitude_codes<IS_INT, DIV>(u[1], m_lo, c);
+    constexpr bool ABS = DT == DT_BF16;
+    const __m256i k0 = magnitude_codes<IS_INT, DIV, ABS, BITS == 8>(u[0], m_lo, c), k1 = magnitude_codes<IS_INT, DIV, ABS, BITS == 8>(u[1], m_lo, c);
     __m256i k2 = zero, k3 = zero;
     if constexpr (!HALF) {
-        k2 = magnitude_codes<IS_INT, DIV>(u[2], m_hi, c);
-        k3 = magnitude_codes<IS_INT, DIV>(u[3], m_hi, c);
+        k2 = magnitude_codes<IS_INT, DIV, ABS, BITS == 8>(u[2], m_hi, c);
+        k3 = magnitude_codes<IS_INT, DIV, ABS, BITS == 8>(u[3], m_hi, c);
     }
     __m256i b = _mm256_packus_epi16(_mm256_packus_epi32(k0, k1), _mm256_packus_epi32(k2, k3));
+    if constexpr (!IS_INT && BITS == 8) b = _mm256_min_epu8(b, c.max_code8);  // BYTE_CLAMP (max_code < 255)
     if constexpr (IS_INT) {  // two's complement of the magnitude where the input is negative
         b = _mm256_sign_epi8(b, _mm256_or_si256(s, _mm256_set1_epi8(1)));
         if constexpr (BITS < 8) b = _mm256_and_si256(b, _mm256_set1_epi8(char((1 << BITS) - 1)));
@@ -2920,6 +2954,28 @@ void decode_nibbles_fast_range(const FastDecodeArgs& a, int64_t b0, int64_t b1) 
     vf32 tlo, thi;
     std::memcpy(&tlo, a.table, sizeof(tlo));
     std::memcpy(&thi, a.table + 8, sizeof(thi));
+    if (SCALE != FAST_SCALE_GENERIC && b1 - b0 >= 512) {
+        // a multiplier per scale code: the output tables of all 256 codes once, for many blocks
+        NibbleOutputs tables[256];
+        bool valid[256];
+        for (int c = 0; c < 256; ++c) {
+            const uint8_t code = uint8_t(c);
+            const void* one[1] = {&code};
+            const float X = fast_multiplier<SCALE>(f, one, a.tensor_scales, a.xtab, 0, 0);
+            valid[c] = std::fabs(X) * f.table_max <= limit;  // (NaN: false)
+            if (valid[c]) tables[c] = nibble_outputs<ODT>(X, tlo, thi);
+        }
+        const uint8_t* sc = static_cast<const uint8_t*>(a.scales[0]);
+        for (int64_t k = b0; k < b1; ++k) {
+            if (__builtin_expect(valid[sc[k]], 1)) {
+                decode_nibbles_with(a.codes[0] + k * block_bytes, bs, tables[sc[k]], static_cast<uint16_t*>(a.out) + k * bs);
+            } else {
+                decode_blocks_impl<ODT, UNPACK_BUFFER>(f, 1, a.codes, a.scales, a.tensor_scales, a.table, a.length, a.bpr,
+                                                       k, k + 1, a.out, a.cbuf, a.acc, a.readers);
+            }
+        }
+        return;
+    }
     for (int64_t k = b0; k < b1; ++k) {
         const float X = fast_multiplier<SCALE>(f, a.scales, a.tensor_scales, a.xtab, 0, k);
         if (std::fabs(X) * f.table_max <= limit) {  // (NaN: false)
