@@ -207,6 +207,13 @@ def test_decode_of_random_payloads_in_whole_blocks(fmt, rows, blocks, nparts, se
     check_random_payloads_decode(fmt, rows, blocks * fmt.block_size, nparts, seed, 1)
 
 
+@pytest.mark.parametrize("name", ["mxfp4", "nvfp4", "int4", "fp4_e2m1_b16", "int4_fp16"])
+def test_4bit_decode_of_random_payloads_through_per_call_tables(name: str) -> None:
+    """Enough blocks in one call (>= 512) for the 4-bit decoder's output tables of every scale code;
+    random payloads hit every code, NaN scales and saturating products."""
+    check_random_payloads_decode(mxcomm.get_format(name), 16, 64 * mxcomm.get_format(name).block_size, 1, 5, 1)
+
+
 # -- the comparison-based 4-bit encoder (bfloat16 inputs) ----------------------------------------
 def _midpoint_ties(fmt: BlockFormat, blocks: int, seed: int) -> torch.Tensor:
     """bfloat16 blocks whose elements sit on, and one bfloat16 step either side of, the rounding
