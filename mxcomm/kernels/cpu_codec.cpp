@@ -6,7 +6,9 @@
 // build serves every Python and torch), the Python side owns the tensors and the threading (one
 // call per range of blocks; ctypes releases the GIL during a call). Loops are written with
 // GCC/Clang vector extensions (8 lanes; AVX2 where the build enables it), with a few AVX2/F16C
-// intrinsics behind #if. The format parameters (struct Format) and the enum codes come from
+// intrinsics behind #if; the AVX2 build adds fast kernels for the layouts real traffic has
+// ("Fast kernels", intrinsics throughout), and the library recycles large output buffers
+// ("recycled output buffers"). The format parameters (struct Format) and the enum codes come from
 // codec_params.h, generated from mxcomm/kernels/params.py.
 //
 // Exactness. Every element is held as m * 2**E with an integer m < 2**24 (the input's fp32 bit
