@@ -67,12 +67,17 @@ from mxcomm.kernels import Packed, decode, decode_sum, encode, resolve_backend
 from mxcomm.kernels.packed import INPUT_DTYPES
 from mxcomm.kernels.reference import saturating_cast
 from mxcomm.kernels.rotation import rotate, unrotate
+from mxcomm.kernels.torch_ops import profile_range
 
 log = logging.getLogger("mxcomm.collectives")
 
 SUM = dist.ReduceOp.SUM
 #: What ``op`` accepts: ``dist.ReduceOp.SUM`` (or a ``dist.ReduceOp`` holding it) or ``"sum"``.
 ReduceOpLike: TypeAlias = "dist.ReduceOp | dist.ReduceOp.RedOpType | str"
+
+#: How each public collective runs while torch.compile traces it: through its custom op, as one
+#: opaque node (filled in by mxcomm.collectives.torch_ops, which imports this module).
+TRACED: dict[str, Callable[..., Any]] = {}
 
 # -- argument checks -------------------------------------------------------------------------------
 
@@ -332,7 +337,8 @@ def _launch(
     except MxcommError as e:
         local_error = e
         desc, device = _invalid_descriptor(op, requested), group_device(group)
-    agreed = _agree(desc, local_error, device, n, ctx.transport, verify)
+    with profile_range("mxcomm::handshake"):
+        agreed = _agree(desc, local_error, device, n, ctx.transport, verify)
     assert prepared is not None  # a rank with a local error raised in _agree
     steps, info = prepared.start(agreed)
     job = _Job(steps, info, ctx.transport, t0)
@@ -524,6 +530,9 @@ def all_reduce(
     With ``verify=True`` an invalid call raises on every rank: the rank at fault its
     own error, the others ``CollectiveMismatchError``; nothing hangs.
     """
+    if torch.compiler.is_compiling():
+        return TRACED["all_reduce"](tensor, fmt, op, group, async_op, algorithm=algorithm, model=model,
+                                    segment_elems=segment_elems, backend=backend, verify=verify)
 
     def prepare(ctx: _Context) -> _Prepared:
         _check_tensor(tensor, "all_reduce tensor")
@@ -538,7 +547,8 @@ def all_reduce(
         n, esize = ctx.n, tensor.element_size()
         if algorithm == "auto":
             assert f is not None
-            plan = plan_all_reduce(model or get_cost_model(ctx.group), f, tensor.numel(), esize, n)
+            with profile_range("mxcomm::plan"):
+                plan = plan_all_reduce(model or get_cost_model(ctx.group), f, tensor.numel(), esize, n)
         else:
             plan = Plan(algorithm, DEFAULT_SEGMENT_ELEMS, "requested", {})
         if segment_elems is not None:
@@ -668,6 +678,9 @@ def all_gather_into_tensor(
         BackendUnavailableError: the requested codec backend cannot run here.
         CollectiveMismatchError: ranks disagree, or another rank's arguments were invalid.
     """
+    if torch.compiler.is_compiling():
+        return TRACED["all_gather_into_tensor"](output_tensor, input_tensor, fmt, group, async_op,
+                                                backend=backend, verify=verify)
     return _launch("all_gather", "allgather", group, async_op, verify,
                    lambda ctx: _prepare_gather(ctx, output_tensor, input_tensor, fmt, backend))
 
@@ -704,6 +717,8 @@ def all_gather(
         BackendUnavailableError: the requested codec backend cannot run here.
         CollectiveMismatchError: ranks disagree, or another rank's arguments were invalid.
     """
+    if torch.compiler.is_compiling():
+        return TRACED["all_gather"](tensor_list, tensor, fmt, group, async_op, backend=backend, verify=verify)
 
     def prepare(ctx: _Context) -> _Prepared:
         _check_tensor(tensor, "all_gather tensor")
@@ -799,6 +814,8 @@ def reduce_scatter_tensor(
         BackendUnavailableError: the requested codec backend cannot run here.
         CollectiveMismatchError: ranks disagree, or another rank's arguments were invalid.
     """
+    if torch.compiler.is_compiling():
+        return TRACED["reduce_scatter_tensor"](output, input, fmt, op, group, async_op, backend=backend, verify=verify)
 
     def prepare(ctx: _Context) -> _Prepared:
         _check_tensor(output, "reduce_scatter output")
@@ -846,6 +863,8 @@ def reduce_scatter(
         BackendUnavailableError: the requested codec backend cannot run here.
         CollectiveMismatchError: ranks disagree, or another rank's arguments were invalid.
     """
+    if torch.compiler.is_compiling():
+        return TRACED["reduce_scatter"](output, input_list, fmt, op, group, async_op, backend=backend, verify=verify)
 
     def prepare(ctx: _Context) -> _Prepared:
         _check_tensor(output, "reduce_scatter output")

@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch.distributed import ProcessGroup
 
 from mxcomm.collectives.accounting import CommRecord, current_trackers, emit
-from mxcomm.collectives.ops import all_reduce
+from mxcomm.collectives.ops import TRACED, all_reduce
 from mxcomm.errors import ArgumentTypeError, FormatError
 from mxcomm.formats import BlockFormat
 
@@ -72,6 +72,9 @@ def all_reduce_with_outliers(
         FormatError: a 0-dim tensor, or a channel outside the last dimension (raised before
             anything is exchanged, on the rank at fault only); what ``all_reduce`` raises.
     """
+    if torch.compiler.is_compiling():
+        return TRACED["all_reduce_with_outliers"](tensor, fmt, channels, group=group, algorithm=algorithm,
+                                                  backend=backend)
     if not isinstance(tensor, torch.Tensor):
         raise ArgumentTypeError(f"all_reduce_with_outliers tensor must be a torch.Tensor, got {type(tensor).__name__}")
     if tensor.dim() == 0:

@@ -13,6 +13,11 @@ import torch
 import torch.distributed as dist
 from torch.distributed import ProcessGroup
 
+from mxcomm.kernels.torch_ops import profile_range
+
+#: The profiler range of posting an exchange and of waiting for it (torch.profiler traces).
+TRANSFER_RANGE = "mxcomm::transfer"
+
 _all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
 
@@ -26,6 +31,24 @@ def group_device(group: ProcessGroup | None = None) -> torch.device:
     if dist.get_backend(group) == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+class _ProfiledWork:
+    """A posted exchange whose ``wait()`` shows in profiler traces as :data:`TRANSFER_RANGE`."""
+
+    def __init__(self, work) -> None:  # noqa: ANN001
+        self.work = work
+
+    def wait(self, *args, **kwargs):  # noqa: ANN002, ANN003
+        with profile_range(TRANSFER_RANGE):
+            return self.work.wait(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self.work, name)
+
+
+def _profiled(work):  # noqa: ANN001
+    return work if work is None or not torch.autograd._profiler_enabled() else _ProfiledWork(work)
 
 
 class Transport:
@@ -44,10 +67,12 @@ class Transport:
     def all_gather(self, out: torch.Tensor, inp: torch.Tensor, async_op: bool = True):
         self.sent += (self.n - 1) * inp.numel()
         self.received += (self.n - 1) * inp.numel()
-        return all_gather_bytes(out, inp, self.group, async_op)
+        with profile_range(TRANSFER_RANGE):
+            return _profiled(all_gather_bytes(out, inp, self.group, async_op))
 
     def all_to_all(self, out: torch.Tensor, inp: torch.Tensor, async_op: bool = True):
         slot = inp.numel() // self.n
         self.sent += (self.n - 1) * slot
         self.received += (self.n - 1) * slot
-        return dist.all_to_all_single(out, inp, group=self.group, async_op=async_op)
+        with profile_range(TRANSFER_RANGE):
+            return _profiled(dist.all_to_all_single(out, inp, group=self.group, async_op=async_op))
