@@ -29,7 +29,7 @@ from torch.distributed.tensor import DTensor, Replicate
 from torch.distributed.tensor.parallel import RowwiseParallel
 from torch.distributed.tensor.placement_types import Partial, Placement
 
-from mxcomm.collectives import Algorithm, all_reduce, all_reduce_with_outliers
+from mxcomm.collectives import Algorithm, functional_all_reduce, functional_all_reduce_with_outliers
 from mxcomm.collectives.algorithms import REQUESTABLE
 from mxcomm.errors import FormatError, MxcommError
 from mxcomm.formats import BlockFormat, get_format
@@ -130,17 +130,19 @@ class _ReduceToReplicate(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, partial_out: torch.Tensor, comm: RowwiseComm, group: ProcessGroup | None) -> torch.Tensor:
-        wire_dtype = comm.comm_dtype or partial_out.dtype
-        # all_reduce works in place; never overwrite a tensor autograd may still need.
-        buf = partial_out.detach().to(dtype=wire_dtype, copy=True, memory_format=torch.contiguous_format)
+        wire = partial_out.detach().to(comm.comm_dtype or partial_out.dtype)
+        # The functional collective ops (one opaque custom op each, see mxcomm.collectives.torch_ops)
+        # return a new tensor: the partial, which autograd may still need, is never overwritten, and
+        # torch.compile traces the reduction as a single node.
         if comm.compressed and comm.outlier_channels is not None:
             # channel indices out of range raise FormatError here, on every rank alike
-            all_reduce_with_outliers(buf, comm.fmt, comm.outlier_channels, group=group, algorithm=comm.algorithm)
+            out = functional_all_reduce_with_outliers(wire, comm.fmt, comm.outlier_channels, group,
+                                                      algorithm=comm.algorithm)
         elif comm.compressed:
-            all_reduce(buf, comm.fmt, group=group, algorithm=comm.algorithm)
+            out = functional_all_reduce(wire, comm.fmt, group=group, algorithm=comm.algorithm)
         else:
-            all_reduce(buf, None, group=group, algorithm="none")
-        return buf if buf.dtype == partial_out.dtype else buf.to(partial_out.dtype)
+            out = functional_all_reduce(wire, None, group=group, algorithm="none")
+        return out if out.dtype == partial_out.dtype else out.to(partial_out.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, None, None]:
