@@ -32,7 +32,7 @@ collective, after the descriptor exchange.
 
 ``fmt`` is a format spec (``mxcomm.kernels.torch_ops.format_spec``), ``""`` for
 no format (``algorithm="none"``) or ``"?<name>"`` for a name that did not
-resolve. ``segment_elems`` 0 means the planner's choice. The group is
+resolve. ``segment_elems`` 0 means the planner's choice (-1: an invalid value). The group is
 ``ProcessGroup.group_name`` (resolved with c10d's registry).
 
 Inside ``torch.compile`` the public collectives (``mxcomm.all_reduce`` and
@@ -106,6 +106,14 @@ def algorithm_arg(algorithm: Any) -> str:
     return str(algorithm) if isinstance(algorithm, str) else repr(algorithm)
 
 
+def segment_elems_arg(segment_elems: Any) -> int:
+    """0 for None (the planner's choice); an int as it is; anything else -1, which the collective
+    rejects with ``FormatError`` inside the op, on every rank."""
+    if segment_elems is None:
+        return 0
+    return segment_elems if isinstance(segment_elems, int) and not isinstance(segment_elems, bool) else -1
+
+
 def group_name(group: ProcessGroup | None) -> str:
     """The registered name of ``group`` (None: the default group)."""
     return dist.group.WORLD.group_name if group is None else group.group_name
@@ -126,7 +134,7 @@ def _check_tensor(t: Any, what: str) -> torch.Tensor:
 def _all_reduce_impl(tensor, fmt, reduce_op, algorithm, group_name, segment_elems, backend, verify):  # noqa: ANN001
     out = tensor.clone(memory_format=torch.contiguous_format)
     ops.all_reduce(out, _format_of(fmt), reduce_op, _group(group_name), algorithm=algorithm,
-                   segment_elems=segment_elems or None, backend=backend, verify=verify)
+                   segment_elems=None if segment_elems == 0 else segment_elems, backend=backend, verify=verify)
     return out
 
 
@@ -231,11 +239,8 @@ def functional_all_reduce(
         A contiguous tensor of ``tensor``'s shape and dtype holding the sum, bitwise identical on every rank.
     """
     _check_tensor(tensor, "all_reduce tensor")
-    if segment_elems is not None and (not isinstance(segment_elems, int) or isinstance(segment_elems, bool)
-                                      or segment_elems < 1):
-        raise FormatError(f"segment_elems must be a positive int, got {segment_elems!r}")
     return all_reduce_op(tensor, format_arg(fmt), reduce_op_arg(op), algorithm_arg(algorithm), group_name(group),
-                         segment_elems or 0, backend, verify)
+                         segment_elems_arg(segment_elems), backend, verify)
 
 
 def functional_all_reduce_with_outliers(

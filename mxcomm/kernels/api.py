@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-from mxcomm.errors import ArgumentTypeError, FormatError
+from mxcomm.errors import ArgumentTypeError, FormatError, MxcommError
 from mxcomm.formats import BlockFormat, Rounding, get_format
 from mxcomm.formats.block import normalize_axis
 from mxcomm.kernels.dispatch import resolve_backend
@@ -21,6 +21,7 @@ from mxcomm.kernels.torch_ops import (
     constant_when_traced,
     decode_op,
     decode_sum_op,
+    deferred_error,
     encode_op,
     format_spec,
     quantize_op,
@@ -183,6 +184,9 @@ def quantize(
 ) -> torch.Tensor:
     """Fake-quantize: ``decode(encode(x, fmt, ...))`` in ``x``'s dtype.
 
+    Inside ``torch.compile`` this is one ``mxcomm::quantize`` op (no graph break, dynamic shapes
+    welcome), and bad arguments raise the errors below when the compiled graph runs.
+
     Args:
         x, fmt, axis, rounding, scale_mode, generator, backend: as for :func:`encode`.
 
@@ -193,6 +197,18 @@ def quantize(
         FormatError: as :func:`encode`.
         BackendUnavailableError: as :func:`encode`.
     """
+    if torch.compiler.is_compiling() and isinstance(x, torch.Tensor):
+        try:
+            return _quantize(x, fmt, axis, rounding, scale_mode, generator, backend)
+        except MxcommError as exc:  # raised when the graph runs, as in eager (see deferred_error)
+            return deferred_error(x, exc)
+    return _quantize(x, fmt, axis, rounding, scale_mode, generator, backend)
+
+
+def _quantize(
+    x: torch.Tensor, fmt: str | BlockFormat, axis: int, rounding: str | None, scale_mode: str | None,
+    generator: torch.Generator | None, backend: str,
+) -> torch.Tensor:
     _check_input(x, "quantize")
     f, spec = _resolve(fmt, rounding, scale_mode)
     ax = normalize_axis(axis, x.dim())

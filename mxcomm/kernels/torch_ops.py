@@ -49,7 +49,7 @@ from typing import ParamSpec, TypeVar
 
 import torch
 
-from mxcomm.errors import FormatError
+from mxcomm.errors import FormatError, MxcommError
 from mxcomm.formats import BlockFormat, block_layout
 from mxcomm.kernels.bitpack import packed_code_bytes
 from mxcomm.kernels.dispatch import CodecBackend, fuses_rotation, resolve_backend
@@ -315,6 +315,41 @@ _define("decode_sum", "(Tensor[] codes, Tensor[] scales, Tensor[] tensor_scales,
         "int axis, ScalarType dtype, str backend) -> Tensor", _decode_sum_impl, _decode_sum_fake)
 _define("quantize", "(Tensor x, str fmt, int axis, Tensor? seed, str backend) -> Tensor",
         _quantize_impl, _quantize_fake)
+
+
+# -- errors at run time ----------------------------------------------------------------------------
+# Dynamo reports an exception raised while it traces with fullgraph=True as its own Unsupported
+# error; code that must raise mxcomm's documented exception from compiled code defers it into the
+# graph instead, as this op, which raises it when the graph runs.
+def error_type(name: str) -> type[MxcommError]:
+    """The mxcomm exception class called ``name`` (``MxcommError`` if there is none)."""
+    pending: list[type[MxcommError]] = [MxcommError]
+    while pending:
+        cls = pending.pop()
+        if cls.__name__ == name:
+            return cls
+        pending += cls.__subclasses__()
+    return MxcommError
+
+
+def _raise_impl(x: torch.Tensor, error: str, message: str) -> torch.Tensor:
+    raise error_type(error)(message)
+
+
+def _raise_fake(x: torch.Tensor, error: str, message: str) -> torch.Tensor:
+    return x.new_empty(x.shape)
+
+
+_define("raise_error", "(Tensor x, str error, str message) -> Tensor", _raise_impl, _raise_fake)
+raise_error_op = torch.ops.mxcomm.raise_error.default
+torch.fx.node.has_side_effect(raise_error_op)  # never dropped for an unused result
+
+
+def deferred_error(like: torch.Tensor, exc: MxcommError) -> torch.Tensor:
+    """A contiguous tensor of ``like``'s shape and dtype whose computation raises ``exc`` (its type
+    and message) when the graph runs: how traced code raises a documented mxcomm error."""
+    return raise_error_op(like, type(exc).__name__, str(exc))
+
 
 encode_op = torch.ops.mxcomm.encode.default
 decode_op = torch.ops.mxcomm.decode.default
