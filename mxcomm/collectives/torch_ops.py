@@ -185,9 +185,14 @@ def _reduce_scatter_fake(input, fmt, reduce_op, group_name, backend, verify):  #
     return input.new_empty(_scattered_shape(input.shape, _group(group_name).size()))
 
 
+# The descriptor exchange reads its result on the host: inductor must not put these ops in a CUDA
+# graph (mode="reduce-overhead" partitions the graph around them). Absent from older torch.
+_TAGS = tuple(t for t in (getattr(torch.Tag, "cudagraph_unsafe", None),) if t is not None)
+
+
 def _define(name: str, schema: str, impl, fake) -> Any:  # noqa: ANN001
     qualname = f"{NAMESPACE}::{name}"
-    torch.library.define(qualname, schema)
+    torch.library.define(qualname, schema, tags=_TAGS)
     torch.library.impl(qualname, "CompositeExplicitAutograd", opaque_to_dynamo(impl))
     torch.library.register_fake(qualname, fake)
     overload = getattr(torch.ops.mxcomm, name).default

@@ -50,7 +50,7 @@ from typing import ParamSpec, TypeVar
 import torch
 
 from mxcomm.errors import FormatError, MxcommError
-from mxcomm.formats import BlockFormat, block_layout
+from mxcomm.formats import BlockFormat, block_layout, get_format
 from mxcomm.kernels.bitpack import packed_code_bytes
 from mxcomm.kernels.dispatch import CodecBackend, fuses_rotation, resolve_backend
 from mxcomm.kernels.dtypes import SCALE_STORAGE_DTYPES
@@ -90,7 +90,22 @@ def format_from_spec(spec: str) -> BlockFormat:
         raw = b""
     if not sep or not raw:
         raise FormatError(f"not a mxcomm format spec: {spec!r}")
-    return format_from_fields(name, raw)
+    fmt = format_from_fields(name, raw)
+    try:
+        registered = get_format(name)
+    except FormatError:
+        return fmt
+    return registered if registered == fmt else fmt
+
+
+def canonical_format(fmt: BlockFormat) -> BlockFormat:
+    """One object per distinct format: the registered one if ``fmt`` equals it, else one cached per spec.
+
+    ``torch.compile`` guards a format it read by object identity, so a compiled model whose format
+    is rebuilt equal (``with_options(...)`` returns a new object) or switched back would otherwise
+    recompile every time.
+    """
+    return format_from_spec(format_spec(fmt))
 
 
 # -- helpers for code that torch.compile traces ---------------------------------------------------

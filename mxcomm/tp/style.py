@@ -33,6 +33,7 @@ from mxcomm.collectives import Algorithm, functional_all_reduce, functional_all_
 from mxcomm.collectives.algorithms import REQUESTABLE
 from mxcomm.errors import FormatError, MxcommError
 from mxcomm.formats import BlockFormat, get_format
+from mxcomm.kernels.torch_ops import canonical_format
 
 #: Attribute name under which a parallelized module carries its :class:`RowwiseComm`.
 COMM_ATTR = "mxcomm_comm"
@@ -48,13 +49,17 @@ class TPPlanError(MxcommError, ValueError):
 
 
 def resolve_format(fmt: FormatLike | None) -> BlockFormat | None:
-    """``None`` / ``"none"`` mean "no compression"; anything else must name a registered format."""
+    """``None`` / ``"none"`` mean "no compression"; anything else must name a registered format.
+
+    Equal formats resolve to one object (``canonical_format``): a compiled model guards on it by
+    identity, so setting an equal format again reuses the compiled graph instead of recompiling.
+    """
     if fmt is None or (isinstance(fmt, str) and fmt.lower() == "none"):
         return None
     if isinstance(fmt, BlockFormat):
-        return fmt
+        return canonical_format(fmt)
     if isinstance(fmt, str):
-        return get_format(fmt)
+        return canonical_format(get_format(fmt))
     raise FormatError(f"format must be a BlockFormat, a registered format name or None, got {fmt!r}")
 
 

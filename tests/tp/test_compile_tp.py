@@ -70,6 +70,11 @@ def test_inductor_logits_are_finite_and_equal_eager_up_to_reordering(ranks):
             assert torch.equal(r[f"{setting}_inductor"], ranks[0][f"{setting}_inductor"])
 
 
+def test_switching_settings_back_reuses_their_graphs(ranks):
+    for r in ranks:
+        assert r["recompilations_on_reapply"] == 0
+
+
 def test_forward_has_no_graph_break(ranks):
     for r in ranks:
         assert r["graph_breaks"] == 0, r["break_reasons"]
