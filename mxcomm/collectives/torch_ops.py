@@ -354,9 +354,9 @@ def _traced_reduce_scatter_tensor(
 ) -> ops.CollectiveHandle | None:
     _check_tensor(output, "reduce_scatter output")
     _check_tensor(input, "reduce_scatter input")
-    # flat, so that any shapes with n x output.numel() elements work as in eager
-    rows = input.reshape(-1, output.numel()) if output.numel() else input.reshape(-1, 1)
-    reduced = functional_reduce_scatter_tensor(rows, fmt, op, group, backend=backend, verify=verify)
+    # flat, so that any shapes with n x output.numel() elements work as in eager (other sizes fail
+    # inside the op, on every rank)
+    reduced = functional_reduce_scatter_tensor(input.reshape(-1), fmt, op, group, backend=backend, verify=verify)
     _copy_into(output, reduced, "reduce_scatter output")
     return _result(async_op)
 

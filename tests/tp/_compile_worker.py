@@ -18,6 +18,7 @@ import mxcomm
 from mxcomm.collectives import (
     CodecCost,
     CostModel,
+    all_reduce_with_outliers,
     functional_all_gather_into_tensor,
     functional_all_reduce,
     functional_reduce_scatter_tensor,
@@ -141,7 +142,16 @@ def collective_scenarios(rank: int, world: int) -> dict:
         listed = [torch.empty_like(t) for _ in range(world)]
         handle = mxcomm.all_gather(listed, t + 1, "mxfp4_e2m1", async_op=True)
         handle.wait()
-        return y + 1, z, gathered, scattered, *listed
+        # the other in-place forms, traced through the functional ops
+        into = torch.empty((world, *t.shape), dtype=t.dtype)
+        mxcomm.all_gather_into_tensor(into, t, "nvfp4")
+        out = torch.empty(8, dtype=t.dtype)
+        mxcomm.reduce_scatter_tensor(out, t.reshape(-1)[: world * 8], "mxfp8_e4m3")
+        out_list = torch.empty(5, dtype=t.dtype)
+        mxcomm.reduce_scatter(out_list, list(t.reshape(-1)[: world * 5].split(5)), "mxint8")
+        channels = t * 3
+        all_reduce_with_outliers(channels, "mxfp4_e2m1", [2, 9], algorithm="two_shot")
+        return y + 1, z, gathered, scattered, *listed, into, out, out_list, channels
 
     want = collectives(x)
     with track_comm() as eager_stats:

@@ -100,6 +100,7 @@ def test_bad_input_raises_the_eager_errors_compiled(ranks):
 def test_compiled_collectives_equal_eager_bitwise(ranks):
     for r in ranks:
         assert all(r["collectives_bitwise"]) and all(r["collectives_again_bitwise"])
+        assert len(r["collectives_bitwise"]) == 4 + len(ranks) + 4  # every output of the compiled function
         eager, compiled = r["collectives_records"]
         # the same calls; inductor may schedule independent collectives in another order than the
         # program (the same order on every rank: they compile the same graph)
