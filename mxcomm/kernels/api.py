@@ -58,9 +58,10 @@ def _check_input(x: object, what: str) -> torch.Tensor:
 
 # -- resolution under torch.compile ----------------------------------------------------------------
 # Dynamo cannot trace the registry's lock nor build a BlockFormat, and an exception raised inside a
-# constant (assume_constant_result) function reaches the caller wrapped in a Dynamo error. So while compiling,
-# the format is resolved by constant functions that return the error message instead of raising, and
-# the (traceable) caller raises the documented FormatError itself.
+# constant (assume_constant_result) function reaches the caller wrapped in a Dynamo error. So while
+# compiling, the format is resolved by constant functions that return the error message instead of
+# raising, and the (traceable) caller raises the documented FormatError itself (quantize defers it
+# into the graph: deferred_error).
 
 
 @constant_when_traced

@@ -6,8 +6,9 @@ PyTorch's :class:`~torch.distributed.tensor.parallel.RowwiseParallel` shards a
 ``Replicate``, which is a plain all-reduce. :class:`CompressedRowwiseParallel`
 keeps the weight sharding and input handling of ``RowwiseParallel`` unchanged
 and replaces only that output reduction: it takes the local partial tensor and
-sums it across the mesh with :func:`mxcomm.collectives.all_reduce` in a block
-format. Every rank gets a bitwise-identical result (a property of the
+sums it across the mesh with mxcomm's compressed all-reduce in a block format
+(:func:`mxcomm.collectives.functional_all_reduce`, one ``mxcomm::all_reduce``
+custom op, so a compiled model traces it as one node). Every rank gets a bitwise-identical result (a property of the
 collective), so the output is a genuine ``Replicate`` DTensor.
 
 The communication settings live on the parallelized module (attribute
