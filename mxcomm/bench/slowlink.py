@@ -44,6 +44,8 @@ OCP_FORMATS = ["mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4_e2
 SIZES_MIB = [0.25, 1, 4, 16, 64]
 # what is timed per point: raw dist.all_reduce, then mxcomm.all_reduce with each algorithm
 VARIANTS = ["dist", "none", "allgather", "two_shot", "auto"]
+#: The compressed algorithms run as one pipeline segment: what the pipelining gains (stage table).
+UNPIPELINED = ["allgather:unpipelined", "two_shot:unpipelined"]
 STORE_PORT = 29500  # inside a fresh namespace every port is free
 
 
@@ -180,11 +182,15 @@ def _rank_main(args: argparse.Namespace) -> int:
         x = llm_activation(numel // hidden, hidden, seed=1000 + rank, dtype=torch.bfloat16)
         algs = spec["algorithms"]
 
-        def op(t, alg, fmt=point["format"]):
+        def op(t, variant, fmt=point["format"]):
+            alg, _, how = variant.partition(":")
             if alg == "dist":
                 dist.all_reduce(t)
             else:
-                all_reduce(t, fmt, algorithm=alg, group=auto_group if alg == "auto" else None)
+                # "unpipelined": the whole message is one segment, so nothing overlaps its transfer
+                segment = t.numel() if how == "unpipelined" else None
+                all_reduce(t, fmt, algorithm=alg, group=auto_group if alg == "auto" else None,
+                           segment_elems=segment)
 
         for alg in algs:
             op(x.clone(), alg)  # warm-up: buffers, connections, codec caches
@@ -229,6 +235,9 @@ def _rank_main(args: argparse.Namespace) -> int:
                 "qdisc_bytes_per_iter": wire[alg] / spec["reps"] if rank == 0 else None,
                 "identical_on_ranks": len({float(d) for d in digests}) == 1,
                 "reason": rec.reason if rec else "",
+                # where this rank's time went (medians over the repetitions): codec calls, blocked on transfers
+                "stages_s": {k: statistics.median(getattr(r, k) for r in records[alg])
+                             for k in ("encode_s", "decode_s", "wait_s", "seconds")} if records[alg] else None,
                 # every timed repetition's algorithm (auto may explore on some)
                 "ran_each": [r.algorithm for r in records[alg]] if records[alg] else None,
             })
@@ -384,6 +393,35 @@ def format_table(summary: list[dict]) -> str:
             )
         else:
             lines.append(prefix + f"| - | - | - | {auto_speed} |")
+    return "\n".join(lines)
+
+
+def format_stage_table(rows: list[dict]) -> str:
+    """Markdown: where the time of each compressed call went, and how much of it the pipelining overlapped.
+
+    ``link`` is the time the shaped link needs for the bytes the call put on it
+    (all ranks share the one loopback: the qdisc's byte count over the rate);
+    ``codec`` is rank 0's encode + decode time. Without overlap the call takes at
+    least ``link + codec``; ``hidden`` is the share of the smaller of the two that
+    the call's wall time does not show: ``(link + codec - wall) / min(link, codec)``,
+    clipped to [0, 1].
+    """
+    head = ("| link | n | size | format | variant | segments | wall ms | encode ms | decode ms | blocked ms "
+            "| link ms | hidden |")
+    lines = [head, "|" + "---|" * 12]
+    for r in rows:
+        st, wire = r.get("stages_s"), r.get("qdisc_bytes_per_iter")
+        if not st or r["ran"] == "none" or not wire:
+            continue
+        link = wire * 8 / parse_rate(r["rate"])
+        codec = st["encode_s"] + st["decode_s"]
+        wall = r["median_s"]
+        hidden = (link + codec - wall) / min(link, codec) if min(link, codec) > 0 else 0.0
+        lines.append(
+            f"| {r['rate']} | {r['world_size']} | {r['nbytes'] / 2**20:g} MiB | {r['format']} | {r['algorithm']} "
+            f"| {r['segments']} | {wall * 1e3:.1f} | {st['encode_s'] * 1e3:.1f} | {st['decode_s'] * 1e3:.1f} "
+            f"| {st['wait_s'] * 1e3:.1f} | {link * 1e3:.1f} | {100 * min(1.0, max(0.0, hidden)):.0f}% |"
+        )
     return "\n".join(lines)
 
 

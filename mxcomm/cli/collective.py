@@ -12,9 +12,11 @@ from mxcomm.bench.slowlink import (
     OCP_FORMATS,
     RATES,
     SIZES_MIB,
+    UNPIPELINED,
     VARIANTS,
     SlowLinkUnavailable,
     SweepConfig,
+    format_stage_table,
     format_table,
     run_sweep,
     summarize,
@@ -38,7 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--world-sizes", nargs="+", type=int, default=[2, 4])
     p.add_argument("--sizes-mib", nargs="+", type=float, default=list(SIZES_MIB), help="bf16 message sizes")
     p.add_argument("--formats", nargs="+", default=list(OCP_FORMATS))
-    p.add_argument("--algorithms", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--algorithms", nargs="+", default=list(VARIANTS), choices=VARIANTS + UNPIPELINED,
+                   help="variants to time; ALG:unpipelined runs ALG as one pipeline segment")
+    p.add_argument("--stages", action="store_true",
+                   help="also print where each compressed call's time went and how much of it overlapped")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--max-seconds", type=float, default=1.5,
                    help="skip sizes whose uncompressed ring all-reduce would exceed this per iteration")
@@ -65,6 +70,8 @@ def cmd_bench_collective(args: argparse.Namespace) -> int:
     print(format_table(summary))
     print(f"# {len(rows)} measurements in {time.perf_counter() - t0:.0f} s; speedups are over dist.all_reduce; "
           "ideal = bytes of mxcomm none / bytes of the algorithm")
+    if args.stages:
+        print(format_stage_table(rows))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"config": vars(cfg), "rows": rows, "summary": summary}, fh, indent=1)

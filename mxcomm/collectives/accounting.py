@@ -19,6 +19,10 @@ class CommRecord:
     """One collective call as seen by this rank (byte counts per rank, descriptor included).
 
     ``ratio`` = ``logical_bytes / bytes_sent``; ``as_dict()`` gives the fields and the ratio.
+
+    Where the time went on this rank: ``encode_s`` and ``decode_s`` in codec calls,
+    ``wait_s`` blocked on payload exchanges (transfer time the codec work did not
+    hide); the rest of ``seconds`` is the descriptor exchange, copies and Python.
     """
 
     op: str  # "all_reduce" | "all_gather" | "reduce_scatter"
@@ -34,6 +38,9 @@ class CommRecord:
     seconds: float
     segments: int = 1
     reason: str = ""  # why this algorithm (planner verdict or "requested")
+    encode_s: float = 0.0
+    decode_s: float = 0.0
+    wait_s: float = 0.0
 
     @property
     def ratio(self) -> float:

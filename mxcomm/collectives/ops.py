@@ -263,6 +263,9 @@ class _Job:
             seconds=time.perf_counter() - self._t0,
             segments=i.segments,
             reason=i.reason,
+            encode_s=self._ctx.timer.encode_s,
+            decode_s=self._ctx.timer.decode_s,
+            wait_s=self._ctx.timer.wait_s,
         )
         emit(record, self._trackers)
 
@@ -712,17 +715,20 @@ def _prepare_gather(
 
         def steps() -> Steps:
             size = payload_nbytes(f, m)
-            payload = encode(src, f, backend=backend).payload() if m else torch.empty(0, dtype=torch.uint8,
-                                                                                      device=device)
+            with ctx.timer.codec("encode", m):
+                payload = encode(src, f, backend=backend).payload() if m else torch.empty(0, dtype=torch.uint8,
+                                                                                          device=device)
             out = torch.empty(n * size, dtype=torch.uint8, device=device)
             # the input is encoded: it may alias the output
-            work = ctx.transport.all_gather(out, payload, PAYLOAD_PHASE)
+            work = ctx.timer.track(ctx.transport.all_gather(out, payload, PAYLOAD_PHASE))
             yield False
             work.wait()
             dst = output if output.is_contiguous() else torch.empty(output.shape, dtype=output.dtype, device=device)
             flat = dst.view(-1)
             for r in range(n if m else 0):
-                flat[r * m : (r + 1) * m] = decode(_from_slot(out, r * size, f, m, tensor.dtype), backend=backend)
+                with ctx.timer.codec("decode", m):
+                    flat[r * m : (r + 1) * m] = decode(_from_slot(out, r * size, f, m, tensor.dtype),
+                                                       backend=backend)
             if dst is not output:
                 output.copy_(dst)
 
@@ -849,16 +855,18 @@ def _prepare_scatter(
             if m:
                 for r, c in enumerate(chunks):
                     if r != rank:
-                        send[r * size : (r + 1) * size] = encode(c, f, backend=backend).payload()
+                        with ctx.timer.codec("encode", m):
+                            send[r * size : (r + 1) * size] = encode(c, f, backend=backend).payload()
             own = chunks[rank].clone()  # never leaves the rank: summed exactly (and the output may alias it)
             recv = torch.empty(n * size, dtype=torch.uint8, device=device)
-            work = ctx.transport.all_to_all(recv, send, PAYLOAD_PHASE)
+            work = ctx.timer.track(ctx.transport.all_to_all(recv, send, PAYLOAD_PHASE))
             yield False
             work.wait()
             if m:
                 parts = [_from_slot(recv, j * size, f, m, output.dtype) for j in range(n) if j != rank]
                 if parts:
-                    total = decode_sum(parts, dtype=torch.float32, backend=backend).add_(own)  # exact widening
+                    with ctx.timer.codec("decode", (n - 1) * m):
+                        total = decode_sum(parts, dtype=torch.float32, backend=backend).add_(own)  # exact widening
                 else:
                     total = own.to(torch.float32)
                 output.copy_(total.view(output.shape))

@@ -47,3 +47,14 @@ def test_summary_speedups_against_dist_and_byte_ratio():
     assert s["efficiency"] == pytest.approx(0.75)
     assert s["speedup_min"]["two_shot"] == pytest.approx(3.0)
     assert "two_shot" in slowlink.format_table([s])
+
+
+def test_stage_table_shows_how_much_of_the_smaller_stage_was_hidden():
+    # 1 Gbit/s: 12.5 MB on the link = 100 ms; codec 40 ms; wall 110 ms -> 30 of 40 ms hidden
+    row = {**_row("two_shot", 110, 1000), "segments": 8, "qdisc_bytes_per_iter": 12_500_000,
+           "stages_s": {"encode_s": 0.025, "decode_s": 0.015, "wait_s": 0.07, "seconds": 0.11}}
+    serial = {**row, "algorithm": "two_shot:unpipelined", "segments": 1, "median_s": 0.15}
+    table = slowlink.format_stage_table([row, serial, {**_row("none", 300, 1000), "stages_s": None}]).splitlines()
+    assert len(table) == 4  # the uncompressed row has no stages to show
+    assert table[2].endswith("| 8 | 110.0 | 25.0 | 15.0 | 70.0 | 100.0 | 75% |")
+    assert table[3].endswith("| 1 | 150.0 | 25.0 | 15.0 | 70.0 | 100.0 | 0% |")

@@ -103,6 +103,9 @@ def test_all_reduce_accounting_equals_formulas(world):
             assert rec["bytes_sent"] == wire and rec["bytes_received"] == wire, c["key"]
             assert rec["segments"] == len(segs)
             assert rec["ratio"] == (logical / wire) and rec["seconds"] > 0
+            # where the time went: both codec stages ran, and the parts fit in the call
+            assert (rec["encode_s"] > 0 and rec["decode_s"] > 0) == (numel > 0) and rec["wait_s"] >= 0
+            assert rec["encode_s"] + rec["decode_s"] + rec["wait_s"] <= rec["seconds"]
 
 
 def test_two_shot_compresses_about_as_the_format_says(world):
