@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from mxcomm.bench.rank_setup import apply_setting, calibrate_planner, job_calibration, log_stderr
+from mxcomm.bench.rank_setup import SettingEstimates, apply_setting, calibrate_planner, job_calibration, log_stderr
 from mxcomm.bench.settings import CommSetting
 from mxcomm.bench.smollm2 import Assets, load_model, load_tokens, windows
 from mxcomm.bench.ttft import Log, run_per_rate
@@ -119,13 +119,14 @@ def generate_rank(rank: int, world: int, job: dict) -> None:
         result["calibration"] = planner
     settings: list[CommSetting | None] = [None] if job.get("transformers_baseline") else []
     settings += [CommSetting(**s) for s in job["settings"]]
+    estimates = SettingEstimates(settings)
     runs: list[dict[str, Any]] = [{"ttft": [], "tpot": [], "tokens": None, "agree": True, "prefill": None,
                                    "decode": None} for _ in settings]
     for rep in range(job["warmup"] + job["reps"]):
-        for setting, run in zip(settings, runs):  # interleaved: load bursts hit every setting alike
+        for index, (setting, run) in enumerate(zip(settings, runs)):  # interleaved: load bursts hit all alike
             _apply(model, setting, calibration)
             dist.barrier()
-            with torch.no_grad(), track_comm() as stats:
+            with torch.no_grad(), track_comm() as stats, estimates.active(index):
                 clock = TokenClock(stats)
                 t0 = time.perf_counter()
                 out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -44,14 +46,15 @@ def apply_setting(model: torch.nn.Module, setting: CommSetting, calibration: Any
 
 
 def calibrate_planner(settings: list[dict], tag: str, lead: bool) -> dict | None:
-    """Measure the ``auto`` planner's link costs on this group if a setting runs ``auto`` (collective).
+    """Measure the ``auto`` planner's link costs on this group if a calibrated setting runs ``auto`` (collective).
 
     ``settings``: the job's settings as dicts (``CommSetting`` fields). Returns what was measured
-    (alpha, beta, the rate it means, seconds), or None when no setting runs ``auto``.
+    (alpha, beta, the rate it means, seconds), or None when no setting runs calibrated ``auto``.
     """
     from mxcomm.collectives import calibrate
 
-    formats = sorted({s["fmt"] for s in settings if s["fmt"] and s["algorithm"] == "auto"})
+    formats = sorted({s["fmt"] for s in settings
+                      if s["fmt"] and s["algorithm"] == "auto" and s.get("calibrated", True)})
     if not formats:
         return None
     t0 = time.perf_counter()
@@ -91,3 +94,40 @@ def job_calibration(model: torch.nn.Module, assets: Assets, job: dict, lead: boo
                    f"({time.perf_counter() - t0:.1f} s)")
     dist.broadcast_object_list(box, src=0)
     return OutlierCalibration.from_dict(box[0])
+
+
+class SettingEstimates:
+    """Each setting plans ``auto`` with a cost estimate of its own, as if it ran alone on the group.
+
+    Settings are interleaved on one process group, so without this the explicit
+    settings' calls would teach ``auto`` and one ``auto`` setting would learn for
+    another. A calibrated ``auto`` setting starts from the model the job's
+    :func:`calibrate_planner` installed; an uncalibrated one from the default
+    :class:`~mxcomm.collectives.CostModel`, learning from its own calls only (what
+    a user who never calls ``calibrate()`` gets). Created on every rank alike,
+    right after :func:`calibrate_planner`.
+    """
+
+    def __init__(self, settings: Sequence[CommSetting | None]) -> None:
+        from mxcomm.collectives.estimator import get_cost_model, set_cost_model, swap_estimates
+
+        calibrated = get_cost_model()  # what calibrate_planner installed (or the default model)
+        self._estimates: list[dict[object, Any]] = []
+        for setting in settings:
+            estimates: dict[object, Any] = {}
+            if setting is not None and setting.algorithm == "auto" and setting.calibrated:
+                before = swap_estimates(estimates)
+                set_cost_model(calibrated)
+                swap_estimates(before)
+            self._estimates.append(estimates)
+
+    @contextmanager
+    def active(self, index: int) -> Iterator[None]:
+        """Run the block with setting ``index``'s estimate (every rank at the same point)."""
+        from mxcomm.collectives.estimator import swap_estimates
+
+        before = swap_estimates(self._estimates[index])
+        try:
+            yield
+        finally:
+            self._estimates[index] = swap_estimates(before)

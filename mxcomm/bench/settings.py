@@ -52,6 +52,9 @@ class CommSetting:
     rotation_seed: int | None = None  # random Hadamard rotation of every block (None: none)
     outliers: int = 0  # calibrated outlier channels per module sent uncompressed
     compiled: bool = False  # the model runs under torch.compile (TTFT; the collectives as custom ops)
+    # auto only: plan from a calibrate() call on the link (False: start from the default cost model and
+    # learn from the setting's own calls, as a user who never calls calibrate() gets)
+    calibrated: bool = True
 
     @property
     def label(self) -> str:
@@ -65,7 +68,8 @@ class CommSetting:
         mode = f" scale={self.scale_mode}" if self.scale_mode else ""
         rot = " +rot" if self.rotation_seed is not None else ""
         outl = f" +{self.outliers}ch" if self.outliers else ""
-        return f"{self.fmt} {self.rounding} {self.algorithm}{mode}{rot}{outl}"
+        uncal = " uncalibrated" if self.algorithm == "auto" and not self.calibrated else ""
+        return f"{self.fmt} {self.rounding} {self.algorithm}{uncal}{mode}{rot}{outl}"
 
     @property
     def variant(self) -> str:
@@ -132,15 +136,15 @@ def pareto_settings(
 
 
 def parse_ttft_setting(text: str, rotation_seed: int) -> CommSetting:
-    """``FORMAT:ALGORITHM[:rot][:kN][:compiled]`` -> CommSetting (rne); ``none:none[:compiled]`` is the
-    uncompressed baseline."""
+    """``FORMAT:ALGORITHM[:rot][:kN][:compiled][:uncalibrated]`` -> CommSetting (rne); ``none:none[:compiled]``
+    is the uncompressed baseline; ``:uncalibrated`` (auto only) skips ``calibrate()``."""
     name, _, rest = text.partition(":")
     algo, *mods = rest.split(":")
     compressed = ("allgather", "two_shot", "auto")
     if (name == "none") != (algo == "none") or algo not in (*compressed, "none"):
         raise EvalSetupError(f"--ttft-settings wants FORMAT:ALGORITHM[:rot][:kN][:compiled] with ALGORITHM "
                              f"allgather, two_shot or auto (or none:none[:compiled]), got {text!r}")
-    seed, k, compiled = None, 0, False
+    seed, k, compiled, calibrated = None, 0, False, True
     for m in mods:
         if m == "rot" and name != "none":
             seed = rotation_seed
@@ -148,8 +152,12 @@ def parse_ttft_setting(text: str, rotation_seed: int) -> CommSetting:
             k = int(m[1:])
         elif m == "compiled":
             compiled = True
+        elif m == "uncalibrated" and algo == "auto":
+            calibrated = False
         else:
-            raise EvalSetupError(f"--ttft-settings: unknown modifier {m!r} in {text!r} (rot, kN or compiled)")
+            raise EvalSetupError(f"--ttft-settings: unknown modifier {m!r} in {text!r} "
+                                 "(rot, kN, compiled, or uncalibrated with auto)")
     if name == "none":
         return CommSetting(None, algorithm="none", compiled=compiled)
-    return CommSetting(get_format(name).name, "rne", algo, rotation_seed=seed, outliers=k, compiled=compiled)
+    return CommSetting(get_format(name).name, "rne", algo, rotation_seed=seed, outliers=k, compiled=compiled,
+                       calibrated=calibrated)

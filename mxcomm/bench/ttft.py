@@ -27,7 +27,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from mxcomm.bench.rank_setup import apply_setting, calibrate_planner, job_calibration, log_stderr, shard_model
+from mxcomm.bench.rank_setup import (
+    SettingEstimates,
+    apply_setting,
+    calibrate_planner,
+    job_calibration,
+    log_stderr,
+    shard_model,
+)
 from mxcomm.bench.settings import CommSetting
 from mxcomm.bench.smollm2 import Assets, EvalSetupError, load_model, load_tokens, windows
 from mxcomm.bench.wire_accounting import comm_accounting
@@ -68,18 +75,19 @@ def ttft_rank(rank: int, world: int, job: dict) -> None:
     if planner is not None:
         result["calibration"] = planner
     settings = [CommSetting(**s) for s in job["settings"]]
+    estimates = SettingEstimates(settings)
     compiled_model = compiled_forward(model, sum(s.compiled for s in settings))
     runs: list[dict[str, Any]] = [{"times": [], "comm": [], "wire": [], "token": -1, "acct": {}} for _ in settings]
     # Settings are interleaved (round-robin over repetitions), so a burst of load from elsewhere on the
     # machine hits all settings alike instead of one setting's consecutive repetitions.
     for rep in range(job["warmup"] + job["reps"]):
-        for setting, run in zip(settings, runs):
+        for index, (setting, run) in enumerate(zip(settings, runs)):
             apply_setting(model, setting, calibration)
             dist.barrier()
             qdisc_before = qdisc_sent_bytes() if lead and shaped else 0
             dist.barrier()
             t0 = time.perf_counter()
-            with track_comm() as stats:
+            with track_comm() as stats, estimates.active(index):
                 token = prefill(compiled_model if setting.compiled else model)
             elapsed = time.perf_counter() - t0
             dist.barrier()

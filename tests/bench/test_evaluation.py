@@ -188,10 +188,38 @@ def test_ttft_setting_syntax():
     assert compiled.eager_label == "mxfp8_e4m3 rne two_shot" and not parse_ttft_setting("mxint8:auto", 9).compiled
     none = parse_ttft_setting("none:none:compiled", 9)
     assert (none.fmt, none.algorithm, none.compiled, none.label) == (None, "none", True, "none (bfloat16 wire) compiled")
+    uncal = parse_ttft_setting("mxint8:auto:uncalibrated", 9)
+    assert not uncal.calibrated and uncal.label == "mxint8 rne auto uncalibrated"
     for bad in ("mxfp4", "mxfp4:ring", "mxfp4:allgather:k0", "mxfp4:allgather:spin", "none:allgather",
-                "mxfp4:none", "none:none:rot"):
+                "mxfp4:none", "none:none:rot", "mxfp4:two_shot:uncalibrated"):
         with pytest.raises(EvalSetupError):
             parse_ttft_setting(bad, 9)
+
+
+def test_each_setting_plans_auto_with_its_own_estimate():
+    from mxcomm.bench.rank_setup import SettingEstimates
+    from mxcomm.collectives import CostModel, get_cost_model, set_cost_model
+    from mxcomm.collectives.estimator import swap_estimates
+
+    outside = swap_estimates({})
+    try:
+        calibrated = CostModel(alpha=1.25e-3, beta=3e-8)
+        set_cost_model(calibrated)  # what calibrate_planner installs
+        settings = [CommSetting(None, algorithm="none"), CommSetting("mxint8", algorithm="auto"),
+                    CommSetting("mxint8", algorithm="auto", calibrated=False)]
+        estimates = SettingEstimates(settings)
+        with estimates.active(1):
+            assert get_cost_model().alpha == calibrated.alpha
+        with estimates.active(2):
+            assert get_cost_model().alpha == CostModel().alpha  # as if calibrate() was never called
+            set_cost_model(CostModel(alpha=7e-3))  # what this setting learns stays with it
+        with estimates.active(1):
+            assert get_cost_model().alpha == calibrated.alpha
+        with estimates.active(2):
+            assert get_cost_model().alpha == 7e-3
+        assert get_cost_model().alpha == calibrated.alpha  # the group's own estimate is untouched
+    finally:
+        swap_estimates(outside)
 
 
 def test_compiled_ttft_settings_need_a_warmup(tmp_path):
