@@ -113,7 +113,9 @@ def render(doc: dict[str, Any]) -> str:
             "interleaved round-robin so that load from elsewhere on the shared machine hits them alike.  ",
             "Link: the ranks run in a network namespace whose loopback is shaped with "
             "`tc qdisc add dev lo root tbf rate RATE burst 512kb latency 100ms` (all ranks share the rate). "
-            "`comm share` = time inside mxcomm collectives on rank 0 (waiting, transfer and codec) / TTFT. "
+            "`comm share` = time inside mxcomm collectives on rank 0 (waiting, transfer and codec) / TTFT; "
+            "in brackets where that time went (seconds per prefill): codec calls, blocked on transfers, and the "
+            "rest (descriptor exchanges, waiting for slower ranks to arrive, copies). "
             "`sent` = bytes rank 0 sent (mxcomm accounting); `on the link` = bytes the shaped qdisc passed for "
             "all ranks together (packet headers and barriers included), `loopback` = unshaped. Δ ppl from the "
             "perplexity table (same format, rounding and algorithm; for `auto`, the algorithm it ran).",

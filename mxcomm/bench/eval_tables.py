@@ -84,7 +84,7 @@ def ttft_markdown(results: list[dict], ppl_rows: list[dict] | None = None) -> st
     base = base_ppl(ppl_rows or [])
     lines = [
         "| link | setting | algorithm run | sent / prefill / rank | on the link / prefill | TTFT (s) | "
-        "speedup vs none | comm share | Δ ppl | 1st token = none's |",
+        "speedup vs none | comm share (codec / blocked / rest s) | Δ ppl | 1st token = none's |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for res in results:
@@ -107,9 +107,13 @@ def ttft_markdown(results: list[dict], ppl_rows: list[dict] | None = None) -> st
                 delta = _pct(100 * (ppl_by_label[ppl_key]["ppl"] / base - 1))
             algos = ", ".join(f"{a}×{n}" for a, n in sorted(r["algorithms"].items()))
             link = f"{r['qdisc_bytes'] / 2**20:.1f} MiB" if r.get("qdisc_bytes") else "–"
+            share = f"{r['comm_share']:.0%}"
+            if r.get("stages_s"):
+                st = r["stages_s"]
+                share += f" ({st['codec']:.2f} / {st['blocked']:.2f} / {st['rest']:.2f})"
             lines.append(
                 f"| {res['rate']} | {label} | {algos} | {r['bytes_sent_per_forward'] / 2**20:.2f} MiB | {link} | "
-                f"{r['ttft_s']:.3f} | {speedup} | {r['comm_share']:.0%} | {delta} | "
+                f"{r['ttft_s']:.3f} | {speedup} | {share} | {delta} | "
                 f"{'yes' if none and r['first_token'] == none['first_token'] else 'no'} |"
             )
     return "\n".join(lines)

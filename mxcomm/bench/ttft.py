@@ -77,7 +77,8 @@ def ttft_rank(rank: int, world: int, job: dict) -> None:
     settings = [CommSetting(**s) for s in job["settings"]]
     estimates = SettingEstimates(settings)
     compiled_model = compiled_forward(model, sum(s.compiled for s in settings))
-    runs: list[dict[str, Any]] = [{"times": [], "comm": [], "wire": [], "token": -1, "acct": {}} for _ in settings]
+    runs: list[dict[str, Any]] = [{"times": [], "comm": [], "wire": [], "token": -1, "acct": {}, "stages": []}
+                                  for _ in settings]
     # Settings are interleaved (round-robin over repetitions), so a burst of load from elsewhere on the
     # machine hits all settings alike instead of one setting's consecutive repetitions.
     for rep in range(job["warmup"] + job["reps"]):
@@ -97,6 +98,7 @@ def ttft_rank(rank: int, world: int, job: dict) -> None:
                 continue
             run["times"].append(elapsed)
             run["comm"].append(stats.summary()["seconds"])
+            run["stages"].append(stage_seconds(stats.records))
             run["acct"], run["token"] = comm_accounting(stats, 1), token
             if lead and shaped:
                 # everything that crossed the shaped lo (all ranks, packet headers, barriers included)
@@ -112,8 +114,18 @@ def ttft_rank(rank: int, world: int, job: dict) -> None:
                 "label": setting.label, "setting": asdict(setting), "ttft_s": ttft, "times": run["times"],
                 "comm_s": comm, "comm_share": comm / ttft, "first_token": run["token"],
                 "qdisc_bytes": statistics.median(run["wire"]) if run["wire"] else None, **run["acct"],
+                # where the communication time went, per stage (medians over the repetitions)
+                "stages_s": {k: statistics.median(st[k] for st in run["stages"]) for k in run["stages"][0]},
             })
         Path(job["out"]).write_text(json.dumps(result, indent=1))
+
+
+def stage_seconds(records: Sequence[Any]) -> dict[str, float]:
+    """Where the collectives' time went on this rank: codec calls, blocked on transfers, the rest
+    (descriptor exchanges, waiting for slower ranks to arrive, copies)."""
+    codec = sum(r.encode_s + r.decode_s for r in records)
+    blocked = sum(r.wait_s for r in records)
+    return {"codec": codec, "blocked": blocked, "rest": sum(r.seconds for r in records) - codec - blocked}
 
 
 def compiled_forward(model: torch.nn.Module, settings: int) -> torch.nn.Module | None:
