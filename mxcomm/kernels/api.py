@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from mxcomm.errors import ArgumentTypeError, FormatError
+from mxcomm.errors import ArgumentTypeError, FormatError, RangeError
 from mxcomm.formats import BlockFormat, Rounding, block_layout, get_format
 from mxcomm.kernels.dispatch import CodecBackend, fuses_rotation, resolve_backend
 from mxcomm.kernels.dtypes import INPUT_DTYPES
@@ -53,6 +53,7 @@ def encode(
     scale_mode: str | None = None,
     generator: torch.Generator | None = None,
     backend: str = "auto",
+    strict: bool = False,
 ) -> Packed:
     """Encode ``x`` in block format ``fmt``: bit-packed codes, per-block scales (and a tensor scale).
 
@@ -65,15 +66,20 @@ def encode(
         generator: Stochastic rounding draws one seed from it (torch's default generator when None).
         backend: Codec backend (``"auto"``, ``"torch"``, ``"cpu"``, ``"triton"``); every backend
             produces the same bytes.
+        strict: Raise :class:`~mxcomm.RangeError` instead of returning an encoding in which some
+            block clipped (``Packed.clipped_blocks > 0``: the format cannot hold the input's range;
+            docs/semantics.md, "Range"). Reads the count, so a CUDA encode synchronises.
 
     Returns:
-        The :class:`~mxcomm.kernels.Packed` encoding (``decode`` inverts it up to quantization).
+        The :class:`~mxcomm.kernels.Packed` encoding (``decode`` inverts it up to quantization);
+        ``clipped_blocks`` says how many blocks clipped.
 
     Raises:
         ArgumentTypeError: ``x`` is not a ``torch.Tensor``.
         FormatError: ``x`` is not float32/bfloat16/float16, an unknown format, a bad ``axis``,
             ``rounding`` or ``scale_mode``.
         BackendUnavailableError: the requested backend cannot run on ``x``'s device.
+        RangeError: ``strict=True`` and some block clipped.
     """
     if not isinstance(x, torch.Tensor):
         raise ArgumentTypeError(f"encode takes a torch.Tensor, got {type(x).__name__}")
@@ -97,7 +103,22 @@ def encode(
         parts = be.encode_blocks(x2d, f, seed)
     log.debug("encode %s %s %s on %s via %s%s", f.name, tuple(x.shape), x.dtype, x.device, be.name,
               _NOTE[f.rotation_seed is not None, front_end])
-    return Packed(f, x.shape, x.dtype, lay.axis, parts.codes, parts.scales, parts.tensor_scale, be.name)
+    p = Packed(f, x.shape, x.dtype, lay.axis, parts.codes, parts.scales, parts.tensor_scale, be.name, parts.clipped)
+    if strict:
+        check_range(p)
+    return p
+
+
+def check_range(p: Packed, what: str = "encode") -> None:
+    """Raise RangeError if some block of ``p`` clipped (``strict=True``)."""
+    clipped = p.clipped_blocks
+    if clipped:
+        raise RangeError(
+            f"{what}: {clipped} of {p.layout.num_blocks} blocks of the {tuple(p.shape)} {p.dtype} tensor clipped in "
+            f"{p.format.name} (saturated or flushed: the format cannot hold this input's range, docs/semantics.md "
+            "'Range'); strict=True refuses the encoding",
+            clipped_blocks=clipped,
+        )
 
 
 def _plain(fmt: BlockFormat) -> BlockFormat:
@@ -181,11 +202,12 @@ def quantize(
     scale_mode: str | None = None,
     generator: torch.Generator | None = None,
     backend: str = "auto",
+    strict: bool = False,
 ) -> torch.Tensor:
     """Fake-quantize: ``decode(encode(x, fmt, ...))`` in ``x``'s dtype.
 
     Args:
-        x, fmt, axis, rounding, scale_mode, generator, backend: as for :func:`encode`.
+        x, fmt, axis, rounding, scale_mode, generator, backend, strict: as for :func:`encode`.
 
     Returns:
         A tensor of ``x``'s shape and dtype holding the values the format can represent.
@@ -193,8 +215,10 @@ def quantize(
     Raises:
         FormatError: as :func:`encode`.
         BackendUnavailableError: as :func:`encode`.
+        RangeError: as :func:`encode`.
     """
-    p = encode(x, fmt, axis=axis, rounding=rounding, scale_mode=scale_mode, generator=generator, backend=backend)
+    p = encode(x, fmt, axis=axis, rounding=rounding, scale_mode=scale_mode, generator=generator, backend=backend,
+               strict=strict)
     return decode(p, backend=backend)
 
 
