@@ -30,11 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from mxcomm.errors import FormatError
 from mxcomm.formats import BlockFormat, IntElement, Rounding, ScaleMode, ScaleType
 from mxcomm.formats.element import cached_code_values
-import torch
-
 from mxcomm.kernels import reference
 from mxcomm.kernels.dtypes import INPUT_DTYPES
 
