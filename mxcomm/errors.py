@@ -26,8 +26,8 @@ class RangeError(MxcommError, ValueError):
     """An encode with ``strict=True`` would clip: some block's magnitude lies outside what the format can hold.
 
     Raised by ``mxcomm.encode`` / ``quantize`` and, on every rank together, by the
-    collectives called with ``strict=True`` (before the payload whose encoding clipped
-    is exchanged; the output tensors are then untouched). A block *clips* when it
+    collectives called with ``strict=True`` (after the payloads and one exchange of every
+    rank's count, before any output is written: the output tensors are untouched). A block *clips* when it
     saturates (its amax exceeds ``max_normal`` times the largest scale) or is flushed
     (its scale is clamped at the smallest one); docs/semantics.md, "Range", defines
     both exactly. Without ``strict`` the same blocks are counted in
