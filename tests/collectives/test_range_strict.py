@@ -79,8 +79,8 @@ def body(rank: int, n: int) -> dict:
     for m in (1.0, 1e6, 1e-20):
         for alg in ALGORITHMS:
             t = (_input(rank, clipping_rank=-1) * m).to(torch.bfloat16)
-            want = sum(((_input(r, clipping_rank=-1) * m).to(torch.bfloat16).double() for r in range(n)))
-            res, records = _tracked(lambda t=t, a=alg: mxcomm.all_reduce(t, "int4_fp16", algorithm=a, strict=True))
+            want = sum((_input(r, clipping_rank=-1) * m).to(torch.bfloat16).double() for r in range(n))
+            _, records = _tracked(lambda t=t, a=alg: mxcomm.all_reduce(t, "int4_fp16", algorithm=a, strict=True))
             err = float((t.double() - want).norm() / want.norm())
             out[f"builtin {alg} {m:g}"] = {"error": err, "clipped": records[0]["clipped_blocks"], "bits": t.clone()}
     # the group still works
