@@ -26,6 +26,7 @@ from mxcomm.errors import (
     CollectiveTimeoutError,
     FormatError,
     MxcommError,
+    RangeError,
     UnsupportedReduceOpError,
 )
 from mxcomm.formats import (
@@ -56,6 +57,7 @@ __all__ = [
     "IntElement",
     "MxcommError",
     "Packed",
+    "RangeError",
     "UnsupportedReduceOpError",
     "__version__",
     "all_gather",

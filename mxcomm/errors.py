@@ -22,6 +22,28 @@ class FormatError(MxcommError, ValueError):
     """
 
 
+class RangeError(MxcommError, ValueError):
+    """An encode with ``strict=True`` would clip: some block's magnitude lies outside what the format can hold.
+
+    Raised by ``mxcomm.encode`` / ``quantize`` and, on every rank together, by the
+    collectives called with ``strict=True`` (after the payloads and one exchange of every
+    rank's count, before any output is written: the output tensors are untouched). A block *clips* when it
+    saturates (its amax exceeds ``max_normal`` times the largest scale) or is flushed
+    (its scale is clamped at the smallest one); docs/semantics.md, "Range", defines
+    both exactly. Without ``strict`` the same blocks are counted in
+    ``Packed.clipped_blocks`` and ``CommRecord.clipped_blocks``.
+
+    Attributes:
+        clipped_blocks: Blocks that clipped (in a collective: summed over the ranks).
+        clipped_by_rank: In a collective, every rank's count (index = rank); empty for ``encode``.
+    """
+
+    def __init__(self, message: str, *, clipped_blocks: int = 0, clipped_by_rank: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.clipped_blocks = clipped_blocks
+        self.clipped_by_rank = clipped_by_rank
+
+
 class ArgumentTypeError(MxcommError, TypeError):
     """An argument is of the wrong type, e.g. a collective given something that is not a ``torch.Tensor``."""
 

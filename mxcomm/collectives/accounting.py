@@ -38,6 +38,9 @@ class CommRecord:
     seconds: float
     segments: int = 1
     reason: str = ""  # why this algorithm (planner verdict or "requested")
+    # blocks that clipped in this rank's encodes of the call (docs/semantics.md, "Range"); with
+    # strict=True a call in which any rank's encodes clipped raises RangeError on every rank instead
+    clipped_blocks: int = 0
     encode_s: float = 0.0
     decode_s: float = 0.0
     wait_s: float = 0.0

@@ -64,7 +64,8 @@ assert _STRUCT.size == DESCRIPTOR_NBYTES
 OPS: dict[str, int] = {"all_reduce": 1, "all_gather": 2, "reduce_scatter": 3, "outlier_channels": 4}
 FLAG_INVALID = 1
 FLAG_EXPLORE = 2  # the planned algorithm is an exploration of auto (rank 0's flag is followed)
-_KNOWN_FLAGS = FLAG_INVALID | FLAG_EXPLORE
+FLAG_STRICT = 4  # strict=True: the call ends with the range check (every rank must agree)
+_KNOWN_FLAGS = FLAG_INVALID | FLAG_EXPLORE | FLAG_STRICT
 _OP_NAMES = {v: k for k, v in OPS.items()}
 _DTYPE_NAMES = {i: str(d).replace("torch.", "") for i, d in enumerate(INPUT_DTYPES)}
 _NO_CODE = 255  # an algorithm or dtype field of an invalid descriptor
@@ -124,6 +125,7 @@ class Descriptor:
     invalid: bool = False
     explored: bool = False
     times: CallTimes | None = None
+    strict: bool = False
 
     @property
     def numel(self) -> int:
@@ -144,7 +146,8 @@ class Descriptor:
             _algorithm_code(self.planned),
             dtype_code(self.dtype) if self.dtype in INPUT_DTYPES else _NO_CODE,
             min(len(self.shape), 255),
-            (FLAG_INVALID if self.invalid else 0) | (FLAG_EXPLORE if self.explored else 0),
+            (FLAG_INVALID if self.invalid else 0) | (FLAG_EXPLORE if self.explored else 0)
+            | (FLAG_STRICT if self.strict else 0),
             self.fingerprint,
             self.numel,
             shape_crc(self.shape),
@@ -178,6 +181,10 @@ class WireDescriptor:
     @property
     def explored(self) -> bool:
         return bool(self.flags & FLAG_EXPLORE)
+
+    @property
+    def strict(self) -> bool:
+        return bool(self.flags & FLAG_STRICT)
 
     @classmethod
     def unpack(cls, data: bytes) -> WireDescriptor:
@@ -222,7 +229,7 @@ class WireDescriptor:
         return (
             f"op={_OP_NAMES.get(self.op, self.op)} algorithm={_algorithm_label(self.requested)} "
             f"{what}={self.format_name}#{self.fingerprint.hex()} dtype={_DTYPE_NAMES.get(self.dtype, self.dtype)} "
-            f"ndim={self.ndim} numel={self.numel} shape_crc={self.shape_crc:08x}"
+            f"ndim={self.ndim} numel={self.numel} shape_crc={self.shape_crc:08x}" + (" strict" if self.strict else "")
         )
 
 
@@ -256,7 +263,7 @@ def check_descriptors(received: list[WireDescriptor], *, compare_format: bool) -
             "no payload was exchanged"
         )
     ref = received[0]
-    fields = ["version", "op", "requested", "dtype", "ndim", "numel", "shape_crc"]
+    fields = ["version", "op", "requested", "dtype", "ndim", "numel", "shape_crc", "strict"]
     if compare_format:
         fields.append("fingerprint")
     bad = []

@@ -35,7 +35,7 @@ import time
 import warnings
 import weakref
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeAlias
 
 import torch
@@ -65,8 +65,8 @@ from mxcomm.collectives.planner import (
     two_shot_slot_nbytes,
 )
 from mxcomm.collectives.timing import CallTimer, call_timer
-from mxcomm.collectives.transport import PAYLOAD_PHASE, SECOND_PHASE, Transport, group_device
-from mxcomm.errors import ArgumentTypeError, FormatError, MxcommError, UnsupportedReduceOpError
+from mxcomm.collectives.transport import PAYLOAD_PHASE, RANGE_PHASE, SECOND_PHASE, Transport, group_device
+from mxcomm.errors import ArgumentTypeError, FormatError, MxcommError, RangeError, UnsupportedReduceOpError
 from mxcomm.formats import BlockFormat, get_format
 from mxcomm.kernels import Packed, decode, decode_sum, encode, resolve_backend
 from mxcomm.kernels.packed import INPUT_DTYPES
@@ -163,6 +163,44 @@ Steps = Generator[bool, None, None]
 
 
 @dataclass
+class _Range:
+    """A call's clipped blocks (docs/semantics.md, "Range"): this rank's encodes, and ``strict``.
+
+    With ``strict`` every rank exchanges its count (one int64, the "range check" exchange)
+    after the payloads arrived and before any output is written, and every rank raises the
+    same :class:`~mxcomm.RangeError` if some rank's encodes clipped.
+    """
+
+    strict: bool
+    counts: list[torch.Tensor] = field(default_factory=list)
+
+    def encode(self, x: torch.Tensor, fmt: BlockFormat, backend: str) -> Packed:
+        p = encode(x, fmt, backend=backend)
+        assert p.clipped is not None
+        self.counts.append(p.clipped)
+        return p
+
+    def local(self) -> int:
+        """Blocks that clipped in this rank's encodes so far (reads the counts: a CUDA sync)."""
+        return int(sum(int(c) for c in self.counts))
+
+    def check(self, transport: Transport, device: torch.device, op: str) -> None:
+        if not self.strict:
+            return
+        n = transport.n
+        mine = torch.tensor([self.local()], dtype=torch.int64, device=device)
+        every = torch.empty(n, dtype=torch.int64, device=device)
+        transport.all_gather(every.view(torch.uint8), mine.view(torch.uint8), RANGE_PHASE).wait()
+        by_rank = tuple(int(v) for v in every.tolist())
+        if any(by_rank):
+            raise RangeError(
+                f"{op}: {sum(by_rank)} blocks clipped (by rank: {list(by_rank)}): the format cannot hold the "
+                "input's range (docs/semantics.md 'Range'); strict=True refuses the call, no output was written",
+                clipped_blocks=sum(by_rank), clipped_by_rank=by_rank,
+            )
+
+
+@dataclass
 class _Context:
     """What every rank knows before validating its arguments."""
 
@@ -173,6 +211,7 @@ class _Context:
     verify: bool
     timer: CallTimer
     estimate: GroupEstimate
+    range: _Range
 
 
 @dataclass
@@ -263,6 +302,7 @@ class _Job:
             seconds=time.perf_counter() - self._t0,
             segments=i.segments,
             reason=i.reason,
+            clipped_blocks=self._ctx.range.local(),
             encode_s=self._ctx.timer.encode_s,
             decode_s=self._ctx.timer.decode_s,
             wait_s=self._ctx.timer.wait_s,
@@ -371,6 +411,7 @@ def _launch(
     async_op: bool,
     verify: bool,
     prepare: Callable[[_Context], _Prepared],
+    strict: bool = False,
 ) -> CollectiveHandle | None:
     """Validate, agree on the descriptor (on every rank, even one whose arguments failed), start, finish.
 
@@ -381,13 +422,16 @@ def _launch(
     t0 = time.perf_counter()
     n = dist.get_world_size(group)
     transport = Transport(group, n, op)
-    ctx = _Context(group, n, dist.get_rank(group), transport, verify, call_timer(transport), group_estimate(group))
+    ctx = _Context(group, n, dist.get_rank(group), transport, verify, call_timer(transport), group_estimate(group),
+                   _Range(bool(strict)))
     settle_in_flight(group)
     local_error: MxcommError | None = None
     prepared: _Prepared | None = None
     try:
+        if not isinstance(strict, bool):
+            raise ArgumentTypeError(f"strict must be a bool, got {type(strict).__name__}")
         prepared = prepare(ctx)
-        desc, device = prepared.desc, prepared.device
+        desc, device = replace(prepared.desc, strict=strict), prepared.device
     except MxcommError as e:
         local_error = e
         desc, device = invalid_descriptor(op, requested), group_device(group)
@@ -424,17 +468,19 @@ def _from_slot(buf: torch.Tensor, start: int, fmt: BlockFormat, numel: int, dtyp
 
 def _one_shot(
     src: torch.Tensor, dst: torch.Tensor, fmt: BlockFormat, segs: Sequence[tuple[int, int]], rank: int,
-    n: int, transport: Transport, backend: str, timer: CallTimer,
+    n: int, transport: Transport, backend: str, timer: CallTimer, rng: _Range,
 ) -> Generator[None, None, None]:
     posted = []
     for s0, s1 in segs:
         with timer.codec("encode", s1 - s0):
-            payload = encode(src[s0:s1], fmt, backend=backend).payload()
+            payload = rng.encode(src[s0:s1], fmt, backend).payload()
         out = torch.empty(n * payload.numel(), dtype=torch.uint8, device=src.device)
         posted.append((s0, s1, payload.numel(), out, timer.track(transport.all_gather(out, payload, PAYLOAD_PHASE))))
     yield False
-    for s0, s1, size, out, work in posted:
+    for *_, work in posted:
         work.wait()
+    rng.check(transport, src.device, "all_reduce")
+    for s0, s1, size, out, _ in posted:
         shards = [_from_slot(out, r * size, fmt, s1 - s0, src.dtype) for r in range(n)]
         with timer.codec("decode", n * (s1 - s0)):
             dst[s0:s1].copy_(decode_sum(shards, dtype=dst.dtype, backend=backend))
@@ -442,17 +488,17 @@ def _one_shot(
 
 def _two_shot(
     src: torch.Tensor, dst: torch.Tensor, fmt: BlockFormat, segs: Sequence[tuple[int, int]], rank: int,
-    n: int, transport: Transport, backend: str, timer: CallTimer,
+    n: int, transport: Transport, backend: str, timer: CallTimer, rng: _Range,
 ) -> Generator[None, None, None]:
     if fmt.rotation_seed is not None:
-        yield from _two_shot_rotated(src, dst, fmt, segs, rank, n, transport, backend, timer)
+        yield from _two_shot_rotated(src, dst, fmt, segs, rank, n, transport, backend, timer, rng)
         return
-    yield from _two_shot_plain(src, dst, fmt, segs, rank, n, transport, backend, timer)
+    yield from _two_shot_plain(src, dst, fmt, segs, rank, n, transport, backend, timer, rng)
 
 
 def _two_shot_rotated(
     src: torch.Tensor, dst: torch.Tensor, fmt: BlockFormat, segs: Sequence[tuple[int, int]], rank: int,
-    n: int, transport: Transport, backend: str, timer: CallTimer,
+    n: int, transport: Transport, backend: str, timer: CallTimer, rng: _Range,
 ) -> Generator[None, None, None]:
     """Two-shot with a rotated format: rotate each segment once, run both phases in the
     rotated domain with the plain format, un-rotate once at the end.
@@ -476,7 +522,7 @@ def _two_shot_rotated(
         start += padded.shape[1]
     flat_rotated = torch.cat(rotated) if rotated else torch.zeros(0, dtype=torch.float32, device=src.device)
     summed = torch.empty_like(flat_rotated)
-    yield from _two_shot_plain(flat_rotated, summed, plain, padded_segs, rank, n, transport, backend, timer)
+    yield from _two_shot_plain(flat_rotated, summed, plain, padded_segs, rank, n, transport, backend, timer, rng)
     for (s0, s1), (p0, p1) in zip(segs, padded_segs):
         with timer.codec("decode", 0, calls=0):
             back = unrotate(summed[p0:p1].view(1, -1), seed, block)[0, : s1 - s0]
@@ -485,7 +531,7 @@ def _two_shot_rotated(
 
 def _two_shot_plain(
     src: torch.Tensor, dst: torch.Tensor, fmt: BlockFormat, segs: Sequence[tuple[int, int]], rank: int,
-    n: int, transport: Transport, backend: str, timer: CallTimer,
+    n: int, transport: Transport, backend: str, timer: CallTimer, rng: _Range,
 ) -> Generator[None, None, None]:
     device = src.device
     phase1 = []
@@ -496,7 +542,7 @@ def _two_shot_plain(
         for c, (a, b) in enumerate(chunks):
             if b > a and c != rank:
                 with timer.codec("encode", b - a):
-                    payload = encode(src[s0 + a : s0 + b], fmt, backend=backend).payload()
+                    payload = rng.encode(src[s0 + a : s0 + b], fmt, backend).payload()
                 send[c * slot : c * slot + payload.numel()] = payload
         # The owner's own chunk never leaves the rank, so it enters the sum exactly (a copy:
         # the tensor is overwritten in place later and may be touched before an async wait).
@@ -521,13 +567,15 @@ def _two_shot_plain(
             else:
                 reduced = own.to(torch.float32)
             with timer.codec("encode", b - a):
-                payload = encode(reduced, fmt, backend=backend).payload()
+                payload = rng.encode(reduced, fmt, backend).payload()
             reencoded[: payload.numel()] = payload
         out = torch.empty(n * slot, dtype=torch.uint8, device=device)
         phase2.append((s0, chunks, slot, out, timer.track(transport.all_gather(out, reencoded, SECOND_PHASE))))
     yield False
-    for s0, chunks, slot, out, work in phase2:
+    for *_, work in phase2:
         work.wait()
+    rng.check(transport, device, "all_reduce")
+    for s0, chunks, slot, out, _ in phase2:
         for c, (a, b) in enumerate(chunks):
             if b > a:
                 p = _from_slot(out, c * slot, fmt, b - a, torch.float32)
@@ -552,6 +600,11 @@ _COMMON_ARGS = """
             shapes, dtype and format (a disagreement is undefined, as with plain
             ``torch.distributed``) and argument errors are raised only where they occur.
             Without the descriptor, ``auto`` neither learns from the call nor explores.
+        strict: Raise :class:`~mxcomm.RangeError` on every rank, before any output is
+            written, if some rank's encodes clipped a block (the format cannot hold the
+            input's range; docs/semantics.md, "Range"). Costs one more exchange of 8 bytes
+            per rank (the "range check"); must be the same on every rank (the descriptor
+            checks it). Without it the count is in ``CommRecord.clipped_blocks``.
 """
 
 
@@ -575,6 +628,7 @@ def all_reduce(
     segment_elems: int | None = None,
     backend: str = "auto",
     verify: bool = True,
+    strict: bool = False,
 ) -> CollectiveHandle | None:
     """In-place SUM all-reduce of ``tensor`` over ``group``, compressed in ``fmt`` (as ``dist.all_reduce``).
 
@@ -610,7 +664,7 @@ def all_reduce(
     With ``verify=True`` an invalid call raises on every rank: the rank at fault its
     own error, the others ``CollectiveMismatchError``; nothing hangs.
     """
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() and not strict:  # (strict runs eagerly: it reads the counts)
         return TRACED["all_reduce"](tensor, fmt, op, group, async_op, algorithm=algorithm, model=model,
                                     segment_elems=segment_elems, backend=backend, verify=verify)
 
@@ -679,7 +733,7 @@ def all_reduce(
                 assert f is not None
                 # The result is written segment by segment after all of them were encoded: no input is read late.
                 algo = _one_shot if chosen == "allgather" else _two_shot
-                reduce = algo(flat, flat, f, segs, ctx.rank, n, ctx.transport, backend, ctx.timer)
+                reduce = algo(flat, flat, f, segs, ctx.rank, n, ctx.transport, backend, ctx.timer, ctx.range)
 
             def steps() -> Steps:
                 yield from reduce
@@ -695,7 +749,7 @@ def all_reduce(
         return _Prepared(desc, tensor.device, start)
 
     requested = algorithm if isinstance(algorithm, str) else "none"
-    return _launch("all_reduce", requested, group, async_op, verify, prepare)
+    return _launch("all_reduce", requested, group, async_op, verify, prepare, strict)
 
 
 def _prepare_gather(
@@ -716,13 +770,14 @@ def _prepare_gather(
         def steps() -> Steps:
             size = payload_nbytes(f, m)
             with ctx.timer.codec("encode", m):
-                payload = encode(src, f, backend=backend).payload() if m else torch.empty(0, dtype=torch.uint8,
-                                                                                          device=device)
+                payload = ctx.range.encode(src, f, backend).payload() if m else torch.empty(0, dtype=torch.uint8,
+                                                                                            device=device)
             out = torch.empty(n * size, dtype=torch.uint8, device=device)
             # the input is encoded: it may alias the output
             work = ctx.timer.track(ctx.transport.all_gather(out, payload, PAYLOAD_PHASE))
             yield False
             work.wait()
+            ctx.range.check(ctx.transport, device, "all_gather")
             dst = output if output.is_contiguous() else torch.empty(output.shape, dtype=output.dtype, device=device)
             flat = dst.view(-1)
             for r in range(n if m else 0):
@@ -750,6 +805,7 @@ def all_gather_into_tensor(
     *,
     backend: str = "auto",
     verify: bool = True,
+    strict: bool = False,
 ) -> CollectiveHandle | None:
     """Gather every rank's ``input_tensor``, encoded in ``fmt``, into ``output_tensor`` (as ``dist.all_gather_into_tensor``).
 
@@ -777,11 +833,11 @@ def all_gather_into_tensor(
         CollectiveAbortedError: a peer died, stalled or left the call (``CollectiveTimeoutError``
             after the group's timeout); raised on every surviving rank, the group is unusable after.
     """
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() and not strict:  # (strict runs eagerly: it reads the counts)
         return TRACED["all_gather_into_tensor"](output_tensor, input_tensor, fmt, group, async_op,
                                                 backend=backend, verify=verify)
     return _launch("all_gather", "allgather", group, async_op, verify,
-                   lambda ctx: _prepare_gather(ctx, output_tensor, input_tensor, fmt, backend))
+                   lambda ctx: _prepare_gather(ctx, output_tensor, input_tensor, fmt, backend), strict)
 
 
 @_doc
@@ -794,6 +850,7 @@ def all_gather(
     *,
     backend: str = "auto",
     verify: bool = True,
+    strict: bool = False,
 ) -> CollectiveHandle | None:
     """Gather every rank's ``tensor``, encoded in ``fmt``, into ``tensor_list[r]`` (as ``dist.all_gather``).
 
@@ -818,7 +875,7 @@ def all_gather(
         CollectiveAbortedError: a peer died, stalled or left the call (``CollectiveTimeoutError``
             after the group's timeout); raised on every surviving rank, the group is unusable after.
     """
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() and not strict:  # (strict runs eagerly: it reads the counts)
         return TRACED["all_gather"](tensor_list, tensor, fmt, group, async_op, backend=backend, verify=verify)
 
     def prepare(ctx: _Context) -> _Prepared:
@@ -833,7 +890,7 @@ def all_gather(
 
         return _prepare_gather(ctx, flat, tensor, fmt, backend).then(copy_out)
 
-    return _launch("all_gather", "allgather", group, async_op, verify, prepare)
+    return _launch("all_gather", "allgather", group, async_op, verify, prepare, strict)
 
 
 def _prepare_scatter(
@@ -856,12 +913,13 @@ def _prepare_scatter(
                 for r, c in enumerate(chunks):
                     if r != rank:
                         with ctx.timer.codec("encode", m):
-                            send[r * size : (r + 1) * size] = encode(c, f, backend=backend).payload()
+                            send[r * size : (r + 1) * size] = ctx.range.encode(c, f, backend).payload()
             own = chunks[rank].clone()  # never leaves the rank: summed exactly (and the output may alias it)
             recv = torch.empty(n * size, dtype=torch.uint8, device=device)
             work = ctx.timer.track(ctx.transport.all_to_all(recv, send, PAYLOAD_PHASE))
             yield False
             work.wait()
+            ctx.range.check(ctx.transport, device, "reduce_scatter")
             if m:
                 parts = [_from_slot(recv, j * size, f, m, output.dtype) for j in range(n) if j != rank]
                 if parts:
@@ -890,6 +948,7 @@ def reduce_scatter_tensor(
     *,
     backend: str = "auto",
     verify: bool = True,
+    strict: bool = False,
 ) -> CollectiveHandle | None:
     """SUM reduce-scatter compressed in ``fmt`` (as ``dist.reduce_scatter_tensor``).
 
@@ -919,7 +978,7 @@ def reduce_scatter_tensor(
         CollectiveAbortedError: a peer died, stalled or left the call (``CollectiveTimeoutError``
             after the group's timeout); raised on every surviving rank, the group is unusable after.
     """
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() and not strict:  # (strict runs eagerly: it reads the counts)
         return TRACED["reduce_scatter_tensor"](output, input, fmt, op, group, async_op, backend=backend, verify=verify)
 
     def prepare(ctx: _Context) -> _Prepared:
@@ -930,7 +989,7 @@ def reduce_scatter_tensor(
         flat_in = input.reshape(-1)
         return _prepare_scatter(ctx, output, [flat_in[r * m : (r + 1) * m] for r in range(ctx.n)], fmt, backend)
 
-    return _launch("reduce_scatter", "all_to_all", group, async_op, verify, prepare)
+    return _launch("reduce_scatter", "all_to_all", group, async_op, verify, prepare, strict)
 
 
 @_doc
@@ -944,6 +1003,7 @@ def reduce_scatter(
     *,
     backend: str = "auto",
     verify: bool = True,
+    strict: bool = False,
 ) -> CollectiveHandle | None:
     """SUM reduce-scatter of a list compressed in ``fmt`` (as ``dist.reduce_scatter``).
 
@@ -970,7 +1030,7 @@ def reduce_scatter(
         CollectiveAbortedError: a peer died, stalled or left the call (``CollectiveTimeoutError``
             after the group's timeout); raised on every surviving rank, the group is unusable after.
     """
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() and not strict:  # (strict runs eagerly: it reads the counts)
         return TRACED["reduce_scatter"](output, input_list, fmt, op, group, async_op, backend=backend, verify=verify)
 
     def prepare(ctx: _Context) -> _Prepared:
@@ -979,4 +1039,4 @@ def reduce_scatter(
         _check_sum(op, "reduce_scatter")
         return _prepare_scatter(ctx, output, [c.reshape(-1) for c in chunks], fmt, backend)
 
-    return _launch("reduce_scatter", "all_to_all", group, async_op, verify, prepare)
+    return _launch("reduce_scatter", "all_to_all", group, async_op, verify, prepare, strict)

@@ -36,6 +36,7 @@ _all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather
 DESCRIPTOR_PHASE = "descriptor exchange"
 PAYLOAD_PHASE = "payload"
 SECOND_PHASE = "two-shot second phase"
+RANGE_PHASE = "range check"  # strict=True: every rank's clipped-block count (docs/semantics.md, "Range")
 OUTLIER_PHASE = "outlier channels"
 
 #: Test seam (fault injection, tests/collectives/test_failures.py): when set, called as

@@ -80,8 +80,10 @@ class BlockFormat:
             rounded *up* onto the scale grid, so no element clips) for float scale types, the
             only mode they support.
         rounding: Element rounding (:class:`~mxcomm.formats.Rounding`), ``"rne"`` by default.
-        tensor_scale: Add one float32 per-tensor scale in front of the block scales (NVFP4's
-            two-level recipe); only float scale types take it.
+        tensor_scale: Always apply a float32 per-tensor scale computed from the tensor's amax
+            (NVFP4's two-level recipe); only float scale types take it. Float scale types
+            without it get an *automatic* tensor scale instead: 1 (the single-level encoding)
+            unless some block would clip, see :attr:`auto_tensor_scale`.
         rotation_seed: An int turns on a random Hadamard rotation of every block before it is
             quantized (docs/semantics.md, "Rotation"); needs a power-of-two block size.
 
@@ -153,6 +155,23 @@ class BlockFormat:
         return self.scale_spec.bits
 
     @property
+    def has_tensor_scale(self) -> bool:
+        """Whether an encoding carries a float32 per-tensor scale: every float scale type does
+        (fixed with ``tensor_scale=True``, else automatic); e8m0 formats never do."""
+        return not self.scale_spec.power_of_two
+
+    @property
+    def auto_tensor_scale(self) -> bool:
+        """Whether the tensor scale is automatic: a float scale type without ``tensor_scale=True``.
+
+        Its tensor scale is 1 -- the plain single-level encoding -- unless encoding with 1 would
+        clip a block (saturate it or flush it, docs/semantics.md "Range"); then it is the
+        NVFP4-style scale from the tensor's amax, so any finite input magnitude keeps the
+        format's in-range accuracy. The payload always reserves its 4 bytes.
+        """
+        return self.has_tensor_scale and not self.tensor_scale
+
+    @property
     def bits_per_element(self) -> float:
         """Element bits plus the block scale's bits spread over the block.
 
@@ -204,7 +223,8 @@ class BlockFormat:
         return block_layout(shape, axis, self.block_size)
 
     def packed_nbytes(self, shape: Sequence[int], axis: int = -1) -> int:
-        """Exact payload bytes of an encoded tensor: codes + scales (+ tensor scale).
+        """Exact payload bytes of an encoded tensor: codes + scales (+ 4 for the tensor scale of a
+        float scale type, fixed or automatic).
 
         Args:
             shape: Shape of the tensor.
@@ -219,12 +239,12 @@ class BlockFormat:
         lay = self.layout(shape, axis)
         code_bytes = (lay.num_codes * self.element.bits + 7) // 8
         scale_bytes = lay.num_blocks * self.scale_spec.nbytes
-        tensor_bytes = 4 if self.tensor_scale else 0
+        tensor_bytes = 4 if self.has_tensor_scale else 0
         return code_bytes + scale_bytes + tensor_bytes
 
     def describe(self) -> str:
         mode = "" if self.scale_mode == ("floor" if self.scale == "e8m0" else "rceil") else f" {self.scale_mode}"
-        tensor = " +fp32 tensor scale" if self.tensor_scale else ""
+        tensor = " +fp32 tensor scale" if self.tensor_scale else (" +auto tensor scale" if self.auto_tensor_scale else "")
         rotation = f" +hadamard(seed={self.rotation_seed})" if self.rotation_seed is not None else ""
         return f"{self.element} x{self.block_size} {self.scale}{mode}{tensor}{rotation} {self.rounding}"
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-from mxcomm.errors import ArgumentTypeError, FormatError, MxcommError
+from mxcomm.errors import ArgumentTypeError, FormatError, MxcommError, RangeError
 from mxcomm.formats import BlockFormat, Rounding, get_format
 from mxcomm.formats.block import normalize_axis
 from mxcomm.kernels.dispatch import resolve_backend
@@ -111,6 +111,7 @@ def encode(
     scale_mode: str | None = None,
     generator: torch.Generator | None = None,
     backend: str = "auto",
+    strict: bool = False,
 ) -> Packed:
     """Encode ``x`` in block format ``fmt``: bit-packed codes, per-block scales (and a tensor scale).
 
@@ -123,23 +124,43 @@ def encode(
         generator: Stochastic rounding draws one seed from it (torch's default generator when None).
         backend: Codec backend (``"auto"``, ``"torch"``, ``"cpu"``, ``"triton"``); every backend
             produces the same bytes.
+        strict: Raise :class:`~mxcomm.RangeError` instead of returning an encoding in which some
+            block clipped (``Packed.clipped_blocks > 0``: the format cannot hold the input's range;
+            docs/semantics.md, "Range"). Reads the count, so a CUDA encode synchronises.
 
     Returns:
-        The :class:`~mxcomm.kernels.Packed` encoding (``decode`` inverts it up to quantization).
+        The :class:`~mxcomm.kernels.Packed` encoding (``decode`` inverts it up to quantization);
+        ``clipped_blocks`` says how many blocks clipped.
 
     Raises:
         ArgumentTypeError: ``x`` is not a ``torch.Tensor``.
         FormatError: ``x`` is not float32/bfloat16/float16, an unknown format, a bad ``axis``,
             ``rounding`` or ``scale_mode``.
         BackendUnavailableError: the requested backend cannot run on ``x``'s device.
+        RangeError: ``strict=True`` and some block clipped.
     """
     _check_input(x, "encode")
     f, spec = _resolve(fmt, rounding, scale_mode)
     ax = normalize_axis(axis, x.dim())
     seed = _draw_seed(generator) if f.rounding == "stochastic" else None
     name = _backend_name(backend, x.device)
-    codes, scales, tensor_scale = encode_op(x, spec, ax, seed, backend)
-    return Packed(f, x.shape, x.dtype, ax, codes, scales, tensor_scale if f.tensor_scale else None, name)
+    codes, scales, tensor_scale, clipped = encode_op(x, spec, ax, seed, backend)
+    p = Packed(f, x.shape, x.dtype, ax, codes, scales, tensor_scale if f.has_tensor_scale else None, name, clipped)
+    if strict:
+        check_range(p)
+    return p
+
+
+def check_range(p: Packed, what: str = "encode") -> None:
+    """Raise RangeError if some block of ``p`` clipped (``strict=True``)."""
+    clipped = p.clipped_blocks
+    if clipped:
+        raise RangeError(
+            f"{what}: {clipped} of {p.layout.num_blocks} blocks of the {tuple(p.shape)} {p.dtype} tensor clipped in "
+            f"{p.format.name} (saturated or flushed: the format cannot hold this input's range, docs/semantics.md "
+            "'Range'); strict=True refuses the encoding",
+            clipped_blocks=clipped,
+        )
 
 
 def _out_dtype(dtype: torch.dtype | None, default: torch.dtype) -> torch.dtype:
@@ -182,6 +203,7 @@ def quantize(
     scale_mode: str | None = None,
     generator: torch.Generator | None = None,
     backend: str = "auto",
+    strict: bool = False,
 ) -> torch.Tensor:
     """Fake-quantize: ``decode(encode(x, fmt, ...))`` in ``x``'s dtype.
 
@@ -189,7 +211,8 @@ def quantize(
     welcome), and bad arguments raise the errors below when the compiled graph runs.
 
     Args:
-        x, fmt, axis, rounding, scale_mode, generator, backend: as for :func:`encode`.
+        x, fmt, axis, rounding, scale_mode, generator, backend, strict: as for :func:`encode`
+            (``strict`` runs encode and decode as two ops: the count is read in between).
 
     Returns:
         A tensor of ``x``'s shape and dtype holding the values the format can represent.
@@ -197,7 +220,12 @@ def quantize(
     Raises:
         FormatError: as :func:`encode`.
         BackendUnavailableError: as :func:`encode`.
+        RangeError: as :func:`encode`.
     """
+    if strict:
+        p = encode(x, fmt, axis=axis, rounding=rounding, scale_mode=scale_mode, generator=generator, backend=backend,
+                   strict=True)
+        return decode(p, backend=backend)
     if torch.compiler.is_compiling() and isinstance(x, torch.Tensor):
         try:
             return _quantize(x, fmt, axis, rounding, scale_mode, generator, backend)
@@ -259,7 +287,7 @@ def decode_sum(
             raise FormatError(f"decode_sum item {i} is on {p.device}, item 0 on {first.device}")
     out = _out_dtype(dtype, first.dtype)
     _backend_name(backend, first.device)
-    tensor_scales = [p.tensor_scale for p in items] if first.format.tensor_scale else []
+    tensor_scales = [p.tensor_scale for p in items] if first.format.has_tensor_scale else []
     return decode_sum_op(
         [p.codes for p in items], [p.scales for p in items], tensor_scales, _spec_of(first.format),
         list(first.shape), first.axis, out, backend,

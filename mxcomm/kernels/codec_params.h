@@ -4,7 +4,7 @@
 
 #include <cstdint>
 
-#define MX_ABI_VERSION 9
+#define MX_ABI_VERSION 10
 
 // Rounding (mxcomm.formats.enums)
 enum { RND_RNE = 0, RND_AWAY = 1, RND_ZERO = 2, RND_STOCHASTIC = 3 };
@@ -17,27 +17,29 @@ enum { DT_FP32 = 0, DT_BF16 = 1, DT_FP16 = 2 };
 
 // Every format-dependent constant (KernelParams); passed by pointer from Python (ctypes).
 struct Format {
-    int32_t bits;             // element code width
-    int32_t is_int;           // IntElement: two's complement codes (else sign-magnitude)
-    int32_t grid_mbits;       // trailing mantissa bits of the rounding grid (int: bits - 1)
-    int32_t grid_emin;        // binade of the grid's subnormals (int: 1, every value is subnormal)
-    int32_t max_code;         // largest finite magnitude code (int: kmax)
-    int32_t emax;             // element emax = floor(log2(max_normal))
-    double max_normal;        // element max_normal (exactly a float32)
-    int32_t max_normal_frac;  // rceil: fraction of max_normal's significand
-    int32_t even_frac;        // even: a fraction >= this carries into the next binade
-    int32_t scale_type;       // ScaleType code
-    int32_t scale_mode;       // ScaleMode code
-    int32_t rounding;         // Rounding code
-    int32_t scale_mbits;      // trailing mantissa bits of the stored scale
-    int32_t scale_emin;       // binade of the stored scale's subnormals (1 - bias)
-    double scale_max;         // largest finite scale
-    uint32_t scale_nan;       // stored bit pattern of a NaN block's scale (ScaleSpec.nan_bits)
-    int32_t tensor_scale;     // a float32 per-tensor scale multiplies every block scale
-    int32_t table_has_inf;    // some element code decodes to +-inf
-    float table_max;          // largest finite |element value|
-    int32_t float_rne;        // rne encodes may round with the FPU (see float_rne_exact)
-    int32_t block_size;       // elements per block
-    int32_t rotate;           // random Hadamard rotation of every block (rotation_seed is set)
-    uint64_t rotation_seed;   // seed of the rotation's signs (0 when not rotated)
+    int32_t bits;                  // element code width
+    int32_t is_int;                // IntElement: two's complement codes (else sign-magnitude)
+    int32_t grid_mbits;            // trailing mantissa bits of the rounding grid (int: bits - 1)
+    int32_t grid_emin;             // binade of the grid's subnormals (int: 1, every value is subnormal)
+    int32_t max_code;              // largest finite magnitude code (int: kmax)
+    int32_t emax;                  // element emax = floor(log2(max_normal))
+    double max_normal;             // element max_normal (exactly a float32)
+    int32_t max_normal_frac;       // rceil: fraction of max_normal's significand
+    int32_t even_frac;             // even: a fraction >= this carries into the next binade
+    uint32_t e8m0_flush_below;     // e8m0: 0 < amax below this is flushed (float scales: 0)
+    uint32_t e8m0_saturate_above;  // e8m0: finite amax above this saturates (float scales: fp32 max)
+    int32_t scale_type;            // ScaleType code
+    int32_t scale_mode;            // ScaleMode code
+    int32_t rounding;              // Rounding code
+    int32_t scale_mbits;           // trailing mantissa bits of the stored scale
+    int32_t scale_emin;            // binade of the stored scale's subnormals (1 - bias)
+    double scale_max;              // largest finite scale
+    uint32_t scale_nan;            // stored bit pattern of a NaN block's scale (ScaleSpec.nan_bits)
+    int32_t tensor_scale;          // a float32 per-tensor scale (fixed or automatic) multiplies every block scale
+    int32_t table_has_inf;         // some element code decodes to +-inf
+    float table_max;               // largest finite |element value|
+    int32_t float_rne;             // rne encodes may round with the FPU (see float_rne_exact)
+    int32_t block_size;            // elements per block
+    int32_t rotate;                // random Hadamard rotation of every block (rotation_seed is set)
+    uint64_t rotation_seed;        // seed of the rotation's signs (0 when not rotated)
 };

@@ -223,7 +223,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.mx_abi_version.restype = ctypes.c_int
     lib.mx_format_size.restype = ctypes.c_int
     lib.mx_build_isa.restype = ctypes.c_char_p
-    lib.mx_encode.argtypes = [p, i32, p, i64, i64, i64, i64, f32, u64, p, p]
+    lib.mx_encode.argtypes = [p, i32, p, i64, i64, i64, i64, f32, u64, p, p, ctypes.POINTER(i64)]
     lib.mx_encode.restype = ctypes.c_int
     lib.mx_finite_amax.argtypes = [i32, p, i64, i64, i32, i64, i64]
     lib.mx_finite_amax.restype = ctypes.c_uint32
@@ -424,9 +424,7 @@ class CpuBackend:
         ranges = block_ranges(num_blocks, bs, bits)
         x_ptr = x2d.data_ptr()
 
-        tensor_scale = None
-        ts_value = 1.0
-        if fmt.tensor_scale:
+        def tensor_scale_from_amax() -> float:
             if params.rotate:  # the amax of the rotated blocks, which are what gets encoded
                 fmt_ref = ctypes.byref(params)
                 amaxes = _run(
@@ -437,22 +435,32 @@ class CpuBackend:
             else:
                 amaxes = _run(ranges, lambda b0, b1: lib.mx_finite_amax(kind, x_ptr, length, bpr, bs, b0, b1))
             # (= reference.tensor_scale_from_amax, which costs ~150 us of torch ops per call)
-            ts_value = lib.mx_tensor_scale(ctypes.byref(params), max(amaxes, default=0))
-            tensor_scale = torch.tensor(ts_value, dtype=torch.float32)
+            return lib.mx_tensor_scale(ctypes.byref(params), max(amaxes, default=0))
+
+        # a fixed tensor scale comes from the amax first; an automatic one is 1 unless that clips
+        ts_value = tensor_scale_from_amax() if fmt.tensor_scale else 1.0
         if seed is None:
             if fmt.rounding == "stochastic":
                 raise FormatError("stochastic rounding needs a seed")
             seed = 0
         codes_ptr, scales_ptr, params_ref = codes.data_ptr(), scales.data_ptr(), ctypes.byref(params)
 
-        def work(b0: int, b1: int) -> None:
+        def work(b0: int, b1: int) -> int:
+            clipped = ctypes.c_int64(0)
             _check(
-                lib.mx_encode(params_ref, kind, x_ptr, length, bpr, b0, b1, ts_value, seed, codes_ptr, scales_ptr),
+                lib.mx_encode(params_ref, kind, x_ptr, length, bpr, b0, b1, ts_value, seed, codes_ptr, scales_ptr,
+                              ctypes.byref(clipped)),
                 "encode",
             )
+            return clipped.value
 
-        _run(ranges, work)
-        return EncodedBlocks(codes, scales, tensor_scale)
+        clipped = sum(_run(ranges, work))
+        if clipped and fmt.auto_tensor_scale:
+            # the input's range needs the automatic tensor scale: encode again under it
+            ts_value = tensor_scale_from_amax()
+            clipped = sum(_run(ranges, work))
+        tensor_scale = torch.tensor(ts_value, dtype=torch.float32) if fmt.has_tensor_scale else None
+        return EncodedBlocks(codes, scales, tensor_scale, torch.tensor(clipped, dtype=torch.int64))
 
     # -- decode -------------------------------------------------------------------------------
     def decode_blocks(
@@ -488,7 +496,7 @@ class CpuBackend:
             code_ptrs.append(codes.data_ptr())
             scale_ptrs.append(scales.data_ptr())
             ts_values.append(float(p.tensor_scale) if p.tensor_scale is not None else 1.0)
-        if fmt.tensor_scale and any(p.tensor_scale is None for p in parts):
+        if fmt.has_tensor_scale and any(p.tensor_scale is None for p in parts):
             raise FormatError(f"format {fmt.name} needs a tensor scale in every part")
         k = len(parts)
         code_arr = (ctypes.c_void_p * k)(*code_ptrs)

@@ -761,23 +761,41 @@ struct BlockPlan {
     float divisor;    // float scale types: the float32 multiplier X
     bool zero_codes;  // NaN block, or a block that decodes to 0 whatever its codes
     bool norm;        // subnormal inputs need normalising (element_codes NORM=true)
+    bool clipped;     // the block saturated or was flushed (reference.e8m0_clipped / float_block_scales)
 };
+
+// Clipped e8m0 blocks (docs/semantics.md, "Range") by the amax thresholds params.py derives from the
+// reference: 0 < amax < flush_below (the scale mode asks for less than 2**-127) or a finite amax above
+// saturate_above (beyond max_normal * 2**127).
+MX_INLINE bool e8m0_clipped(uint32_t amax, const Format& f) {
+    return (amax > 0 && amax < f.e8m0_flush_below) || (amax > f.e8m0_saturate_above && amax < 0x7F800000u);
+}
+
+// The smallest normal float32: an effective multiplier X below it is a float32 subnormal (flushed).
+constexpr float FP32_MIN_NORMAL = 0x1p-126f;
 
 // The plan of block k from its amax over all elements (float32 bits of the largest |x|; >= inf
 // if some element is not finite).
 MX_INLINE BlockPlan plan_from_amax(const Format& f, uint32_t amax, int64_t k, double denom, float tensor_scale,
                                    void* scales_out) {
     const bool nan_block = amax >= 0x7F800000u;
-    BlockPlan plan{0, 1.0f, nan_block, false};
+    BlockPlan plan{0, 1.0f, nan_block, false, false};
     if (f.scale_type == SC_E8M0) {
         plan.e = e8m0_exponent(amax, f);
         store_scale(scales_out, k, f.scale_type, nan_block ? f.scale_nan : uint32_t(plan.e + 127));
         plan.norm = -126 - plan.e > f.grid_emin;  // see element_codes
+        plan.clipped = e8m0_clipped(amax, f);
     } else {
         const bool positive = !nan_block && amax > 0;
         double block_scale = 0.0;
-        if (positive) block_scale = round_up_grid(double(u2f(amax)) / denom, f.scale_mbits, f.scale_emin, f.scale_max);
+        bool out_of_grid = false;  // q below the smallest normal scale, or above the largest scale
+        if (positive) {
+            const double q = double(u2f(amax)) / denom;
+            out_of_grid = q < pow2d(f.scale_emin) || q > f.scale_max;
+            block_scale = round_up_grid(q, f.scale_mbits, f.scale_emin, f.scale_max);
+        }
         const float effective = f.tensor_scale ? float(block_scale * double(tensor_scale)) : float(block_scale);
+        plan.clipped = positive && (out_of_grid || effective < FP32_MIN_NORMAL);
         // an effective scale that underflowed to 0 decodes every element to 0: codes are 0
         plan.zero_codes = nan_block || !(positive && effective > 0.0f);
         plan.divisor = effective;
@@ -798,9 +816,10 @@ MX_INLINE BlockPlan plan_block(const Format& f, const void* x, int64_t off, int3
 
 // General path: any layout, width, rounding (blocks may end in row padding; codes through a buffer
 // unless they can be written straight to the stream).
+// Each encoder returns how many of its blocks clipped.
 template <int DT, int RND>
-void encode_range(const Format& f, const void* x, int64_t length, int64_t bpr, int64_t b0, int64_t b1,
-                  float tensor_scale, uint64_t seed, uint8_t* codes_out, void* scales_out, uint16_t* cbuf) {
+int64_t encode_range(const Format& f, const void* x, int64_t length, int64_t bpr, int64_t b0, int64_t b1,
+                     float tensor_scale, uint64_t seed, uint8_t* codes_out, void* scales_out, uint16_t* cbuf) {
     const int32_t bs = f.block_size, bits = f.bits;
     const Grid grid{f.grid_mbits, f.grid_emin, f.max_code, bits, f.is_int};
     const bool pow2 = f.scale_type == SC_E8M0;
@@ -815,11 +834,13 @@ void encode_range(const Format& f, const void* x, int64_t length, int64_t bpr, i
     BitWriter stream{codes_out + (b0 * bs * bits) / 8};  // the caller starts ranges on byte boundaries
     BlockCursor cur(length, bpr, bs, b0);
     const double denom = f.max_normal * (f.tensor_scale ? double(tensor_scale) : 1.0);
+    int64_t clipped = 0;
     for (int64_t k = b0; k < b1; ++k, cur.next()) {
         const int64_t off = contiguous ? k * bs : cur.offset();
         const int32_t n = contiguous ? bs : cur.valid();
         uint8_t* out = codes_out + k * block_bytes;
         const BlockPlan plan = plan_block<DT>(f, x, off, n, k, denom, tensor_scale, scales_out);
+        clipped += plan.clipped;
         const int32_t e = plan.e;
         const float divisor = plan.divisor;
         int block_pack = pack;
@@ -854,12 +875,13 @@ void encode_range(const Format& f, const void* x, int64_t length, int64_t bpr, i
         }
     }
     if (!aligned) stream.flush();
+    return clipped;
 }
 
 // Fast path: blocks of 16k elements back to back, 4- or 8-bit codes. Per chunk of blocks, first
 // every block's scale, then every block's codes (a tight loop with its constants in registers).
 template <int DT, int RND, int PACK, bool FPU>
-void encode_pairs_range(const Format& f, const void* x, int64_t b0, int64_t b1, float tensor_scale, uint64_t seed,
+int64_t encode_pairs_range(const Format& f, const void* x, int64_t b0, int64_t b1, float tensor_scale, uint64_t seed,
                         uint8_t* codes_out, void* scales_out, uint16_t* cbuf) {
     constexpr int64_t CHUNK = 64;
     const int32_t bs = f.block_size, bits = f.bits;
@@ -868,10 +890,12 @@ void encode_pairs_range(const Format& f, const void* x, int64_t b0, int64_t b1, 
     const int64_t block_bytes = int64_t(bs) * bits / 8;
     const double denom = f.max_normal * (f.tensor_scale ? double(tensor_scale) : 1.0);
     BlockPlan plans[CHUNK];
+    int64_t clipped = 0;
     for (int64_t c0 = b0; c0 < b1; c0 += CHUNK) {
         const int64_t c1 = c0 + CHUNK < b1 ? c0 + CHUNK : b1;
         for (int64_t k = c0; k < c1; ++k) {
             plans[k - c0] = plan_block<DT>(f, x, k * bs, bs, k, denom, tensor_scale, scales_out);
+            clipped += plans[k - c0].clipped;
         }
         for (int64_t k = c0; k < c1; ++k) {
             const BlockPlan& plan = plans[k - c0];
@@ -888,10 +912,11 @@ void encode_pairs_range(const Format& f, const void* x, int64_t b0, int64_t b1, 
             }
         }
     }
+    return clipped;
 }
 
 template <int DT, int RND>
-void encode_dispatch(const Format& f, const void* x, int64_t length, int64_t bpr, int64_t b0, int64_t b1,
+int64_t encode_dispatch(const Format& f, const void* x, int64_t length, int64_t bpr, int64_t b0, int64_t b1,
                      float tensor_scale, uint64_t seed, uint8_t* codes_out, void* scales_out, uint16_t* cbuf) {
     const int32_t bs = f.block_size, bits = f.bits;
     // (round-half-away and toward-zero take the general path only: fewer kernels to compile)
@@ -899,7 +924,7 @@ void encode_dispatch(const Format& f, const void* x, int64_t length, int64_t bpr
                        (bits == 4 || bits == 8);
     const bool fpu = RND == RND_RNE && f.float_rne != 0;
 #define MX_PAIRS(PACK, FPU) \
-    encode_pairs_range<DT, RND, PACK, FPU>(f, x, b0, b1, tensor_scale, seed, codes_out, scales_out, cbuf)
+    return encode_pairs_range<DT, RND, PACK, FPU>(f, x, b0, b1, tensor_scale, seed, codes_out, scales_out, cbuf)
     if constexpr (RND == RND_RNE) {
         if (pairs && fpu) {
             if (bits == 4) {
@@ -907,7 +932,6 @@ void encode_dispatch(const Format& f, const void* x, int64_t length, int64_t bpr
             } else {
                 MX_PAIRS(PACK_BYTES, true);
             }
-            return;
         }
     }
     if constexpr (RND == RND_RNE || RND == RND_STOCHASTIC) {
@@ -917,10 +941,9 @@ void encode_dispatch(const Format& f, const void* x, int64_t length, int64_t bpr
             } else {
                 MX_PAIRS(PACK_BYTES, false);
             }
-            return;
         }
     }
-    encode_range<DT, RND>(f, x, length, bpr, b0, b1, tensor_scale, seed, codes_out, scales_out, cbuf);
+    return encode_range<DT, RND>(f, x, length, bpr, b0, b1, tensor_scale, seed, codes_out, scales_out, cbuf);
 #undef MX_PAIRS
 }
 
@@ -1461,7 +1484,7 @@ MX_INLINE size_t rot_buffer_floats(int32_t bs) { return size_t(rot_chunk_blocks(
 // blocks are rotated into the paired layout), else PACK_BUFFER (natural layout); FPU as in
 // block_codes_pairs. rot: rot_buffer_floats(bs) floats.
 template <int RND, int PACK, bool FPU>
-void encode_rotated_range(const Format& f, int32_t dt, const void* x, int64_t length, int64_t bpr, int64_t b0,
+int64_t encode_rotated_range(const Format& f, int32_t dt, const void* x, int64_t length, int64_t bpr, int64_t b0,
                           int64_t b1, float tensor_scale, uint64_t seed, uint8_t* codes_out, void* scales_out,
                           uint16_t* cbuf, float* rot) {
     constexpr bool paired = PACK != PACK_BUFFER;
@@ -1477,6 +1500,7 @@ void encode_rotated_range(const Format& f, int32_t dt, const void* x, int64_t le
     BlockPlan plans[ROT_CHUNK_MAX_BLOCKS];
     BitWriter stream{codes_out + (b0 * bs * bits) / 8};  // the caller starts ranges on byte boundaries
     BlockCursor cur(length, bpr, bs, b0);
+    int64_t clipped = 0;
     for (int64_t c0 = b0; c0 < b1; c0 += chunk) {
         const int64_t c1 = c0 + chunk < b1 ? c0 + chunk : b1;
         for (int64_t k = c0; k < c1; ++k, cur.next()) {
@@ -1485,6 +1509,7 @@ void encode_rotated_range(const Format& f, int32_t dt, const void* x, int64_t le
             const uint32_t amax = paired ? rotate_paired(dt, x, cur.offset(), cur.valid(), bs, s, r)
                                          : rotate_natural(dt, x, cur.offset(), cur.valid(), bs, s, r);
             plans[k - c0] = plan_from_amax(f, amax, k, denom, tensor_scale, scales_out);
+            clipped += plans[k - c0].clipped;
         }
         for (int64_t k = c0; k < c1; ++k) {
             const BlockPlan& plan = plans[k - c0];
@@ -1522,16 +1547,17 @@ void encode_rotated_range(const Format& f, int32_t dt, const void* x, int64_t le
         }
     }
     if (!aligned) stream.flush();
+    return clipped;
 }
 
 template <int RND>
-void encode_rotated_dispatch(const Format& f, int32_t dt, const void* x, int64_t length, int64_t bpr, int64_t b0,
+int64_t encode_rotated_dispatch(const Format& f, int32_t dt, const void* x, int64_t length, int64_t bpr, int64_t b0,
                              int64_t b1, float tensor_scale, uint64_t seed, uint8_t* codes_out, void* scales_out,
                              uint16_t* cbuf, float* rot) {
     const int32_t bs = f.block_size, bits = f.bits;
 #define MX_ROT(PACK, FPU)                                                                                       \
-    encode_rotated_range<RND, PACK, FPU>(f, dt, x, length, bpr, b0, b1, tensor_scale, seed, codes_out, scales_out, \
-                                         cbuf, rot)
+    return encode_rotated_range<RND, PACK, FPU>(f, dt, x, length, bpr, b0, b1, tensor_scale, seed, codes_out,     \
+                                                scales_out, cbuf, rot)
     // (round-half-away and toward-zero take the general path only: fewer kernels to compile)
     if constexpr (RND == RND_RNE || RND == RND_STOCHASTIC) {
         if (bs % (2 * W) == 0 && (bits == 4 || bits == 8)) {
@@ -1542,7 +1568,6 @@ void encode_rotated_dispatch(const Format& f, int32_t dt, const void* x, int64_t
                     } else {
                         MX_ROT(PACK_BYTES, true);
                     }
-                    return;
                 }
             }
             if (bits == 4) {
@@ -1550,7 +1575,6 @@ void encode_rotated_dispatch(const Format& f, int32_t dt, const void* x, int64_t
             } else {
                 MX_ROT(PACK_BYTES, false);
             }
-            return;
         }
     }
     MX_ROT(PACK_BUFFER, false);
@@ -1932,7 +1956,10 @@ struct ChunkPlans {
     alignas(32) float m[MAX_BLOCKS];
     alignas(32) int32_t code[MAX_BLOCKS];  // the stored scale (its bit pattern)
     uint64_t zero = 0;                      // bit i: block i's codes are all 0
+    int64_t clipped = 0;                    // blocks that clipped, over every chunk planned so far
 };
+
+MX_INLINE int popcount32(uint32_t v) { return __builtin_popcount(v); }
 
 // Byte 0 of every 32-bit lane, in order, as the low 8 bytes.
 MX_INLINE __m128i low_bytes8(__m256i v) {
@@ -1967,6 +1994,11 @@ MX_INLINE __m256i e8m0_exponents(__m256i amax, const Format& f) {
 MX_INLINE void plan8_e8m0(const Format& f, __m256i amax, int32_t i0, int32_t n, uint8_t* scale_out, ChunkPlans& plans) {
     const __m256i nan = _mm256_cmpgt_epi32(amax, _mm256_set1_epi32(0x7F7FFFFF));
     const __m256i e = e8m0_exponents(amax, f);
+    // e8m0_clipped: 0 < amax < flush_below, or saturate_above < amax (finite); lanes >= n hold 0
+    const __m256i flushed = _mm256_and_si256(_mm256_cmpgt_epi32(amax, _mm256_setzero_si256()),
+                                             _mm256_cmpgt_epi32(_mm256_set1_epi32(int32_t(f.e8m0_flush_below)), amax));
+    const __m256i saturated = _mm256_andnot_si256(nan, _mm256_cmpgt_epi32(amax, _mm256_set1_epi32(int32_t(f.e8m0_saturate_above))));
+    plans.clipped += popcount32(uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_or_si256(flushed, saturated)))));
     const __m256i code = _mm256_blendv_epi8(_mm256_add_epi32(e, _mm256_set1_epi32(127)),
                                             _mm256_set1_epi32(int32_t(f.scale_nan)), nan);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(plans.code + i0), code);
@@ -2020,7 +2052,8 @@ MX_INLINE __m256i plan4_float(const FloatScalePlanner& c, __m128i amax, int32_t 
     const __m128i nan = _mm_cmpgt_epi32(amax, _mm_set1_epi32(0x7F7FFFFF));
     const __m128i positive = _mm_andnot_si128(nan, _mm_cmpgt_epi32(amax, _mm_setzero_si128()));
     const __m256d a = _mm256_cvtps_pd(_mm_blendv_ps(_mm_set1_ps(1.0f), _mm_castsi128_ps(amax), _mm_castsi128_ps(positive)));
-    const __m256i q = _mm256_castpd_si256(_mm256_max_pd(_mm256_div_pd(a, c.denom), c.min_step));
+    const __m256d qd = _mm256_div_pd(a, c.denom);
+    const __m256i q = _mm256_castpd_si256(_mm256_max_pd(qd, c.min_step));
     // spacing of the grid at q: 2**(max(ex, emin) - mbits), i.e. 2**shift units of q's bits with
     // shift = 52 - mbits + max(emin - ex, 0) <= 52 (a 32-bit max: the operands are small)
     const __m256i ex = _mm256_sub_epi64(_mm256_srli_epi64(q, 52), _mm256_set1_epi64x(1023));
@@ -2035,6 +2068,11 @@ MX_INLINE __m256i plan4_float(const FloatScalePlanner& c, __m128i amax, int32_t 
     __m256i code = _mm256_blendv_epi8(normal_code, sub_code, _mm256_castpd_si256(_mm256_cmp_pd(value, c.two_emin, _CMP_LT_OQ)));
     const __m128 effective = _mm256_cvtpd_ps(c.apply_tensor ? _mm256_mul_pd(value, c.tensor) : value);
     const __m128i usable = _mm_and_si128(positive, _mm_castps_si128(_mm_cmpgt_ps(effective, _mm_setzero_ps())));
+    // clipped (plan_from_amax): q below the smallest normal scale or above the largest, or X subnormal
+    const int out_of_grid = _mm256_movemask_pd(_mm256_or_pd(_mm256_cmp_pd(qd, c.two_emin, _CMP_LT_OQ),
+                                                            _mm256_cmp_pd(qd, c.maxv, _CMP_GT_OQ)));
+    const int tiny = _mm_movemask_ps(_mm_cmplt_ps(effective, _mm_set1_ps(FP32_MIN_NORMAL)));
+    plans.clipped += popcount32(uint32_t((out_of_grid | tiny) & _mm_movemask_ps(_mm_castsi128_ps(positive))));
     _mm_storeu_ps(plans.m + i0, _mm_blendv_ps(_mm_set1_ps(1.0f), effective, _mm_castsi128_ps(usable)));
     plans.zero |= uint64_t(uint32_t(~_mm_movemask_ps(_mm_castsi128_ps(usable)) & 0xF)) << i0;
     code = _mm256_and_si256(code, _mm256_cvtepi32_epi64(positive));  // all-zero blocks store scale 0
@@ -2084,6 +2122,11 @@ MX_INLINE bool plan8_float32(const Format& f, const FloatScalePlanner32& c, __m2
     __m256i code = _mm256_sub_epi32(_mm256_srl_epi32(_mm256_castps_si256(value), c.mant_shift), c.code_base);
     const __m256 effective = _mm256_mul_ps(value, c.tensor);  // one float32 rounding of the exact product
     const __m256i usable = _mm256_and_si256(positive, _mm256_castps_si256(_mm256_cmp_ps(effective, _mm256_setzero_ps(), _CMP_GT_OQ)));
+    // clipped (plan_from_amax): q >= 2**emin here; q > scale_max is decided exactly, as scale_max
+    // is a grid point and an estimate near one took the exact planner above; or X subnormal
+    const __m256 clip = _mm256_or_ps(_mm256_cmp_ps(q, c.maxv, _CMP_GT_OQ),
+                                     _mm256_cmp_ps(effective, _mm256_set1_ps(FP32_MIN_NORMAL), _CMP_LT_OQ));
+    plans.clipped += popcount32(uint32_t(_mm256_movemask_ps(_mm256_and_ps(clip, _mm256_castsi256_ps(positive)))));
     _mm256_storeu_ps(plans.m + i0, _mm256_blendv_ps(_mm256_set1_ps(1.0f), effective, _mm256_castsi256_ps(usable)));
     plans.zero |= (uint64_t(uint32_t(~_mm256_movemask_ps(_mm256_castsi256_ps(usable)) & 0xFF)) << i0) & (~uint64_t(0) >> (64 - (i0 + n)));
     code = _mm256_blendv_epi8(_mm256_and_si256(code, positive), _mm256_set1_epi32(int32_t(f.scale_nan)), nan);
@@ -2447,8 +2490,8 @@ void encode4_chunk(const Format& f, const Thresholds4& t, const ChunkPlans& plan
 // Encode blocks [b0, b1) of whole blocks back to back (bs % 16 == 0), chunk by chunk: the scales
 // of a chunk's blocks first (8 at a time), then their codes.
 template <int DT, int BITS, bool IS_INT, bool E8M0>
-void encode_fast_range(const Format& f, const void* x, int64_t b0, int64_t b1, float tensor_scale,
-                       uint8_t* codes_out, void* scales_out) {
+int64_t encode_fast_range(const Format& f, const void* x, int64_t b0, int64_t b1, float tensor_scale,
+                          uint8_t* codes_out, void* scales_out) {
     constexpr bool DIV = !E8M0;
     const int32_t bs = f.block_size;
     const int64_t block_bytes = int64_t(bs) * BITS / 8;
@@ -2504,19 +2547,21 @@ void encode_fast_range(const Format& f, const void* x, int64_t b0, int64_t b1, f
             }
         }
     }
+    return plans.clipped;
 }
 
-// The fast encoder for this call, if it applies (returns false otherwise: the general kernels run).
+// The fast encoder for this call, if it applies (returns false otherwise: the general kernels run);
+// *clipped: how many blocks clipped.
 bool encode_fast(const Format& f, int32_t dt, const void* x, int64_t length, int64_t b0, int64_t b1,
-                 float tensor_scale, uint8_t* codes_out, void* scales_out) {
+                 float tensor_scale, uint8_t* codes_out, void* scales_out, int64_t* clipped) {
     const int32_t bs = f.block_size, bits = f.bits;
     if (f.rotate || f.rounding != RND_RNE || bs % 16 != 0 || length % bs != 0) return false;
     if (bits != 4 && bits != 6 && bits != 8) return false;
     if (!f.is_int && !f.float_rne) return false;
     if (f.is_int && f.max_code > 127) return false;
     const bool e8m0 = f.scale_type == SC_E8M0;
-#define MX_FAST_ENC(DT, BITS, INT, E8)                                                              \
-    encode_fast_range<DT, BITS, INT, E8>(f, x, b0, b1, tensor_scale, codes_out, scales_out); \
+#define MX_FAST_ENC(DT, BITS, INT, E8)                                                                    \
+    *clipped = encode_fast_range<DT, BITS, INT, E8>(f, x, b0, b1, tensor_scale, codes_out, scales_out); \
     return true
 #define MX_FAST_ENC_SCALE(DT, BITS, INT) \
     if (e8m0) {                          \
@@ -3257,12 +3302,14 @@ const char* mx_build_isa() {
 int mx_format_size() { return int(sizeof(Format)); }
 
 // Encode blocks [b0, b1). x: (rows, length) row-major of dtype dt; codes_out/scales_out: the
-// whole outputs (this call writes its blocks' part). Returns 0, or -1 on bad arguments.
+// whole outputs (this call writes its blocks' part); *clipped: how many of the blocks clipped
+// (docs/semantics.md, "Range"). Returns 0, or -1 on bad arguments.
 int mx_encode(const Format* f, int32_t dt, const void* x, int64_t length, int64_t bpr, int64_t b0, int64_t b1,
-              float tensor_scale, uint64_t seed, uint8_t* codes_out, void* scales_out) {
+              float tensor_scale, uint64_t seed, uint8_t* codes_out, void* scales_out, int64_t* clipped) {
     if (f->block_size <= 0 || f->bits < 1 || f->bits > 16 || ((b0 * f->block_size * f->bits) % 8) != 0) return -1;
+    *clipped = 0;
 #if defined(MX_FAST_KERNELS)
-    if (encode_fast(*f, dt, x, length, b0, b1, tensor_scale, codes_out, scales_out)) return 0;
+    if (encode_fast(*f, dt, x, length, b0, b1, tensor_scale, codes_out, scales_out, clipped)) return 0;
 #endif
     // + W: whole vectors may be written past the last valid code
     uint16_t* cbuf = static_cast<uint16_t*>(std::malloc(sizeof(uint16_t) * size_t(f->block_size + W)));
@@ -3273,8 +3320,9 @@ int mx_encode(const Format* f, int32_t dt, const void* x, int64_t length, int64_
             std::free(cbuf);
             return -2;
         }
-#define MX_ENC_ROT(RND) \
-    encode_rotated_dispatch<RND>(*f, dt, x, length, bpr, b0, b1, tensor_scale, seed, codes_out, scales_out, cbuf, rot)
+#define MX_ENC_ROT(RND)                                                                                      \
+    *clipped = encode_rotated_dispatch<RND>(*f, dt, x, length, bpr, b0, b1, tensor_scale, seed, codes_out, scales_out, \
+                                            cbuf, rot)
         switch (f->rounding) {
             case RND_RNE: MX_ENC_ROT(RND_RNE); break;
             case RND_AWAY: MX_ENC_ROT(RND_AWAY); break;
@@ -3287,7 +3335,7 @@ int mx_encode(const Format* f, int32_t dt, const void* x, int64_t length, int64_
         return 0;
     }
 #define MX_ENC(DT, RND) \
-    encode_dispatch<DT, RND>(*f, x, length, bpr, b0, b1, tensor_scale, seed, codes_out, scales_out, cbuf)
+    *clipped = encode_dispatch<DT, RND>(*f, x, length, bpr, b0, b1, tensor_scale, seed, codes_out, scales_out, cbuf)
 #define MX_ENC_DT(DT)                          \
     switch (f->rounding) {                     \
         case RND_RNE: MX_ENC(DT, RND_RNE); break;   \

@@ -13,7 +13,8 @@ All integers little-endian. Layout (version 1):
     -- tensor --
     dtype u8 (0 fp32, 1 bf16, 2 fp16), ndim u8 (<= 32), axis u8, dims u64 * ndim
     -- section lengths --
-    codes_len u64, scales_len u64, tensor_scale_len u8 (0 or 4)
+    codes_len u64, scales_len u64, tensor_scale_len u8 (0 or 4; an automatic tensor scale
+                                                        of 1 is left out: length 0)
     -- payload --
     codes, scales (native little-endian), tensor scale (float32)
     crc32 u32   over every byte before it
@@ -233,6 +234,8 @@ def parse_frame(data: bytes | bytearray | memoryview) -> FrameContents:
     want_codes = packed_code_bytes(lay.num_codes, fmt.element.bits)
     want_scales = lay.num_blocks * fmt.scale_spec.nbytes
     want_tscale = 4 if fmt.tensor_scale else 0
+    if fmt.auto_tensor_scale and tscale_len == 4:
+        want_tscale = 4  # the automatic tensor scale is there when it is not 1
     if (codes_len, scales_len, tscale_len) != (want_codes, want_scales, want_tscale):
         raise FormatError(
             f"frame section lengths ({codes_len}, {scales_len}, {tscale_len}) do not match the description "
@@ -249,6 +252,9 @@ def parse_frame(data: bytes | bytearray | memoryview) -> FrameContents:
         (value,) = struct.unpack("<f", r.take(4, "tensor scale"))
         if not (math.isfinite(value) and value > 0):
             raise FormatError(f"frame has an invalid tensor scale {value}")
+        if value == 1.0 and fmt.auto_tensor_scale:
+            # one frame per encoding: an automatic tensor scale of 1 is written as length 0
+            raise FormatError("frame carries an automatic tensor scale of 1, which is written as absent")
         tensor_scale = torch.tensor(value, dtype=torch.float32)
     return FrameContents(fmt, tuple(dims), dtype, axis, codes, scales, tensor_scale)
 

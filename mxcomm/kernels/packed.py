@@ -28,8 +28,12 @@ class Packed:
         codes: Flat uint8 LSB-first bitstream of all element codes in block order
             (blocked axis last, rows row-major, each row padded to whole blocks).
         scales: One scale per block in the same order.
-        tensor_scale: 0-d float32 tensor for formats with a per-tensor scale (NVFP4), else None.
+        tensor_scale: 0-d float32 tensor for float scale types (``format.has_tensor_scale``:
+            NVFP4's fixed one, or the automatic one, 1.0 unless the input needed it; None given
+            for an automatic one means 1.0), None for e8m0 formats.
         backend: The codec backend that produced it (not serialised).
+        clipped: From ``encode``: a 0-d int64 tensor, the number of blocks that clipped (see
+            :attr:`clipped_blocks`); None where unknown (from a payload or a frame).
 
     Raises:
         FormatError: on construction, parts inconsistent with the format, shape and axis.
@@ -43,10 +47,25 @@ class Packed:
     scales: torch.Tensor
     tensor_scale: torch.Tensor | None = None
     backend: str = "torch"
+    clipped: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.shape = torch.Size(self.shape)
+        if self.tensor_scale is None and isinstance(self.format, BlockFormat) and self.format.auto_tensor_scale:
+            device = self.codes.device if isinstance(self.codes, torch.Tensor) else None
+            self.tensor_scale = torch.ones((), dtype=torch.float32, device=device)
         validate_parts(self.format, self.shape, self.axis, self.dtype, self.codes, self.scales, self.tensor_scale)
+
+    @property
+    def clipped_blocks(self) -> int | None:
+        """How many blocks clipped when this tensor was encoded: saturated (amax beyond
+        ``max_normal`` times the largest scale) or flushed (scale clamped at the smallest one),
+        as docs/semantics.md ("Range") defines them; 0 when the format held the input's range.
+
+        None when unknown: a ``Packed`` rebuilt by ``from_payload`` / ``from_bytes`` (the count
+        is not part of the bytes). Reading it synchronises with the device of a CUDA encoding.
+        """
+        return None if self.clipped is None else int(self.clipped)
 
     @property
     def layout(self):
@@ -58,7 +77,7 @@ class Packed:
 
     @property
     def nbytes(self) -> int:
-        """Payload bytes: codes + scales (+ 4 for the tensor scale)."""
+        """Payload bytes: codes + scales (+ 4 for the tensor scale); ``format.packed_nbytes``."""
         extra = 4 if self.tensor_scale is not None else 0
         return self.codes.numel() + self.scales.numel() * self.scales.element_size() + extra
 
@@ -106,7 +125,7 @@ class Packed:
         codes = buf[:code_bytes]
         scales = _bytes_as(buf[code_bytes : code_bytes + scale_bytes], scale_dtype)
         tensor_scale = None
-        if fmt.tensor_scale:
+        if fmt.has_tensor_scale:
             tensor_scale = _bytes_as(buf[code_bytes + scale_bytes :], torch.float32).reshape(())
         return cls(fmt, torch.Size(shape), dtype, lay.axis, codes, scales, tensor_scale, backend)
 
@@ -118,6 +137,8 @@ class Packed:
             The frame: header (format description, shape, dtype, axis), payload and CRC32.
         """
         tscale = None if self.tensor_scale is None else float(self.tensor_scale)
+        if tscale == 1.0 and self.format.auto_tensor_scale:
+            tscale = None  # an unused automatic tensor scale is left out of the frame (docs/wire-format.md)
         return frame.frame_bytes(self.format, tuple(self.shape), self.dtype, self.axis, self.codes, self.scales, tscale)
 
     @classmethod
@@ -182,7 +203,7 @@ def validate_parts(
         or scales.numel() != lay.num_blocks
     ):
         raise FormatError(f"scales must be a 1-D {scale_dtype} tensor of {lay.num_blocks} entries")
-    if fmt.tensor_scale:
+    if fmt.has_tensor_scale:
         if not isinstance(tensor_scale, torch.Tensor) or tensor_scale.dtype != torch.float32 or tensor_scale.numel() != 1:
             raise FormatError(f"format {fmt.name} needs a float32 tensor_scale")
     elif tensor_scale is not None:

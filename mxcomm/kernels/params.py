@@ -30,15 +30,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from mxcomm.errors import FormatError
 from mxcomm.formats import BlockFormat, IntElement, Rounding, ScaleMode, ScaleType
 from mxcomm.formats.element import cached_code_values
+from mxcomm.kernels import reference
 from mxcomm.kernels.dtypes import INPUT_DTYPES
 
 HEADER_PATH = Path(__file__).with_name("codec_params.h")
 # Version of the native library's C interface (the struct below and the mx_* signatures declared in
 # cpu_backend.py); the library reports it (mx_abi_version) and the backend refuses another.
-NATIVE_ABI_VERSION = 9
+NATIVE_ABI_VERSION = 10
 
 _CTYPES = {
     "int32_t": ctypes.c_int32,
@@ -71,6 +74,9 @@ class KernelParams:
     # -- e8m0 scale-mode thresholds: significand fractions in units of 2**-23, without the leading 1
     max_normal_frac: int = _param("int32_t", "rceil: fraction of max_normal's significand")
     even_frac: int = _param("int32_t", "even: a fraction >= this carries into the next binade")
+    # -- clipped blocks of e8m0 formats (docs/semantics.md, "Range"), as float32 bits of the block amax
+    e8m0_flush_below: int = _param("uint32_t", "e8m0: 0 < amax below this is flushed (float scales: 0)")
+    e8m0_saturate_above: int = _param("uint32_t", "e8m0: finite amax above this saturates (float scales: fp32 max)")
     # -- policy codes (mxcomm.formats.enums)
     scale_type: int = _param("int32_t", "ScaleType code")
     scale_mode: int = _param("int32_t", "ScaleMode code")
@@ -81,7 +87,7 @@ class KernelParams:
     scale_max: float = _param("double", "largest finite scale", triton=False)
     scale_max_code: int = _param("int32_t", "grid code of scale_max (its storage bits)", native=False)
     scale_nan: int = _param("uint32_t", "stored bit pattern of a NaN block's scale (ScaleSpec.nan_bits)")
-    tensor_scale: bool = _param("int32_t", "a float32 per-tensor scale multiplies every block scale")
+    tensor_scale: bool = _param("int32_t", "a float32 per-tensor scale (fixed or automatic) multiplies every block scale")
     # -- decode
     table_has_inf: bool = _param("int32_t", "some element code decodes to +-inf", triton=False)
     table_max: float = _param("float", "largest finite |element value|", triton=False)
@@ -119,6 +125,39 @@ def float_rne_exact(fmt: BlockFormat, grid_mbits: int, grid_emin: int) -> bool:
     return not fmt.scale_spec.power_of_two or grid_emin - grid_mbits >= -125
 
 
+_FP32_MAX_BITS = 0x7F7FFFFF
+
+
+def _fp32_bits_where(pred: Any, lo: int, hi: int) -> int:
+    """The smallest float32 bit pattern u in [lo, hi] with pred(u) (a predicate monotone from False
+    to True over that range), or hi + 1 if there is none."""
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if pred(mid):
+            hi = mid - 1
+        else:
+            lo = mid + 1
+    return lo
+
+
+def e8m0_clip_thresholds(fmt: BlockFormat) -> tuple[int, int]:
+    """(flush_below, saturate_above): an e8m0 block of finite amax a (float32 bits) clips iff
+    0 < a < flush_below or a > saturate_above -- the reference's rule (``reference.e8m0_clipped``,
+    docs/semantics.md "Range") as two thresholds, found by bisection on its two monotone halves."""
+
+    def test(rule: Any) -> Any:
+        def at(bits: int) -> bool:
+            amax = torch.tensor([bits], dtype=torch.int32).view(torch.float32).to(torch.float64)
+            return bool(rule(amax, fmt).item())
+
+        return at
+
+    flushed, saturated = test(reference.e8m0_flushed), test(reference.e8m0_saturated)
+    flush_below = _fp32_bits_where(lambda u: not flushed(u), 1, _FP32_MAX_BITS)
+    saturate_above = _fp32_bits_where(saturated, 1, _FP32_MAX_BITS) - 1
+    return flush_below, saturate_above
+
+
 @functools.cache
 def kernel_params(fmt: BlockFormat) -> KernelParams:
     """The kernel parameters of ``fmt`` (cached per format)."""
@@ -137,6 +176,7 @@ def kernel_params(fmt: BlockFormat) -> KernelParams:
         raise FormatError(f"{fmt.name}: max_normal is not a float32 with exponent emax")
     values = cached_code_values(elem)
     scale_emin = 1 - spec.bias
+    flush_below, saturate_above = e8m0_clip_thresholds(fmt) if spec.power_of_two else (0, _FP32_MAX_BITS)
     return KernelParams(
         bits=elem.bits,
         bits_pow2=1 << (elem.bits - 1).bit_length(),
@@ -150,6 +190,8 @@ def kernel_params(fmt: BlockFormat) -> KernelParams:
         # mode "even": amax rounded to precision_bits fraction bits reaches the next binade
         # (reference.e8m0_exponent): fraction >= 1 - 2**-(p+1)
         even_frac=(1 << 23) - (1 << (22 - elem.precision_bits)),
+        e8m0_flush_below=flush_below,
+        e8m0_saturate_above=saturate_above,
         scale_type=fmt.scale.code,
         scale_mode=fmt.scale_mode.code,
         rounding=fmt.rounding.code,
@@ -158,7 +200,7 @@ def kernel_params(fmt: BlockFormat) -> KernelParams:
         scale_max=float(spec.max_value),
         scale_max_code=0 if spec.power_of_two else _grid_code(spec.max_value, spec.mbits, scale_emin),
         scale_nan=spec.nan_bits,
-        tensor_scale=fmt.tensor_scale,
+        tensor_scale=fmt.has_tensor_scale,
         table_has_inf=any(math.isinf(v) for v in values),
         table_max=max((abs(v) for v in values if math.isfinite(v)), default=0.0),
         float_rne=float_rne_exact(fmt, grid_mbits, grid_emin),

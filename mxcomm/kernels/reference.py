@@ -28,11 +28,15 @@ from mxcomm.kernels.dtypes import SCALE_STORAGE_DTYPES
 
 @dataclass
 class EncodedBlocks:
-    """Raw codec output: bitstream, one scale per block, optional tensor scale."""
+    """Raw codec output: bitstream, one scale per block, the tensor scale (float scale types) and,
+    from an encode, how many blocks clipped (a 0-d int64 tensor on the codes' device, so that
+    reading it is the caller's choice of when to synchronise; None where unknown, e.g. parts
+    rebuilt from a payload)."""
 
     codes: torch.Tensor
     scales: torch.Tensor
     tensor_scale: torch.Tensor | None
+    clipped: torch.Tensor | None = None
 
 
 # -- exact helpers on float64 --------------------------------------------------
@@ -113,6 +117,11 @@ def float_grid_value(code_mag: torch.Tensor, mbits: int, emin: int) -> torch.Ten
 # -- scales --------------------------------------------------------------------
 def e8m0_exponent(amax: torch.Tensor, fmt: BlockFormat) -> torch.Tensor:
     """Unbiased shared exponent per block (int64, clamped to E8M0's [-127, 127])."""
+    return torch.clamp(e8m0_exponent_unclamped(amax, fmt), -E8M0_BIAS, E8M0_BIAS)
+
+
+def e8m0_exponent_unclamped(amax: torch.Tensor, fmt: BlockFormat) -> torch.Tensor:
+    """The exponent the scale mode asks for (int64), before E8M0's clamp; -127 for amax == 0."""
     elem = fmt.element
     positive = amax > 0
     a = torch.where(positive, amax, torch.ones_like(amax))
@@ -135,8 +144,57 @@ def e8m0_exponent(amax: torch.Tensor, fmt: BlockFormat) -> torch.Tensor:
         e = flog + carry.to(torch.int64) - elem.emax
     else:  # pragma: no cover - validated by BlockFormat
         raise AssertionError(mode)
-    e = torch.where(positive, e, torch.full_like(e, -E8M0_BIAS))
-    return torch.clamp(e, -E8M0_BIAS, E8M0_BIAS)
+    return torch.where(positive, e, torch.full_like(e, -E8M0_BIAS))
+
+
+# The smallest normal float32: an effective block multiplier below it is a float32 subnormal.
+_FP32_MIN_NORMAL = 2.0**-126
+
+
+def e8m0_clipped(amax: torch.Tensor, fmt: BlockFormat) -> torch.Tensor:
+    """Which blocks of (finite) amax clip under an E8M0 scale (docs/semantics.md, "Range").
+
+    Saturated: amax > max_normal * 2**127, beyond the largest scale. Flushed: the scale mode asks
+    for an exponent below -127 and gets 2**-127, so the block lands lower on the element grid than
+    its scale mode intends (losing precision, at worst flushing to zero). Zero blocks do not clip.
+    """
+    return e8m0_saturated(amax, fmt) | e8m0_flushed(amax, fmt)
+
+
+def e8m0_saturated(amax: torch.Tensor, fmt: BlockFormat) -> torch.Tensor:
+    return amax > fmt.element.max_normal * 2.0**E8M0_BIAS  # exact in float64
+
+
+def e8m0_flushed(amax: torch.Tensor, fmt: BlockFormat) -> torch.Tensor:
+    return (amax > 0) & (e8m0_exponent_unclamped(amax, fmt) < -E8M0_BIAS)
+
+
+@dataclass
+class FloatBlockScales:
+    """The block scales of a float scale type under a tensor scale S (docs/semantics.md, step 3)."""
+
+    block_scale: torch.Tensor  # float64, on the scale grid (0 for all-zero blocks)
+    effective: torch.Tensor  # float32 X = fp32(s * S)
+    clipped: torch.Tensor  # bool, per block (NaN blocks excluded by the caller)
+
+
+def float_block_scales(amax: torch.Tensor, fmt: BlockFormat, tensor_scale: torch.Tensor) -> FloatBlockScales:
+    """Block scales, effective multipliers and clipped blocks of (finite) amax under the 0-d float32 ``tensor_scale``.
+
+    q = amax / (max_normal * S) in float64 (the denominator is exact: <= 35 significant bits);
+    s = q rounded up onto the scale grid, clamped to its max; X = fp32(s * S). Saturated:
+    q > scale_max (no scale reaches). Flushed: q below the smallest *normal* scale (a subnormal
+    scale is rounded up by more than the in-range 2**-mbits) or X a float32 subnormal.
+    """
+    spec = fmt.scale_spec
+    denom = fmt.element.max_normal * tensor_scale.to(torch.float64)
+    positive = amax > 0
+    q = torch.where(positive, amax / denom, torch.ones_like(amax))
+    block_scale = torch.where(positive, round_up_to_scale(q, spec), torch.zeros_like(q))
+    effective = (block_scale * tensor_scale.to(torch.float64)).to(torch.float32)  # one fp32 rounding (exact for S = 1)
+    flushed = positive & ((q < 2.0 ** (1 - spec.bias)) | (effective < _FP32_MIN_NORMAL))
+    saturated = positive & (q > spec.max_value)
+    return FloatBlockScales(block_scale, effective, flushed | saturated)
 
 
 def round_up_to_scale(q: torch.Tensor, spec: ScaleSpec) -> torch.Tensor:
@@ -215,20 +273,20 @@ def encode_blocks(x2d: torch.Tensor, fmt: BlockFormat, seed: int | None = None) 
         # x * 2**-e is exact in float64
         scaled = torch.where(finite, blocks, torch.zeros_like(blocks)) * pow2(-e).unsqueeze(1)
         stored_scales = scale_codes
+        clipped = e8m0_clipped(amax, fmt)
     else:
+        amax_t = amax.max() if amax.numel() else amax.new_zeros(())
         if fmt.tensor_scale:
-            amax_t = amax.max() if amax.numel() else amax.new_zeros(())
             tensor_scale = tensor_scale_from_amax(amax_t, fmt)
-            denom = elem.max_normal * tensor_scale.to(torch.float64)  # exact: <= 35 significant bits
         else:
-            denom = torch.tensor(elem.max_normal, dtype=torch.float64, device=blocks.device)
+            # automatic: S = 1 (the single-level encoding) unless some block clips with it
+            one = torch.ones((), dtype=torch.float32, device=blocks.device)
+            clips_at_one = (float_block_scales(amax, fmt, one).clipped & ~nan_block).any()
+            tensor_scale = torch.where(clips_at_one, tensor_scale_from_amax(amax_t, fmt), one)
+        scales = float_block_scales(amax, fmt, tensor_scale)
+        block_scale, effective = scales.block_scale, scales.effective
+        clipped = scales.clipped
         positive = amax > 0
-        q = torch.where(positive, amax / denom, torch.ones_like(amax))
-        block_scale = torch.where(positive, round_up_to_scale(q, spec), torch.zeros_like(q))
-        if tensor_scale is not None:
-            effective = (block_scale * tensor_scale.to(torch.float64)).to(torch.float32)  # one fp32 rounding
-        else:
-            effective = block_scale.to(torch.float32)  # exact: on the scale grid
         # The element value is the float32 quotient x / X (IEEE division, RNE).
         x32 = torch.where(finite, blocks, torch.zeros_like(blocks)).to(torch.float32)
         # s * S can underflow float32 to 0 (tiny blocks of a tiny tensor): such a block decodes
@@ -244,7 +302,8 @@ def encode_blocks(x2d: torch.Tensor, fmt: BlockFormat, seed: int | None = None) 
 
     codes = element_codes(scaled.reshape(-1), elem, fmt.rounding, seed)
     codes = torch.where(nan_block.repeat_interleave(fmt.block_size), torch.zeros_like(codes), codes)
-    return EncodedBlocks(pack_codes(codes, elem.bits), stored_scales, tensor_scale)
+    clipped_count = (clipped & ~nan_block).sum()
+    return EncodedBlocks(pack_codes(codes, elem.bits), stored_scales, tensor_scale, clipped_count)
 
 
 def element_codes(v: torch.Tensor, elem: FloatElement | IntElement, rounding: str, seed: int | None) -> torch.Tensor:

@@ -11,7 +11,7 @@ dispatch, front-end rotation) and never run during tracing.
 Schemas::
 
     mxcomm::encode(Tensor x, str fmt, int axis, Tensor? seed, str backend)
-        -> (Tensor codes, Tensor scales, Tensor tensor_scale)
+        -> (Tensor codes, Tensor scales, Tensor tensor_scale, Tensor clipped)
     mxcomm::decode(Tensor codes, Tensor scales, Tensor? tensor_scale, str fmt, SymInt[] shape, int axis,
                    ScalarType dtype, str backend) -> Tensor
     mxcomm::decode_sum(Tensor[] codes, Tensor[] scales, Tensor[] tensor_scales, str fmt, SymInt[] shape,
@@ -25,8 +25,11 @@ Schemas::
   :func:`format_from_spec` reads it (both cached), so unregistered and rotated
   formats cross the op boundary as exactly as registered ones.
 * ``axis`` is non-negative (``mxcomm.encode`` normalises it); ``tensor_scale``
-  is a 0-d float32 tensor for formats with a tensor scale and an empty ``(0,)``
-  tensor otherwise (``decode_sum`` takes an empty list then).
+  is a 0-d float32 tensor for formats with a tensor scale (``fmt.has_tensor_scale``:
+  every float scale type, fixed or automatic) and an empty ``(0,)`` tensor
+  otherwise (``decode_sum`` takes an empty list then); ``clipped`` is a 0-d
+  int64 tensor on ``x``'s device, the number of blocks that clipped
+  (docs/semantics.md, "Range").
 * ``seed`` is a one-element int64 tensor drawn by the caller for stochastic
   rounding (None otherwise), so a compiled graph draws a new seed per call
   instead of baking one in.
@@ -276,7 +279,8 @@ def _define(name: str, schema: str, impl, fake) -> None:  # noqa: ANN001
 
 def _encode_impl(x: torch.Tensor, fmt: str, axis: int, seed: torch.Tensor | None, backend: str):
     parts, _ = encode_parts(x, format_from_spec(fmt), axis, _seed_value(seed), backend)
-    return parts.codes, parts.scales, _tensor_scale_or_empty(parts, x)
+    assert parts.clipped is not None, "every backend's encode counts clipped blocks"
+    return parts.codes, parts.scales, _tensor_scale_or_empty(parts, x), parts.clipped.reshape(()).to(torch.int64)
 
 
 def _encode_fake(x: torch.Tensor, fmt: str, axis: int, seed: torch.Tensor | None, backend: str):
@@ -284,8 +288,9 @@ def _encode_fake(x: torch.Tensor, fmt: str, axis: int, seed: torch.Tensor | None
     code_bytes, num_blocks = encoded_sizes(f, x.shape, axis)
     codes = x.new_empty((code_bytes,), dtype=torch.uint8)
     scales = x.new_empty((num_blocks,), dtype=SCALE_STORAGE_DTYPES[f.scale])
-    tensor_scale = x.new_empty(() if f.tensor_scale else (0,), dtype=torch.float32)
-    return codes, scales, tensor_scale
+    tensor_scale = x.new_empty(() if f.has_tensor_scale else (0,), dtype=torch.float32)
+    clipped = x.new_empty((), dtype=torch.int64)
+    return codes, scales, tensor_scale, clipped
 
 
 def _decode_impl(codes, scales, tensor_scale, fmt, shape, axis, dtype, backend):  # noqa: ANN001
@@ -322,7 +327,7 @@ def _quantize_fake(x: torch.Tensor, fmt: str, axis: int, seed: torch.Tensor | No
     return x.new_empty(x.shape)  # contiguous, like the real output (never x's strides)
 
 
-_define("encode", "(Tensor x, str fmt, int axis, Tensor? seed, str backend) -> (Tensor, Tensor, Tensor)",
+_define("encode", "(Tensor x, str fmt, int axis, Tensor? seed, str backend) -> (Tensor, Tensor, Tensor, Tensor)",
         _encode_impl, _encode_fake)
 _define("decode", "(Tensor codes, Tensor scales, Tensor? tensor_scale, str fmt, SymInt[] shape, int axis, "
         "ScalarType dtype, str backend) -> Tensor", _decode_impl, _decode_fake)

@@ -160,30 +160,40 @@ def _whole_contiguous_rows(x_bits: torch.Tensor, bs: int) -> bool:
     )
 
 
+def encode_programs(fmt: BlockFormat, total_blocks: int) -> int:
+    """Programs (grid size) of ``encode_kernel`` over ``total_blocks`` blocks: each writes one clipped count."""
+    return triton.cdiv(total_blocks, encode_tiling(fmt.block_size, fmt.element.bits)["NB"])
+
+
 def encode_launch(
     x_bits: torch.Tensor,
     codes: torch.Tensor,
     scales: torch.Tensor,
     ts: torch.Tensor,
+    clipped: torch.Tensor,
     fmt: BlockFormat,
     in_kind: int,
     key: int = 0,
     seed_lo: int = 0,
     seed_hi: int = 0,
 ) -> tuple[tuple[int], list[Any], dict[str, Any]]:
-    """Grid, positional arguments and constexprs of ``encode_kernel`` (also used to compile it ahead of time)."""
+    """Grid, positional arguments and constexprs of ``encode_kernel`` (also used to compile it ahead of time).
+
+    ``clipped``: int32, one entry per program (:func:`encode_programs`), each its blocks' clipped count.
+    """
     rows, length = x_bits.shape
     bs = fmt.block_size
     nbpr = -(-length // bs)
     total_blocks = rows * nbpr
     tiling = encode_tiling(bs, fmt.element.bits)
     rot_args, rot_constexprs = rotation_args(fmt, nbpr * bs)
-    grid = (triton.cdiv(total_blocks, tiling["NB"]),)
+    grid = (encode_programs(fmt, total_blocks),)
     args = [
         x_bits,
         codes,
         scales.view(_SCALE_BITS_VIEW[fmt.scale]),
         ts,
+        clipped,
         x_bits.stride(0),
         x_bits.stride(1),
         length,
@@ -297,27 +307,42 @@ class TritonBackend:
         dev = x2d.device
         codes = torch.empty(n_code_bytes, dtype=torch.uint8, device=dev)
         scales = torch.empty(total_blocks, dtype=SCALE_STORAGE_DTYPES[fmt.scale], device=dev)
-        tensor_scale = None
         if total_blocks == 0:
-            if fmt.tensor_scale:
-                tensor_scale = torch.ones((), dtype=torch.float32, device=dev)
-            return EncodedBlocks(codes, scales, tensor_scale)
+            tensor_scale = torch.ones((), dtype=torch.float32, device=dev) if fmt.has_tensor_scale else None
+            return EncodedBlocks(codes, scales, tensor_scale, torch.zeros((), dtype=torch.int64, device=dev))
         x_bits = x2d.view(_BITS_VIEW[x2d.dtype])
         in_kind = dtype_code(x2d.dtype)
-        if fmt.tensor_scale:
-            tensor_scale = self._tensor_scale(x_bits, in_kind, fmt)
         if fmt.rounding == "stochastic":
             if seed is None:
                 raise FormatError("stochastic rounding needs a seed")
             key, seed_lo, seed_hi = _int32(seed_key(seed, 0)), _int32(seed), _int32(seed >> 32)
         else:
             key = seed_lo = seed_hi = 0
-        grid, args, constexprs = encode_launch(
-            x_bits, codes, scales, tensor_scale if tensor_scale is not None else codes, fmt, in_kind, key, seed_lo, seed_hi
-        )
-        with _on_device(dev):
-            K.encode_kernel[grid](*args, **constexprs, **LAUNCH_OPTIONS)
-        return EncodedBlocks(codes, scales, tensor_scale)
+
+        def run(tensor_scale: torch.Tensor | None) -> torch.Tensor:
+            clipped_parts = torch.empty(encode_programs(fmt, total_blocks), dtype=torch.int32, device=dev)
+            grid, args, constexprs = encode_launch(
+                x_bits, codes, scales, tensor_scale if tensor_scale is not None else codes, clipped_parts,
+                fmt, in_kind, key, seed_lo, seed_hi,
+            )
+            with _on_device(dev):
+                K.encode_kernel[grid](*args, **constexprs, **LAUNCH_OPTIONS)
+            return clipped_parts.sum(dtype=torch.int64)
+
+        # a fixed tensor scale comes from the amax first; an automatic one is 1 unless that clips
+        if fmt.tensor_scale:
+            tensor_scale = self._tensor_scale(x_bits, in_kind, fmt)
+        elif fmt.auto_tensor_scale:
+            tensor_scale = torch.ones((), dtype=torch.float32, device=dev)
+        else:
+            tensor_scale = None
+        clipped = run(tensor_scale)
+        # (reading the count synchronises a CUDA device: only formats with an automatic tensor scale do)
+        if fmt.auto_tensor_scale and int(clipped) > 0:
+            # the input's range needs the automatic tensor scale: encode again under it
+            tensor_scale = self._tensor_scale(x_bits, in_kind, fmt)
+            clipped = run(tensor_scale)
+        return EncodedBlocks(codes, scales, tensor_scale, clipped)
 
     def _tensor_scale(self, x_bits: torch.Tensor, in_kind: int, fmt: BlockFormat) -> torch.Tensor:
         """S = amax / (max_normal * scale_max) rounded up to float32 (1 for an all-zero tensor).
@@ -382,7 +407,7 @@ class TritonBackend:
                     f"encoded part {i} has {p.codes.numel()} code bytes / {p.scales.numel()} scales on "
                     f"{p.codes.device}; ({rows}, {length}) in {fmt.name} needs {n_code_bytes} / {total_blocks} on {dev}"
                 )
-            if fmt.tensor_scale and p.tensor_scale is None:
+            if fmt.has_tensor_scale and p.tensor_scale is None:
                 raise FormatError(f"encoded part {i} lacks the tensor scale of {fmt.name}")
         out = torch.empty((rows, length), dtype=dtype, device=dev)
         if dtype not in INPUT_DTYPES:
@@ -391,7 +416,7 @@ class TritonBackend:
             return out
         codes, code_stride = _shard_base([p.codes for p in parts])
         scales, scale_stride = _shard_base([p.scales for p in parts])
-        if fmt.tensor_scale:
+        if fmt.has_tensor_scale:
             ts = torch.stack([p.tensor_scale.reshape(()).to(torch.float32) for p in parts])
         else:
             ts = codes  # unused pointer

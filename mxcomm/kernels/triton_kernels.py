@@ -249,7 +249,9 @@ def _float_scale_code(
     SCALE_EMIN: tl.constexpr,
     SCALE_MAX_CODE: tl.constexpr,
 ):
-    """Grid code of amax / (max_normal [* S]) rounded up onto the scale grid (0 for amax == 0).
+    """Grid code of amax / (max_normal [* S]) rounded up onto the scale grid (0 for amax == 0), and
+    whether that quotient q lies off the grid's normal range (q < 2**emin or q > scale_max: part of
+    a clipped block, reference.float_block_scales).
 
     The quotient is the float64 one of the reference (IEEE division); the
     round-up is exact integer arithmetic on its bits. The code of a float
@@ -268,8 +270,31 @@ def _float_scale_code(
     sh = binade - SCALE_MBITS - (eq - 1075)
     whole = _round_shift64(Mq, sh, 0, RND_UP)
     code = ((binade - SCALE_EMIN).to(tl.int64) << SCALE_MBITS) + whole
+    # scale_max is a grid point: q > scale_max iff q rounds up past its code
+    off_grid = (amax > 0) & ((eq - 1023 < SCALE_EMIN) | (code > SCALE_MAX_CODE))
     code = tl.minimum(code, SCALE_MAX_CODE).to(tl.int32)
-    return tl.where(amax > 0, code, 0)
+    return tl.where(amax > 0, code, 0), off_grid
+
+
+@triton.jit
+def _clipped_blocks(
+    amax,
+    nan_blk,
+    valid_g,
+    off_grid,
+    X,
+    SCALE_TYPE: tl.constexpr,
+    E8M0_FLUSH_BELOW: tl.constexpr,
+    E8M0_SATURATE_ABOVE: tl.constexpr,
+):
+    """How many of these blocks clipped (docs/semantics.md "Range"; reference.e8m0_clipped and
+    float_block_scales): e8m0 by the amax thresholds of params.e8m0_clip_thresholds; float scales
+    when q is off the scale grid's normal range or X = fp32(s * S) is a float32 subnormal."""
+    if SCALE_TYPE == SC_E8M0:
+        clip = ((amax > 0) & (amax < E8M0_FLUSH_BELOW)) | (amax > E8M0_SATURATE_ABOVE)
+    else:
+        clip = off_grid | ((amax > 0) & (X < 1.1754943508222875e-38))  # 2**-126
+    return tl.sum(tl.where(clip & valid_g & (~nan_blk), 1, 0), axis=0)
 
 
 @triton.jit
@@ -500,6 +525,7 @@ def encode_kernel(
     codes_ptr,
     scales_ptr,
     ts_ptr,
+    clip_ptr,
     stride_r,
     stride_c,
     L,
@@ -533,6 +559,8 @@ def encode_kernel(
     SCALE_NAN: tl.constexpr,
     TENSOR_SCALE: tl.constexpr,
     ROTATE: tl.constexpr,
+    E8M0_FLUSH_BELOW: tl.constexpr,
+    E8M0_SATURATE_ABOVE: tl.constexpr,
     # the launch
     LARGE_INDEX: tl.constexpr,
     CONTIG: tl.constexpr,
@@ -581,22 +609,30 @@ def encode_kernel(
             tl.store(scales_ptr + g, tl.where(nan_blk, SCALE_NAN, e + 127).to(tl.uint8), mask=valid_g)
             codes = _element_codes(u, e[:, None], rand, IS_INT, BITS, GRID_MBITS, GRID_EMIN, MAX_CODE, ROUNDING)
             dead = nan_blk
+            clipped = _clipped_blocks(amax, nan_blk, valid_g, nan_blk, 1.0, SCALE_TYPE, E8M0_FLUSH_BELOW,
+                                      E8M0_SATURATE_ABOVE)
         else:
-            scode = _float_scale_code(amax, ts64, MAX_NORMAL, TENSOR_SCALE, SCALE_MBITS, SCALE_EMIN, SCALE_MAX_CODE)
+            scode, off_grid = _float_scale_code(
+                amax, ts64, MAX_NORMAL, TENSOR_SCALE, SCALE_MBITS, SCALE_EMIN, SCALE_MAX_CODE
+            )
             tl.store(scales_ptr + g, tl.where(nan_blk, SCALE_NAN, scode).to(scales_ptr.dtype.element_ty), mask=valid_g)
             X = _with_tensor_scale(_float_scale_value(scode, SCALE_TYPE, SCALE_MBITS, SCALE_EMIN), ts64, TENSOR_SCALE)
             dead = nan_blk | (X == 0.0)
+            clipped = _clipped_blocks(amax, nan_blk, valid_g, off_grid, X, SCALE_TYPE, E8M0_FLUSH_BELOW,
+                                      E8M0_SATURATE_ABOVE)
             xs = tl.where(finite, u, 0).to(tl.float32, bitcast=True)
             y = tl.math.div_rn(xs, tl.where(X == 0.0, 1.0, X)[:, None])
             codes = _element_codes(
                 y.to(tl.int32, bitcast=True), 0, rand, IS_INT, BITS, GRID_MBITS, GRID_EMIN, MAX_CODE, ROUNDING
             )
+        tl.store(clip_ptr + pid, clipped)
         codes = tl.where(m & (~dead)[:, None], codes, 0)
         # written as pid * constant so the compiler sees the alignment (vector stores)
         prog_bytes: tl.constexpr = NB * BS * BITS // 8
         _pack_store(tl.reshape(codes, [NB * BS]), codes_ptr, pid * prog_bytes, n_code_bytes, NB * BS, BITS, BITS_POW2)
     else:
         # Phase 1: the scales of this program's NB blocks (NB1 blocks x KC elements at a time).
+        clipped = tl.sum(tl.zeros([NB1], dtype=tl.int32), axis=0)  # a 0-d int32 (loop-carried)
         for gb in range(0, NB, NB1):
             g = g0 + gb + tl.arange(0, NB1)
             valid_g = g < total_blocks
@@ -616,11 +652,21 @@ def encode_kernel(
             if SCALE_TYPE == SC_E8M0:
                 e = _e8m0_exponent(amax, SCALE_MODE, EMAX, MAX_NORMAL_FRAC, EVEN_FRAC)
                 tl.store(scales_ptr + g, tl.where(nan_blk, SCALE_NAN, e + 127).to(tl.uint8), mask=valid_g)
+                clipped += _clipped_blocks(amax, nan_blk, valid_g, nan_blk, 1.0, SCALE_TYPE, E8M0_FLUSH_BELOW,
+                                           E8M0_SATURATE_ABOVE)
             else:
-                scode = _float_scale_code(amax, ts64, MAX_NORMAL, TENSOR_SCALE, SCALE_MBITS, SCALE_EMIN, SCALE_MAX_CODE)
+                scode, off_grid = _float_scale_code(
+                    amax, ts64, MAX_NORMAL, TENSOR_SCALE, SCALE_MBITS, SCALE_EMIN, SCALE_MAX_CODE
+                )
                 tl.store(
                     scales_ptr + g, tl.where(nan_blk, SCALE_NAN, scode).to(scales_ptr.dtype.element_ty), mask=valid_g
                 )
+                X = _with_tensor_scale(
+                    _float_scale_value(scode, SCALE_TYPE, SCALE_MBITS, SCALE_EMIN), ts64, TENSOR_SCALE
+                )
+                clipped += _clipped_blocks(amax, nan_blk, valid_g, off_grid, X, SCALE_TYPE, E8M0_FLUSH_BELOW,
+                                           E8M0_SATURATE_ABOVE)
+        tl.store(clip_ptr + pid, clipped)
         # The scales written above are read back by other threads of this program.
         tl.debug_barrier()
         # Phase 2: stream over the program's NB * BS elements (byte-aligned: NB is a

@@ -37,7 +37,7 @@ def packed_bytes(fmt: mxcomm.BlockFormat, m: int) -> int:
     """P(m): the payload of m elements, from the format's definition."""
     blocks = ceil_div(m, fmt.block_size)
     code_bytes = ceil_div(blocks * fmt.block_size * fmt.element.bits, 8)
-    return code_bytes + blocks * SCALE_BYTES[fmt.scale] + (4 if fmt.tensor_scale else 0)
+    return code_bytes + blocks * SCALE_BYTES[fmt.scale] + (4 if fmt.has_tensor_scale else 0)
 
 
 def slot_bytes(fmt: mxcomm.BlockFormat, m: int, n: int) -> int:

@@ -66,7 +66,7 @@ def test_packed_nbytes_hand_computed() -> None:
     nvfp4 = mxcomm.get_format("nvfp4")
     assert nvfp4.packed_nbytes((4, 16)) == 4 * 8 + 4 + 4  # codes + e4m3 scales + fp32 tensor scale
     int8_fp16 = mxcomm.get_format("int8_fp16")
-    assert int8_fp16.packed_nbytes((64,)) == 64 + 2 * 2
+    assert int8_fp16.packed_nbytes((64,)) == 64 + 2 * 2 + 4  # + its automatic tensor scale
     # 0-d tensors are one element; empty tensors are nothing (but keep the tensor scale)
     assert mxfp4.packed_nbytes(()) == 16 + 1
     assert mxfp4.packed_nbytes((0, 7)) == 0

@@ -96,6 +96,7 @@ class Codec:
         want = mxcomm.encode(x.cpu(), fmt, axis=axis, backend=REFERENCE, generator=gen(seed), **options)
         assert got.backend == self.name
         assert_same_payload(got, want)
+        assert got.clipped_blocks == want.clipped_blocks, (got.clipped_blocks, want.clipped_blocks)
         return want
 
     def check_decode(self, p: mxcomm.Packed, dtypes=(None,)) -> None:

@@ -109,7 +109,8 @@ def test_empty_tensors(fmt: str, shape: tuple[int, ...]) -> None:
         x = torch.empty(shape, dtype=torch.bfloat16)
         p = mxcomm.encode(x, fmt, axis=axis)
         assert p.codes.numel() == 0 and p.scales.numel() == 0
-        assert p.nbytes == f.packed_nbytes(shape, axis) == (4 if f.tensor_scale else 0)
+        assert p.nbytes == f.packed_nbytes(shape, axis) == (4 if f.has_tensor_scale else 0)
+        assert p.clipped_blocks == 0
         y = mxcomm.decode(p)
         assert y.shape == shape and y.dtype == torch.bfloat16
         assert mxcomm.decode_sum([p, p]).shape == shape
@@ -125,7 +126,7 @@ def test_ragged_tail_is_padded_encoded_and_dropped(fmt: str, auto_backend: str) 
     assert p.layout.blocks_per_row == 3 and p.scales.numel() == 9
     assert p.nbytes == f.packed_nbytes(x.shape) == math.ceil(9 * f.block_size * f.element.bits / 8) + 9 * (
         f.scale_bits // 8
-    ) + (4 if f.tensor_scale else 0)
+    ) + (4 if f.has_tensor_scale else 0)
     codes = unpack_codes(p.codes, f.element.bits, p.layout.num_codes).view(3, 3 * f.block_size)
     assert bool((codes[:, length:] == 0).all())  # the padding is encoded, as +0
     y = mxcomm.decode(p)
@@ -168,9 +169,9 @@ def test_nbytes_identity(fmt: BlockFormat, dims: list[int], dtype: torch.dtype, 
     axis = data.draw(st.integers(-ndim, ndim - 1))
     x = torch.randn(dims).to(dtype)
     p = mxcomm.encode(x, fmt, axis=axis)
-    extra = 4 if fmt.tensor_scale else 0
+    extra = 4 if fmt.has_tensor_scale else 0  # every float scale type: a fixed or an automatic tensor scale
     assert p.nbytes == fmt.packed_nbytes(tuple(dims), axis) == p.codes.numel() + p.scales.nbytes + extra
-    assert (p.tensor_scale is not None) == fmt.tensor_scale
+    assert (p.tensor_scale is not None) == fmt.has_tensor_scale
     payload = p.payload()
     assert payload.dtype == torch.uint8 and payload.numel() == p.nbytes
     q = mxcomm.Packed.from_payload(payload, p.format, p.shape, p.dtype, axis)

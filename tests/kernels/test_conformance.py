@@ -47,6 +47,7 @@ from tests.kernels.exactness import (
     rotated,
     to_device,
 )
+from tests.kernels.range_cases import BACKEND_MAGNITUDES, magnitude_tensor
 from tests.kernels.test_reference_properties import make_values, tensors
 from tests.profiles import CORE_EXAMPLES, examples
 
@@ -282,6 +283,17 @@ def test_same_width_formats_give_their_own_bytes(codec: Codec) -> None:
     first = payloads[: len(four_bit)]
     assert all(torch.equal(a, b) for a, b in zip(first, payloads[len(four_bit):]))
     assert len({bytes(p.numpy()) for p in first}) == len(four_bit)
+
+
+# == the range rule: built-in formats at every input magnitude (docs/semantics.md, "Range") =====
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("name", mxcomm.list_formats())
+def test_builtin_formats_at_extreme_magnitudes(codec: Codec, name: str) -> None:
+    """Payload (and the automatic tensor scale in it), clipped count and decoded values equal the
+    reference's at magnitudes far outside a float scale's own range."""
+    for dtype, magnitudes in BACKEND_MAGNITUDES.items():
+        for i, m in enumerate(magnitudes):
+            codec.check(magnitude_tensor(dtype, m, seed=i), name, dtypes=(None,))
 
 
 # == special values and extreme magnitudes =====================================================

@@ -258,9 +258,10 @@ def test_stochastic_random_words_across_the_2_to_32_index_boundary(monkeypatch, 
     codes = torch.zeros(n * block * 4 // 8, dtype=torch.uint8)
     scales = torch.zeros(n, dtype=torch.uint8)
     lib = cpu_backend.load().library()
+    clipped = ctypes.c_int64(-1)
     status = lib.mx_encode(
         ctypes.byref(cpu_backend.cpu_format(fmt)), 0, x.data_ptr() - k * block * 4, (k + n) * block, k + n, k, k + n,
-        1.0, seed, codes.data_ptr() - k * block * 4 // 8, scales.data_ptr() - k,
+        1.0, seed, codes.data_ptr() - k * block * 4 // 8, scales.data_ptr() - k, ctypes.byref(clipped),
     )
     assert status == 0
     monkeypatch.setattr(
@@ -268,6 +269,7 @@ def test_stochastic_random_words_across_the_2_to_32_index_boundary(monkeypatch, 
     )
     want = reference.encode_blocks(x.reshape(1, -1), fmt, seed)
     assert torch.equal(codes, want.codes) and torch.equal(scales, want.scales)
+    assert clipped.value == int(want.clipped)
     assert seed_key(seed, 0) != seed_key(seed, 1)  # the key really changes at 2**32
 
 

@@ -90,11 +90,12 @@ def test_signs_of_positions_past_2_to_32(block: int) -> None:
     params = ctypes.byref(cpu_backend.cpu_format(fmt))
     codes = torch.zeros(n * block, dtype=torch.uint8)
     scales = torch.zeros(n, dtype=torch.uint8)
+    clipped = ctypes.c_int64(-1)
     status = lib.mx_encode(
         params, 0, x.data_ptr() - k * block * 4, (k + n) * block, k + n, k, k + n, 1.0, 0,
-        codes.data_ptr() - k * block, scales.data_ptr() - k,
+        codes.data_ptr() - k * block, scales.data_ptr() - k, ctypes.byref(clipped),
     )
-    assert status == 0
+    assert status == 0 and clipped.value == int(want.clipped)
     assert torch.equal(codes, want.codes) and torch.equal(scales, want.scales)
 
     out = torch.empty(n * block, dtype=torch.float32)

@@ -222,19 +222,36 @@ def test_float_scales(codec: Codec, elem, scale: str, tensor_scale: bool, block:
     x = data.draw(block_inputs(block, elem, "rceil"))
     fmt = _build(BlockFormat, "fs", elem, block_size=block, scale=scale, tensor_scale=tensor_scale)
     p = codec.encode(x, fmt)
-    max_normal = Fraction(elem.max_normal)
-    denominator = max_normal
-    if tensor_scale:
-        # S = amax_tensor / (max_normal * scale_max) rounded up onto float32, 1 for an all-zero tensor
-        amax_t = finite_amax(x)
-        s_tensor = round_up_on_grid(q64(amax_t, max_normal * GRIDS[scale][2]), "fp32") if amax_t else Fraction(1)
-        assert Fraction(float(p.tensor_scale)) == s_tensor
-        denominator = max_normal * s_tensor
-    else:
-        assert p.tensor_scale is None
-    want = [a if a is NAN else (round_up_on_grid(q64(a, denominator), scale) if a else Fraction(0))
-            for a in block_amaxes(x, block)]
+    s_tensor, want = expected_float_scales(x, block, elem, scale, tensor_scale)
+    assert Fraction(float(p.tensor_scale)) == s_tensor
     assert stored_scale_values(p) == want
+
+
+def expected_float_scales(
+    x: torch.Tensor, block: int, elem: FloatElement | IntElement, scale: str, fixed_tensor_scale: bool
+) -> tuple[Fraction, list[Fraction | None]]:
+    """(tensor scale S, block scales) of a float scale type, from the spec (docs/semantics.md, "Range").
+
+    A fixed tensor scale, and an automatic one where S = 1 would clip a block (its quotient off the
+    scale grid's normal range, or its float32 multiplier subnormal), is
+    S = amax_tensor / (max_normal * scale_max) rounded up onto float32 (1 for an all-zero tensor)."""
+    max_normal = Fraction(elem.max_normal)
+    mbits, emin, largest = GRIDS[scale]
+    amaxes = block_amaxes(x, block)
+
+    def clips_at_one(a: Fraction | None) -> bool:
+        if a is NAN or not a:
+            return False
+        q = q64(a, max_normal)
+        return q < Fraction(2) ** emin or q > largest or Fraction(2) ** -126 > round_up_on_grid(q, scale)
+
+    s_tensor = Fraction(1)
+    if fixed_tensor_scale or any(clips_at_one(a) for a in amaxes):
+        amax_t = finite_amax(x)
+        s_tensor = round_up_on_grid(q64(amax_t, max_normal * largest), "fp32") if amax_t else Fraction(1)
+    denominator = max_normal * s_tensor
+    want = [a if a is NAN else (round_up_on_grid(q64(a, denominator), scale) if a else Fraction(0)) for a in amaxes]
+    return s_tensor, want
 
 
 # -- named extremes -----------------------------------------------------------------------------
@@ -274,8 +291,8 @@ def test_named_extremes(codec: Codec, dtype: torch.dtype) -> None:
             assert p.scales.cpu().tolist() == want, (elem, mode)
         for scale in GRIDS:
             p = codec.encode(x, BlockFormat("fs", elem, block_size=8, scale=scale))
-            want = [a if a is NAN else (round_up_on_grid(a / Fraction(elem.max_normal), scale) if a else Fraction(0))
-                    for a in amaxes]
+            s_tensor, want = expected_float_scales(x, 8, elem, scale, False)
+            assert Fraction(float(p.tensor_scale)) == s_tensor, (elem, scale)
             assert stored_scale_values(p) == want, (elem, scale)
 
 

@@ -19,7 +19,7 @@ from tests.kernels.test_wire import block_formats
 
 SPEC = format_spec(get_format("mxfp8_e4m3"))
 # one of each kind: e8m0 scales, a float scale with a tensor scale, a rotated format, odd element widths
-FORMATS = ["mxfp8_e4m3", "mxfp6_e2m3", "mxfp4_e2m1", "mxint8", "nvfp4", "fp3_e1m1"]
+FORMATS = ["mxfp8_e4m3", "mxfp6_e2m3", "mxfp4_e2m1", "mxint8", "nvfp4", "fp3_e1m1", "int6_fp16"]
 ROTATED = get_format("mxfp4_e2m1").with_options(rotation_seed=7)
 
 
@@ -79,15 +79,16 @@ def test_ops_are_the_api(fmt) -> None:  # noqa: ANN001
     spec = format_spec(f)
     x = _x((5, 70))
     p = mxcomm.encode(x, f, axis=0)
-    codes, scales, ts = torch.ops.mxcomm.encode(x, spec, 0, None, "auto")
+    codes, scales, ts, clipped = torch.ops.mxcomm.encode(x, spec, 0, None, "auto")
     assert torch.equal(codes, p.codes) and torch.equal(scales, p.scales)
-    assert ts.shape == (() if f.tensor_scale else (0,))
-    if f.tensor_scale:
+    assert clipped.shape == () and clipped.dtype == torch.int64 and int(clipped) == p.clipped_blocks
+    assert ts.shape == (() if f.has_tensor_scale else (0,))
+    if f.has_tensor_scale:
         assert torch.equal(ts, p.tensor_scale.reshape(()))
-    y = torch.ops.mxcomm.decode(codes, scales, ts if f.tensor_scale else None, spec, [5, 70], 0, torch.bfloat16,
+    y = torch.ops.mxcomm.decode(codes, scales, ts if f.has_tensor_scale else None, spec, [5, 70], 0, torch.bfloat16,
                                 "auto")
     assert torch.equal(y, mxcomm.decode(p, dtype=torch.bfloat16))
-    two = torch.ops.mxcomm.decode_sum([codes, codes], [scales, scales], [ts, ts] if f.tensor_scale else [], spec,
+    two = torch.ops.mxcomm.decode_sum([codes, codes], [scales, scales], [ts, ts] if f.has_tensor_scale else [], spec,
                                       [5, 70], 0, torch.float32, "auto")
     assert torch.equal(two, mxcomm.decode_sum([p, p], dtype=torch.float32))
     assert torch.equal(torch.ops.mxcomm.quantize(x, spec, 0, None, "auto"), mxcomm.quantize(x, f, axis=0))
@@ -98,17 +99,17 @@ def test_stochastic_rounding_draws_one_seed_tensor_per_call() -> None:
     fmt = get_format("mxfp4_e2m1").with_options(rounding="stochastic")
     a = mxcomm.encode(x, fmt, generator=torch.Generator().manual_seed(3))
     seed = torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(3))
-    codes, _, _ = torch.ops.mxcomm.encode(x, format_spec(fmt), 1, seed, "auto")
+    codes, _, _, _ = torch.ops.mxcomm.encode(x, format_spec(fmt), 1, seed, "auto")
     assert torch.equal(codes, a.codes)
 
 
-@pytest.mark.parametrize("fmt", ["mxfp8_e4m3", "nvfp4"])
+@pytest.mark.parametrize("fmt", ["mxfp8_e4m3", "nvfp4", "int4_fp16"])
 def test_opcheck(fmt: str) -> None:
     # schema, fake tensor and AOT (static and dynamic shapes) checks of torch.library
     spec = format_spec(get_format(fmt))
     x = _x((3, 40))
-    codes, scales, ts = torch.ops.mxcomm.encode(x, spec, 1, None, "auto")
-    tscale = [ts] if get_format(fmt).tensor_scale else []
+    codes, scales, ts, _ = torch.ops.mxcomm.encode(x, spec, 1, None, "auto")
+    tscale = [ts] if get_format(fmt).has_tensor_scale else []
     cases = [
         (torch.ops.mxcomm.encode.default, (x, spec, 1, None, "auto")),
         (torch.ops.mxcomm.decode.default, (codes, scales, ts if tscale else None, spec, [3, 40], 1, torch.float16,
@@ -179,7 +180,7 @@ def test_compiled_codec_with_the_cpu_backend_is_right_on_the_first_call() -> Non
 def test_export_keeps_the_codec_ops() -> None:
     class FakeQuant(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            codes, scales, ts = torch.ops.mxcomm.encode(x, SPEC, 1, None, "auto")
+            codes, scales, ts, _ = torch.ops.mxcomm.encode(x, SPEC, 1, None, "auto")
             y = torch.ops.mxcomm.decode(codes, scales, None, SPEC, x.shape, 1, torch.float32, "auto")
             return y + mxcomm.quantize(x, "mxint8")
 

@@ -175,7 +175,8 @@ _COMPILE_SCRIPT = textwrap.dedent(
         fmt = mxcomm.get_format(name).with_options(**opts)
         label = f"{name} {opts}"
         scales = torch.empty(8, dtype=TB.SCALE_STORAGE_DTYPES[fmt.scale])
-        _, args, cx = TB.encode_launch(x, codes, scales, ts, fmt, dtype_code(torch.bfloat16), 1, 2, 3)
+        _, args, cx = TB.encode_launch(x, codes, scales, ts, torch.empty(8, dtype=torch.int32), fmt,
+                                       dtype_code(torch.bfloat16), 1, 2, 3)
         found["encode " + label] = sorted(set(inexact.findall(ptx(K.encode_kernel, args, cx))))
         out = torch.empty(4, 64, dtype=torch.bfloat16)
         _, args, cx = TB.decode_launch(codes, scales, ts, torch.empty(16), out, 4, 8, 8, fmt)
