@@ -34,6 +34,7 @@ class CommRecord:
     seconds: float
     segments: int = 1
     reason: str = ""  # why this algorithm (planner verdict or "requested")
+    gather_format: str = ""  # two-shot's all-gather format when it is not ``format`` ("" otherwise)
 
     @property
     def ratio(self) -> float:
