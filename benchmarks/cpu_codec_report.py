@@ -7,6 +7,10 @@ for encode / decode / decode_sum, each with its ratio to ``copy_`` measured in
 the same test, the per-core (CPU-time) throughput, and at 1 MiB the speed-up
 over the eager torch reference.
 
+Where the file has ``test_cpu_codec_goal`` results (``-k goal``), a table per thread count: per
+format, encode / decode / decode_sum (of 3 shards, per input byte) as ratios to ``copy_``
+(wall-clock, and per CPU-second in parentheses) and GB/s of uncompressed bytes.
+
 Where the file has ``test_cpu_rotation_cost`` results (``-k rot``), a second table: per
 (size, format, op) the GB/s of the bf16 tensor without and with a random Hadamard rotation,
 their ratio (wall-clock and per CPU-second), each against ``copy_``, and the rotation transform
@@ -31,9 +35,38 @@ def _infos(path: str) -> list[dict]:
 def load(path: str) -> dict[tuple[str, int, str], dict[str, dict]]:
     rows: dict[tuple[str, int, str], dict[str, dict]] = defaultdict(dict)
     for info in _infos(path):
-        if "op" in info:
+        if "op" in info and not info.get("goal"):
             rows[(info["dtype"], info["mib"], info["format"])][info["op"]] = info
     return rows
+
+
+def goal_tables(infos: list[dict]) -> str | None:
+    """The ``test_cpu_codec_goal`` results: one table per thread count."""
+    goal = [i for i in infos if i.get("goal")]
+    if not goal:
+        return None
+    out = []
+    for threads in sorted({i["threads"] for i in goal}):
+        cells: dict[str, dict[str, dict]] = defaultdict(dict)
+        for i in goal:
+            if i["threads"] == threads:
+                cells[i["format"]][i["op"]] = i
+        copy = sorted(i["copy_gbps"] for i in goal if i["threads"] == threads)
+        lines = [
+            f"{threads} thread{'s' if threads > 1 else ''}, {goal[0]['mib']} MiB bf16 (copy_ median {copy[len(copy) // 2]:.2f} GB/s): "
+            "ratio to copy_ wall-clock (per CPU-second), GB/s",
+            "",
+            "| format | encode | decode | decode_sum of 3 (per input byte) |",
+            "|---|---|---|---|",
+        ]
+        for fmt in sorted(cells):
+            row = []
+            for op in OPS:
+                i = cells[fmt].get(op)
+                row.append(f"{i['ratio_to_copy']:.2f} ({i['cpu_ratio_to_copy']:.2f}), {i['gbps']:.2f}" if i else "-")
+            lines.append(f"| {fmt} | {' | '.join(row)} |")
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
 
 
 def rotation_table(infos: list[dict]) -> str | None:
@@ -96,6 +129,9 @@ def main(argv: list[str]) -> int:
             f"loading it: {any_info['load_seconds'] * 1e3:.1f} ms"
         )
     infos = _infos(argv[1])
+    goal = goal_tables(infos)
+    if goal:
+        print(("\n" if rows else "") + goal)
     rotation = rotation_table(infos)
     if rotation:
         fused = sorted(

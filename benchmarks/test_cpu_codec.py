@@ -12,7 +12,8 @@ in the same test, ``dst.copy_(src)`` of the same tensor. ``extra_info``:
 * ``gbps``: bytes of the uncompressed tensor per second (the input of encode, the output of
   decode; decode_sum: the one output tensor, ``shard_gbps`` counts every shard);
 * ``copy_gbps``: tensor bytes per second of ``copy_``; ``ratio_to_copy``: ``gbps / copy_gbps``
-  (medians of alternating rounds, so both see the same machine load);
+  (medians of alternating rounds, so both see the same machine load); decode_sum (of
+  ``DECODE_SUM_SHARDS`` shards) also ``input_ratio_to_copy``: per input byte, ``shard_gbps / copy_gbps``;
 * ``cpu_gbps``: tensor bytes per CPU-second of the process (all threads): throughput per core,
   less sensitive to other processes sharing the cores than wall-clock time;
 * ``native_isa``: the native build the backend runs (``avx2`` or ``baseline``; compiled at install
@@ -20,6 +21,16 @@ in the same test, ``dst.copy_(src)`` of the same tensor. ``extra_info``:
   process) -- a first-call cost that the timed rounds do not include;
 * at 1 MiB, ``reference_gbps`` / ``speedup_vs_reference``: the eager torch reference, and where
   torchao is installed ``torchao_gbps`` (its ``to_mx``, MX formats only).
+
+``test_cpu_codec_goal`` (select with ``-k goal``) is the table of docs/performance.md's "CPU
+codec": the formats that carry real traffic, 64 MiB of bfloat16 activations, encode / decode /
+decode_sum of 3 shards on 1 and on 2 threads (``torch.set_num_threads``; ``copy_`` runs on as
+many), each alternating with ``copy_`` in the same test; ``ratio_to_copy`` is per uncompressed
+tensor byte (encode: input, decode: output, decode_sum: every shard's), also per CPU-second of
+the process (``cpu_ratio_to_copy``, less sensitive to other processes on the machine)::
+
+    pytest benchmarks/test_cpu_codec.py -k goal --benchmark-json goal.json
+    python benchmarks/cpu_codec_report.py goal.json
 
 ``test_cpu_rotation_cost`` (select with ``-k rot``) times, for bf16 activations of the same
 sizes, encode or decode of a format with and without a random Hadamard rotation
@@ -54,7 +65,7 @@ if _REASON is not None:
 
 SIZES_MIB = (1, 16, 64)
 HIDDEN = 4096
-DECODE_SUM_SHARDS = 4
+DECODE_SUM_SHARDS = 3
 # a 5-bit custom format: odd code width (the general bit-packing path), block 16
 CUSTOM = BlockFormat("custom_e2m2_b16", FloatElement(2, 2), block_size=16)
 FORMATS = {f.name: f for f in (*OCP_FORMATS, NVFP4, CUSTOM)}
@@ -184,6 +195,7 @@ def test_cpu_codec_throughput(benchmark, build_costs, mib: int, dtype_name: str,
     }
     if op == "decode_sum":
         info["shard_gbps"] = DECODE_SUM_SHARDS * gbps
+        info["input_ratio_to_copy"] = DECODE_SUM_SHARDS * gbps / copy_gbps
     if mib == 1:
         ref_s = _reference_seconds(x, fmt, op, packed)
         info["reference_gbps"] = tensor_bytes / ref_s / 1e9
@@ -193,6 +205,60 @@ def test_cpu_codec_throughput(benchmark, build_costs, mib: int, dtype_name: str,
             if ao_s is not None:
                 info["torchao_gbps"] = tensor_bytes / ao_s / 1e9
     benchmark.extra_info.update(info)
+
+
+# -- the goal table: 64 MiB bf16, 1 and 2 threads, against copy_ ----------------------------
+GOAL_FORMATS = ("mxfp4_e2m1", "mxfp6_e2m3", "mxfp8_e4m3", "mxint8", "nvfp4")
+GOAL_MIB = 64
+GOAL_ROUNDS = 9
+
+
+@pytest.fixture(scope="module")
+def goal_input() -> torch.Tensor:
+    return _activation(GOAL_MIB, torch.bfloat16)
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("fmt_name", GOAL_FORMATS)
+@pytest.mark.parametrize("threads", (1, 2))
+def test_cpu_codec_goal(benchmark, build_costs, goal_input: torch.Tensor, threads: int, fmt_name: str, op: str) -> None:
+    x = goal_input
+    tensor_bytes = x.numel() * x.element_size()
+    packed = mxcomm.encode(x, fmt_name, backend="cpu")
+    shards = DECODE_SUM_SHARDS if op == "decode_sum" else 1
+    if op == "encode":
+        run = lambda: mxcomm.encode(x, fmt_name, backend="cpu")  # noqa: E731
+    elif op == "decode":
+        run = lambda: mxcomm.decode(packed, backend="cpu")  # noqa: E731
+    else:  # shards laid out like an all-gather's output: one buffer, rank-major
+        parts = [mxcomm.Packed.from_payload(row, packed.format, x.shape, x.dtype)
+                 for row in packed.payload().repeat(shards, 1)]
+        run = lambda: mxcomm.decode_sum(parts, backend="cpu")  # noqa: E731
+    dst = torch.empty_like(x)
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        med = _interleaved_medians({"op": run, "copy": lambda: dst.copy_(x)}, GOAL_ROUNDS)
+        benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=0)
+    finally:
+        torch.set_num_threads(old_threads)
+    (op_s, op_cpu), (copy_s, copy_cpu) = med["op"], med["copy"]
+    benchmark.extra_info.update(
+        {
+            "goal": True,
+            "format": fmt_name,
+            "op": op,
+            "dtype": "bf16",
+            "mib": GOAL_MIB,
+            "threads": threads,
+            "shards": shards,
+            "gbps": shards * tensor_bytes / op_s / 1e9,
+            "copy_gbps": tensor_bytes / copy_s / 1e9,
+            "ratio_to_copy": shards * copy_s / op_s,
+            "cpu_ratio_to_copy": shards * copy_cpu / op_cpu,
+            **build_costs,
+        }
+    )
 
 
 # -- rotation cost: the same format with and without a random Hadamard rotation ------------

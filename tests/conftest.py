@@ -1,4 +1,5 @@
-"""Shared pytest configuration: hypothesis profiles (tests/profiles.py) and required codec backends.
+"""Shared pytest configuration: hypothesis profiles (tests/profiles.py), required codec backends, Triton's
+interpreter without a GPU.
 
 Required backends
 -----------------
@@ -26,8 +27,11 @@ import os
 import pytest
 import torch
 
+# Triton decides when it is imported whether it runs interpreted. Without a GPU the Triton tests run
+# it under TRITON_INTERPRET=1, and torch.compile imports Triton, so a compile test that runs first
+# would fix it to compiled mode: set it before any test can import it.
 if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from tests import profiles  # noqa: E402,F401  (registers and loads the hypothesis profile)
 from tests.kernels.exactness import backend_device  # noqa: E402

@@ -7,6 +7,7 @@ every Δ is against the uncompressed bf16-wire row (:func:`~mxcomm.bench.perplex
 from __future__ import annotations
 
 from mxcomm.bench.perplexity import baseline_row
+from mxcomm.bench.settings import COMPILED_SUFFIX
 
 
 def _pct(value: float) -> str:
@@ -95,7 +96,7 @@ def ttft_markdown(results: list[dict], ppl_rows: list[dict] | None = None) -> st
         for r in rows:
             speedup = f"{none['ttft_s'] / r['ttft_s']:.2f}x" if none else "–"
             label = r["label"]
-            ppl_key = label if r["setting"]["algorithm"] != "auto" else None
+            ppl_key = label.removesuffix(COMPILED_SUFFIX) if r["setting"]["algorithm"] != "auto" else None
             if r["setting"]["algorithm"] == "auto" and r["algorithms"]:
                 chosen = max(r["algorithms"], key=r["algorithms"].get)
                 ppl_key = f"{r['setting']['fmt']} {r['setting']['rounding']} {chosen}" if chosen != "none" else None

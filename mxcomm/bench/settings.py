@@ -4,7 +4,8 @@ A :class:`CommSetting` names a format (or none), rounding, algorithm, wire dtype
 rotation and outlier channels; it travels to the ranks as a dict
 (``dataclasses.asdict``) and back. The lists are the rows of the perplexity and
 Pareto tables; :func:`parse_ttft_setting` reads the ``FORMAT:ALGORITHM[:rot][:kN]``
-syntax of ``mxcomm eval --ttft-settings``.
+syntax of ``mxcomm eval --ttft-settings`` (``:compiled``: the same setting with
+the model under ``torch.compile``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ DEFAULT_TTFT_SETTINGS: tuple[str, ...] = (
 )
 
 
+#: What a compiled setting's label ends with.
+COMPILED_SUFFIX = " compiled"
+
+
 @dataclass(frozen=True)
 class CommSetting:
     """One way of running the row-parallel all-reduces: format (None: uncompressed), rounding, algorithm."""
@@ -46,9 +51,15 @@ class CommSetting:
     scale_mode: str | None = None  # None: the format's own (OCP "floor" for E8M0 scales)
     rotation_seed: int | None = None  # random Hadamard rotation of every block (None: none)
     outliers: int = 0  # calibrated outlier channels per module sent uncompressed
+    compiled: bool = False  # the model runs under torch.compile (TTFT; the collectives as custom ops)
 
     @property
     def label(self) -> str:
+        return self.eager_label + (COMPILED_SUFFIX if self.compiled else "")
+
+    @property
+    def eager_label(self) -> str:
+        """The label of the same setting run eagerly (what the perplexity tables list)."""
         if self.fmt is None:
             return f"none ({self.comm_dtype} wire)"
         mode = f" scale={self.scale_mode}" if self.scale_mode else ""
@@ -121,18 +132,24 @@ def pareto_settings(
 
 
 def parse_ttft_setting(text: str, rotation_seed: int) -> CommSetting:
-    """``FORMAT:ALGORITHM[:rot][:kN]`` -> CommSetting (rne)."""
+    """``FORMAT:ALGORITHM[:rot][:kN][:compiled]`` -> CommSetting (rne); ``none:none[:compiled]`` is the
+    uncompressed baseline."""
     name, _, rest = text.partition(":")
     algo, *mods = rest.split(":")
-    if algo not in ("allgather", "two_shot", "auto"):
-        raise EvalSetupError(f"--ttft-settings wants FORMAT:ALGORITHM[:rot][:kN] with ALGORITHM allgather, "
-                             f"two_shot or auto, got {text!r}")
-    seed, k = None, 0
+    compressed = ("allgather", "two_shot", "auto")
+    if (name == "none") != (algo == "none") or algo not in (*compressed, "none"):
+        raise EvalSetupError(f"--ttft-settings wants FORMAT:ALGORITHM[:rot][:kN][:compiled] with ALGORITHM "
+                             f"allgather, two_shot or auto (or none:none[:compiled]), got {text!r}")
+    seed, k, compiled = None, 0, False
     for m in mods:
-        if m == "rot":
+        if m == "rot" and name != "none":
             seed = rotation_seed
-        elif m.startswith("k") and m[1:].isdigit() and int(m[1:]) > 0:
+        elif m.startswith("k") and m[1:].isdigit() and int(m[1:]) > 0 and name != "none":
             k = int(m[1:])
+        elif m == "compiled":
+            compiled = True
         else:
-            raise EvalSetupError(f"--ttft-settings: unknown modifier {m!r} in {text!r} (rot or kN)")
-    return CommSetting(get_format(name).name, "rne", algo, rotation_seed=seed, outliers=k)
+            raise EvalSetupError(f"--ttft-settings: unknown modifier {m!r} in {text!r} (rot, kN or compiled)")
+    if name == "none":
+        return CommSetting(None, algorithm="none", compiled=compiled)
+    return CommSetting(get_format(name).name, "rne", algo, rotation_seed=seed, outliers=k, compiled=compiled)

@@ -5,7 +5,9 @@ with ``tc ... tbf`` (:class:`mxcomm.bench.slowlink.ShapedNamespace`), and the
 ranks run inside it (``python -m mxcomm.bench.ttft JOB.json``): prefill of a
 fixed prompt to the first token, median over repetitions, with the share of
 the time spent inside mxcomm collectives. Settings are interleaved
-round-robin over the repetitions.
+round-robin over the repetitions. A setting with ``compiled=True`` runs the
+same sharded model under ``torch.compile`` (inductor), compiled during its
+warmup repetitions (``warmup`` must be at least 1 for those).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch.distributed as dist
 
 from mxcomm.bench.rank_setup import apply_setting, calibrate_planner, job_calibration, log_stderr, shard_model
 from mxcomm.bench.settings import CommSetting
-from mxcomm.bench.smollm2 import Assets, load_model, load_tokens, windows
+from mxcomm.bench.smollm2 import Assets, EvalSetupError, load_model, load_tokens, windows
 from mxcomm.bench.wire_accounting import comm_accounting
 
 Log = Callable[[str], None]
@@ -45,9 +47,9 @@ def ttft_rank(rank: int, world: int, job: dict) -> None:
     shaped = job["rate"] != "loopback"
     result: dict[str, Any] = {"rate": job["rate"], "rows": []}
 
-    def prefill() -> int:
+    def prefill(forward: Callable[..., Any] = model) -> int:
         with torch.no_grad():
-            out = model(prompt, use_cache=True, logits_to_keep=1)
+            out = forward(prompt, use_cache=True, logits_to_keep=1)
             return int(out.logits[0, -1].argmax())
 
     if lead and job["unsharded"]:
@@ -66,6 +68,7 @@ def ttft_rank(rank: int, world: int, job: dict) -> None:
     if planner is not None:
         result["calibration"] = planner
     settings = [CommSetting(**s) for s in job["settings"]]
+    compiled_model = compiled_forward(model, sum(s.compiled for s in settings))
     runs: list[dict[str, Any]] = [{"times": [], "comm": [], "wire": [], "token": -1, "acct": {}} for _ in settings]
     # Settings are interleaved (round-robin over repetitions), so a burst of load from elsewhere on the
     # machine hits all settings alike instead of one setting's consecutive repetitions.
@@ -77,10 +80,12 @@ def ttft_rank(rank: int, world: int, job: dict) -> None:
             dist.barrier()
             t0 = time.perf_counter()
             with track_comm() as stats:
-                token = prefill()
+                token = prefill(compiled_model if setting.compiled else model)
             elapsed = time.perf_counter() - t0
             dist.barrier()
             if rep < job["warmup"]:
+                if lead and setting.compiled:
+                    log_stderr(f"[ttft {job['rate']} warmup] {setting.label:<32} {elapsed:7.3f} s (compiling)")
                 continue
             run["times"].append(elapsed)
             run["comm"].append(stats.summary()["seconds"])
@@ -101,6 +106,20 @@ def ttft_rank(rank: int, world: int, job: dict) -> None:
                 "qdisc_bytes": statistics.median(run["wire"]) if run["wire"] else None, **run["acct"],
             })
         Path(job["out"]).write_text(json.dumps(result, indent=1))
+
+
+def compiled_forward(model: torch.nn.Module, settings: int) -> torch.nn.Module | None:
+    """``torch.compile(model)`` for ``settings`` compiled settings (None for none), compiled on its first
+    call per setting (the warmup runs): each setting is one set of Dynamo guards on the modules'
+    communication settings, so Dynamo must keep that many graphs of the same forward."""
+    if not settings:
+        return None
+    import torch._dynamo
+
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.6
+    setattr(config, name, max(getattr(config, name), 2 * settings))
+    return torch.compile(model)
 
 
 def _job_main(job_path: str) -> int:
@@ -129,7 +148,12 @@ def run_ttft(
     """TTFT at each rate (``"loopback"``: unshaped, otherwise a ``tc`` rate such as ``100mbit``).
 
     A rate whose ranks fail or exceed ``timeout_s`` gets an ``error`` entry instead of rows.
+
+    Raises:
+        EvalSetupError: compiled settings with ``warmup < 1``.
     """
+    if warmup < 1 and any(s.compiled for s in settings):
+        raise EvalSetupError("compiled TTFT settings need at least one warmup repetition (it compiles the model)")
     jobs = [{"assets": assets.to_dict(), "prompt_tokens": prompt_tokens, "reps": reps, "warmup": warmup,
              "settings": [asdict(s) for s in settings], "unsharded": i == 0, "rate": rate,
              "world_size": world_size, "threads": threads, "calibration": calibration}

@@ -3,8 +3,10 @@
 ``all_reduce``, ``all_gather_into_tensor``, ``reduce_scatter_tensor`` and the list
 forms ``all_gather`` / ``reduce_scatter``; ``track_comm`` for the byte
 accounting; ``CostModel``, ``cost_model`` (the learned estimate) and the
-optional ``calibrate`` for the planner behind ``algorithm="auto"``. See docs/collectives.md for the algorithms, the wire
-descriptor, the accounting and the planner's cost model. Internal pieces
+optional ``calibrate`` for the planner behind ``algorithm="auto"``; ``functional_*``: the same
+collectives as functions returning a new tensor, each one ``torch.ops.mxcomm`` custom op (what
+``torch.compile`` sees, see ``mxcomm.collectives.torch_ops``). See docs/collectives.md for the
+algorithms, the wire descriptor, the accounting and the planner's cost model. Internal pieces
 (byte formulas, the descriptor, the transport) stay importable from their
 modules.
 """
@@ -25,6 +27,12 @@ from mxcomm.collectives.ops import (
 )
 from mxcomm.collectives.outliers import all_reduce_with_outliers
 from mxcomm.collectives.planner import CodecCost, CostModel, Plan, plan_all_reduce
+from mxcomm.collectives.torch_ops import (
+    functional_all_gather_into_tensor,
+    functional_all_reduce,
+    functional_all_reduce_with_outliers,
+    functional_reduce_scatter_tensor,
+)
 
 __all__ = [
     "DESCRIPTOR_NBYTES",
@@ -43,6 +51,10 @@ __all__ = [
     "all_reduce_with_outliers",
     "calibrate",
     "cost_model",
+    "functional_all_gather_into_tensor",
+    "functional_all_reduce",
+    "functional_all_reduce_with_outliers",
+    "functional_reduce_scatter_tensor",
     "get_cost_model",
     "plan_all_reduce",
     "reduce_scatter",

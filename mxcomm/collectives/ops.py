@@ -75,12 +75,17 @@ from mxcomm.kernels import Packed, decode, decode_sum, encode, resolve_backend
 from mxcomm.kernels.packed import INPUT_DTYPES
 from mxcomm.kernels.reference import saturating_cast
 from mxcomm.kernels.rotation import rotate, unrotate
+from mxcomm.kernels.torch_ops import profile_range
 
 log = logging.getLogger("mxcomm.collectives")
 
 SUM = dist.ReduceOp.SUM
 #: What ``op`` accepts: ``dist.ReduceOp.SUM`` (or a ``dist.ReduceOp`` holding it) or ``"sum"``.
 ReduceOpLike: TypeAlias = "dist.ReduceOp | dist.ReduceOp.RedOpType | str"
+
+#: How each public collective runs while torch.compile traces it: through its custom op, as one
+#: opaque node (filled in by mxcomm.collectives.torch_ops, which imports this module).
+TRACED: dict[str, Callable[..., Any]] = {}
 
 # -- argument checks -------------------------------------------------------------------------------
 
@@ -393,8 +398,9 @@ def _launch(
         desc = replace(desc, times=ctx.estimate.take_pending())
     # The received descriptors carry every rank's times of the group's previous measured call: the
     # estimate learns from them first (on every rank alike, even when this call then fails).
-    agreed = agree(desc, local_error, device, ctx.transport, verify, timed=ctx.timer.descriptor,
-                   on_received=ctx.estimate.absorb)
+    with profile_range("mxcomm::handshake"):
+        agreed = agree(desc, local_error, device, ctx.transport, verify, timed=ctx.timer.descriptor,
+                       on_received=ctx.estimate.absorb)
     assert prepared is not None  # a rank with a local error raised in agree
     steps, info = prepared.start(agreed)
     ctx.transport.algorithm = info.algorithm
@@ -622,6 +628,10 @@ def all_reduce(
     With ``verify=True`` an invalid call raises on every rank: the rank at fault its
     own error, the others ``CollectiveMismatchError``; nothing hangs.
     """
+    if torch.compiler.is_compiling():
+        return TRACED["all_reduce"](tensor, fmt, op, group, async_op, algorithm=algorithm, model=model,
+                                    segment_elems=segment_elems, backend=backend, verify=verify,
+                                    gather_fmt=gather_fmt)
 
     def prepare(ctx: _Context) -> _Prepared:
         _check_tensor(tensor, "all_reduce tensor")
@@ -643,11 +653,14 @@ def all_reduce(
         n, esize = ctx.n, tensor.element_size()
         if algorithm == "auto" and model is not None:
             assert f is not None
-            plan = plan_all_reduce(model, f, tensor.numel(), esize, n, explicit_gather)
+            with profile_range("mxcomm::plan"):
+                plan = plan_all_reduce(model, f, tensor.numel(), esize, n, explicit_gather)
         elif algorithm == "auto":
             assert f is not None
             # explores only with a descriptor: rank 0's flag must reach every rank
-            plan = ctx.estimate.plan(f, tensor.numel(), esize, n, explore=ctx.verify, gather_fmt=explicit_gather)
+            with profile_range("mxcomm::plan"):
+                plan = ctx.estimate.plan(f, tensor.numel(), esize, n, explore=ctx.verify,
+                                         gather_fmt=explicit_gather)
         else:
             plan = Plan(algorithm, DEFAULT_SEGMENT_ELEMS, "requested", {})
         if segment_elems is not None:
@@ -797,6 +810,9 @@ def all_gather_into_tensor(
         CollectiveAbortedError: a peer died, stalled or left the call (``CollectiveTimeoutError``
             after the group's timeout); raised on every surviving rank, the group is unusable after.
     """
+    if torch.compiler.is_compiling():
+        return TRACED["all_gather_into_tensor"](output_tensor, input_tensor, fmt, group, async_op,
+                                                backend=backend, verify=verify)
     return _launch("all_gather", "allgather", group, async_op, verify,
                    lambda ctx: _prepare_gather(ctx, output_tensor, input_tensor, fmt, backend))
 
@@ -835,6 +851,8 @@ def all_gather(
         CollectiveAbortedError: a peer died, stalled or left the call (``CollectiveTimeoutError``
             after the group's timeout); raised on every surviving rank, the group is unusable after.
     """
+    if torch.compiler.is_compiling():
+        return TRACED["all_gather"](tensor_list, tensor, fmt, group, async_op, backend=backend, verify=verify)
 
     def prepare(ctx: _Context) -> _Prepared:
         _check_tensor(tensor, "all_gather tensor")
@@ -932,6 +950,8 @@ def reduce_scatter_tensor(
         CollectiveAbortedError: a peer died, stalled or left the call (``CollectiveTimeoutError``
             after the group's timeout); raised on every surviving rank, the group is unusable after.
     """
+    if torch.compiler.is_compiling():
+        return TRACED["reduce_scatter_tensor"](output, input, fmt, op, group, async_op, backend=backend, verify=verify)
 
     def prepare(ctx: _Context) -> _Prepared:
         _check_tensor(output, "reduce_scatter output")
@@ -981,6 +1001,8 @@ def reduce_scatter(
         CollectiveAbortedError: a peer died, stalled or left the call (``CollectiveTimeoutError``
             after the group's timeout); raised on every surviving rank, the group is unusable after.
     """
+    if torch.compiler.is_compiling():
+        return TRACED["reduce_scatter"](output, input_list, fmt, op, group, async_op, backend=backend, verify=verify)
 
     def prepare(ctx: _Context) -> _Prepared:
         _check_tensor(output, "reduce_scatter output")

@@ -39,7 +39,7 @@ from torch.distributed import ProcessGroup
 from mxcomm.collectives.accounting import CommRecord, current_trackers, emit
 from mxcomm.collectives.algorithms import REQUESTABLE
 from mxcomm.collectives.handshake import Descriptor, agree, invalid_descriptor
-from mxcomm.collectives.ops import all_reduce, settle_in_flight
+from mxcomm.collectives.ops import TRACED, all_reduce, settle_in_flight
 from mxcomm.collectives.transport import OUTLIER_PHASE, Transport, group_device
 from mxcomm.errors import ArgumentTypeError, FormatError, MxcommError
 from mxcomm.formats import BlockFormat
@@ -121,6 +121,9 @@ def all_reduce_with_outliers(
         CollectiveAbortedError: a peer died, stalled or left the call (``CollectiveTimeoutError``
             after the group's timeout).
     """
+    if torch.compiler.is_compiling():  # one opaque node in a compiled graph (mxcomm.collectives.torch_ops)
+        return TRACED["all_reduce_with_outliers"](tensor, fmt, channels, group=group, algorithm=algorithm,
+                                                  backend=backend, gather_fmt=gather_fmt)
     t0 = time.perf_counter()
     trackers = current_trackers()
     n = dist.get_world_size(group)

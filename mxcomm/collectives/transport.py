@@ -25,6 +25,10 @@ import torch.distributed as dist
 from torch.distributed import ProcessGroup
 
 from mxcomm.errors import CollectiveAbortedError, CollectiveTimeoutError
+from mxcomm.kernels.torch_ops import profile_range
+
+#: The profiler range of posting an exchange and of waiting for it (torch.profiler traces).
+TRANSFER_RANGE = "mxcomm::transfer"
 
 _all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
@@ -90,10 +94,11 @@ class Exchange:
             CollectiveAbortedError: the exchange failed (a peer died or left the call).
         """
         try:
-            if self._transport.wait_timeout is None:
-                self.work.wait()
-            else:
-                self.work.wait(timeout=self._transport.wait_timeout)
+            with profile_range(TRANSFER_RANGE):
+                if self._transport.wait_timeout is None:
+                    self.work.wait()
+                else:
+                    self.work.wait(timeout=self._transport.wait_timeout)
         except RuntimeError as e:  # torch's DistError family and gloo's plain RuntimeErrors
             raise self._transport.failure(self._phase, e) from e
 
@@ -140,7 +145,8 @@ class Transport:
         if before_post is not None:
             before_post(self.collective, phase, send)
         try:
-            return Exchange(post(), self, phase)
+            with profile_range(TRANSFER_RANGE):
+                return Exchange(post(), self, phase)
         except RuntimeError as e:
             raise self.failure(phase, e) from e
 

@@ -2,8 +2,11 @@
 
 The public API is ``__all__``: the codec functions, ``Packed``, and the backend
 registry (``resolve_backend``, ``backend_status``, ``register_backend``, ``registered_backends``, the
-``CodecBackend`` protocol). Internal pieces (bit packing, the reference
-backend's classes, the frame) stay importable from their modules.
+``CodecBackend`` protocol). The codec functions run the torch custom ops
+``torch.ops.mxcomm.encode`` / ``decode`` / ``decode_sum`` / ``quantize``
+(``mxcomm.kernels.torch_ops``: what ``torch.compile`` and ``torch.export`` see).
+Internal pieces (bit packing, the reference backend's classes, the frame) stay
+importable from their modules.
 """
 
 from mxcomm.kernels.api import decode, decode_sum, encode, quantize

@@ -1,21 +1,31 @@
-"""Public codec entry points: encode, decode, quantize, decode_sum."""
+"""Public codec entry points: encode, decode, quantize, decode_sum.
+
+Each is a thin layer over its torch custom op (``mxcomm.kernels.torch_ops``):
+argument checks, format resolution and the :class:`Packed` container live here,
+the codec itself runs inside the op.
+"""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import torch
 
-from mxcomm.errors import ArgumentTypeError, FormatError
-from mxcomm.formats import BlockFormat, Rounding, block_layout, get_format
-from mxcomm.kernels.dispatch import CodecBackend, fuses_rotation, resolve_backend
+from mxcomm.errors import ArgumentTypeError, FormatError, MxcommError
+from mxcomm.formats import BlockFormat, Rounding, get_format
+from mxcomm.formats.block import normalize_axis
+from mxcomm.kernels.dispatch import resolve_backend
 from mxcomm.kernels.dtypes import INPUT_DTYPES
 from mxcomm.kernels.packed import Packed
-from mxcomm.kernels.reference import EncodedBlocks, saturating_cast
-from mxcomm.kernels.rotation import rotate, unrotate
-
-log = logging.getLogger("mxcomm.kernels")
+from mxcomm.kernels.torch_ops import (
+    constant_when_traced,
+    decode_op,
+    decode_sum_op,
+    deferred_error,
+    encode_op,
+    format_spec,
+    quantize_op,
+)
 
 
 def effective_format(fmt: str | BlockFormat, rounding: str | None = None, scale_mode: str | None = None) -> BlockFormat:
@@ -29,19 +39,67 @@ def effective_format(fmt: str | BlockFormat, rounding: str | None = None, scale_
     return base.with_options(**changes) if changes else base
 
 
-def _draw_seed(generator: torch.Generator | None) -> int:
-    # One 62-bit seed per encode call; the counter-based hash derives every
-    # element's random word from it (mxcomm.kernels.counter_rng).
+def _draw_seed(generator: torch.Generator | None) -> torch.Tensor:
+    # One 62-bit seed per encode call (a one-element int64 tensor, so that a compiled graph draws a
+    # new one per call); the counter-based hash derives every element's random word from it
+    # (mxcomm.kernels.counter_rng).
     if generator is not None and not isinstance(generator, torch.Generator):
         raise FormatError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-    return int(torch.randint(0, 2**62, (1,), generator=generator, device="cpu").item())
+    return torch.randint(0, 2**62, (1,), generator=generator, device="cpu")
 
 
-def _moved_shape(shape: Sequence[int], axis: int) -> list[int]:
-    dims = list(shape)
-    if not dims:
-        return [1]
-    return dims[:axis] + dims[axis + 1 :] + [dims[axis]]
+def _check_input(x: object, what: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise ArgumentTypeError(f"{what} takes a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in INPUT_DTYPES:
+        raise FormatError(f"{what} takes float32, bfloat16 or float16 tensors, got {x.dtype}")
+    return x
+
+
+# -- resolution under torch.compile ----------------------------------------------------------------
+# Dynamo cannot trace the registry's lock nor build a BlockFormat, and an exception raised inside a
+# constant (assume_constant_result) function reaches the caller wrapped in a Dynamo error. So while
+# compiling, the format is resolved by constant functions that return the error message instead of
+# raising, and the (traceable) caller raises the documented FormatError itself (quantize defers it
+# into the graph: deferred_error).
+
+
+@constant_when_traced
+def _resolution_error(fmt: str | BlockFormat, rounding: str | None, scale_mode: str | None) -> str:
+    try:
+        effective_format(fmt, rounding, scale_mode)
+    except FormatError as exc:
+        return str(exc)
+    return ""
+
+
+@constant_when_traced
+def _constant_format(fmt: str | BlockFormat, rounding: str | None, scale_mode: str | None) -> BlockFormat:
+    return effective_format(fmt, rounding, scale_mode)
+
+
+@constant_when_traced
+def _constant_spec(fmt: str | BlockFormat, rounding: str | None, scale_mode: str | None) -> str:
+    return format_spec(effective_format(fmt, rounding, scale_mode))
+
+
+def _resolve(fmt: str | BlockFormat, rounding: str | None = None, scale_mode: str | None = None) -> tuple[BlockFormat, str]:
+    """The effective format and its op spec (resolved once, when a compiled graph is traced)."""
+    if not torch.compiler.is_compiling():
+        f = effective_format(fmt, rounding, scale_mode)
+        return f, format_spec(f)
+    error = _resolution_error(fmt, rounding, scale_mode)
+    if error:
+        raise FormatError(error)
+    return _constant_format(fmt, rounding, scale_mode), _constant_spec(fmt, rounding, scale_mode)
+
+
+def _backend_name(backend: str, device: torch.device) -> str:
+    """The backend that will run (recorded in ``Packed.backend``); an unusable one raises here, eagerly.
+    While compiling the op resolves it when it runs, and ``Packed.backend`` is the requested name."""
+    if torch.compiler.is_compiling():
+        return backend
+    return resolve_backend(backend, device).name
 
 
 def encode(
@@ -75,53 +133,13 @@ def encode(
             ``rounding`` or ``scale_mode``.
         BackendUnavailableError: the requested backend cannot run on ``x``'s device.
     """
-    if not isinstance(x, torch.Tensor):
-        raise ArgumentTypeError(f"encode takes a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in INPUT_DTYPES:
-        raise FormatError(f"encode takes float32, bfloat16 or float16 tensors, got {x.dtype}")
-    f = effective_format(fmt, rounding, scale_mode)
-    lay = block_layout(x.shape, axis, f.block_size)
+    _check_input(x, "encode")
+    f, spec = _resolve(fmt, rounding, scale_mode)
+    ax = normalize_axis(axis, x.dim())
     seed = _draw_seed(generator) if f.rounding == "stochastic" else None
-    be = resolve_backend(backend, x.device)
-    x2d = x.reshape(1, 1) if x.dim() == 0 else x.movedim(lay.axis, -1).reshape(lay.rows, lay.length)
-    front_end = _rotates_in_front_end(be, f)
-    if front_end:
-        # Rotation runs here for backends that do not fuse it: pad to whole blocks,
-        # rotate in float32, and hand the backend the plain (unrotated) format.
-        padded = x2d.new_zeros((lay.rows, lay.padded_length), dtype=torch.float32)
-        padded[:, : lay.length] = x2d
-        parts = be.encode_blocks(rotate(padded, f.rotation_seed, f.block_size), _plain(f), seed)
-    else:
-        # A fusing backend gets the rotated format and the unpadded rows: its kernels
-        # pad, rotate and encode, byte-identical to the path above.
-        parts = be.encode_blocks(x2d, f, seed)
-    log.debug("encode %s %s %s on %s via %s%s", f.name, tuple(x.shape), x.dtype, x.device, be.name,
-              _NOTE[f.rotation_seed is not None, front_end])
-    return Packed(f, x.shape, x.dtype, lay.axis, parts.codes, parts.scales, parts.tensor_scale, be.name)
-
-
-def _plain(fmt: BlockFormat) -> BlockFormat:
-    return fmt.with_options(rotation_seed=None)
-
-
-def _rotates_in_front_end(be: CodecBackend, fmt: BlockFormat) -> bool:
-    """Whether this module must rotate / un-rotate around backend ``be`` for ``fmt``: a rotated
-    format the backend does not rotate in its kernels (``CodecBackend.max_fused_rotation_block``)."""
-    return fmt.rotation_seed is not None and not fuses_rotation(be, fmt)
-
-
-# debug-log suffix by (format rotated, rotation in the front-end)
-_NOTE = {(False, False): "", (True, False): " (rotation fused in the backend)", (True, True): " (rotation in the front-end)"}
-
-
-def _unrotated(rotated: torch.Tensor, fmt: BlockFormat, length: int, dtype: torch.dtype) -> torch.Tensor:
-    """Front-end inverse: un-rotate the float32 padded rows, crop the padding, cast (saturating)."""
-    assert fmt.rotation_seed is not None
-    return saturating_cast(unrotate(rotated, fmt.rotation_seed, fmt.block_size)[:, :length], dtype)
-
-
-def _parts(p: Packed) -> EncodedBlocks:
-    return EncodedBlocks(p.codes, p.scales, p.tensor_scale)
+    name = _backend_name(backend, x.device)
+    codes, scales, tensor_scale = encode_op(x, spec, ax, seed, backend)
+    return Packed(f, x.shape, x.dtype, ax, codes, scales, tensor_scale if f.tensor_scale else None, name)
 
 
 def _out_dtype(dtype: torch.dtype | None, default: torch.dtype) -> torch.dtype:
@@ -129,13 +147,6 @@ def _out_dtype(dtype: torch.dtype | None, default: torch.dtype) -> torch.dtype:
     if out not in INPUT_DTYPES:
         raise FormatError(f"decode produces float32, bfloat16 or float16, got {out}")
     return out
-
-
-def _restore(y2d: torch.Tensor, p: Packed) -> torch.Tensor:
-    if len(p.shape) == 0:
-        return y2d.reshape(())
-    moved = y2d.reshape(_moved_shape(p.shape, p.axis))
-    return moved.movedim(-1, p.axis).contiguous()
 
 
 def decode(p: Packed, *, dtype: torch.dtype | None = None, backend: str = "auto") -> torch.Tensor:
@@ -158,18 +169,8 @@ def decode(p: Packed, *, dtype: torch.dtype | None = None, backend: str = "auto"
     if not isinstance(p, Packed):
         raise ArgumentTypeError(f"decode takes a mxcomm.Packed, got {type(p).__name__}")
     out = _out_dtype(dtype, p.dtype)
-    lay = p.layout
-    be = resolve_backend(backend, p.device)
-    f = p.format
-    front_end = _rotates_in_front_end(be, f)
-    if front_end:
-        rotated = be.decode_blocks(_parts(p), _plain(f), lay.rows, lay.padded_length, torch.float32)
-        y2d = _unrotated(rotated, f, lay.length, out)
-    else:
-        y2d = be.decode_blocks(_parts(p), f, lay.rows, lay.length, out)
-    log.debug("decode %s %s on %s via %s%s", f.name, tuple(p.shape), p.device, be.name,
-              _NOTE[f.rotation_seed is not None, front_end])
-    return _restore(y2d, p)
+    _backend_name(backend, p.device)
+    return decode_op(p.codes, p.scales, p.tensor_scale, _spec_of(p.format), list(p.shape), p.axis, out, backend)
 
 
 def quantize(
@@ -184,6 +185,9 @@ def quantize(
 ) -> torch.Tensor:
     """Fake-quantize: ``decode(encode(x, fmt, ...))`` in ``x``'s dtype.
 
+    Inside ``torch.compile`` this is one ``mxcomm::quantize`` op (no graph break, dynamic shapes
+    welcome), and bad arguments raise the errors below when the compiled graph runs.
+
     Args:
         x, fmt, axis, rounding, scale_mode, generator, backend: as for :func:`encode`.
 
@@ -194,8 +198,24 @@ def quantize(
         FormatError: as :func:`encode`.
         BackendUnavailableError: as :func:`encode`.
     """
-    p = encode(x, fmt, axis=axis, rounding=rounding, scale_mode=scale_mode, generator=generator, backend=backend)
-    return decode(p, backend=backend)
+    if torch.compiler.is_compiling() and isinstance(x, torch.Tensor):
+        try:
+            return _quantize(x, fmt, axis, rounding, scale_mode, generator, backend)
+        except MxcommError as exc:  # raised when the graph runs, as in eager (see deferred_error)
+            return deferred_error(x, exc)
+    return _quantize(x, fmt, axis, rounding, scale_mode, generator, backend)
+
+
+def _quantize(
+    x: torch.Tensor, fmt: str | BlockFormat, axis: int, rounding: str | None, scale_mode: str | None,
+    generator: torch.Generator | None, backend: str,
+) -> torch.Tensor:
+    _check_input(x, "quantize")
+    f, spec = _resolve(fmt, rounding, scale_mode)
+    ax = normalize_axis(axis, x.dim())
+    seed = _draw_seed(generator) if f.rounding == "stochastic" else None
+    _backend_name(backend, x.device)
+    return quantize_op(x, spec, ax, seed, backend)
 
 
 def decode_sum(
@@ -238,18 +258,13 @@ def decode_sum(
         if p.device != first.device:
             raise FormatError(f"decode_sum item {i} is on {p.device}, item 0 on {first.device}")
     out = _out_dtype(dtype, first.dtype)
-    lay = first.layout
-    be = resolve_backend(backend, first.device)
-    f = first.format
-    front_end = _rotates_in_front_end(be, f)
-    if front_end:
-        # Sum in the rotated domain (linear), un-rotate once.
-        rotated = be.decode_sum_blocks([_parts(p) for p in items], _plain(f), lay.rows, lay.padded_length, torch.float32)
-        y2d = _unrotated(rotated, f, lay.length, out)
-    else:
-        y2d = be.decode_sum_blocks([_parts(p) for p in items], f, lay.rows, lay.length, out)
-    log.debug(
-        "decode_sum of %d %s %s on %s via %s%s",
-        len(items), f.name, tuple(first.shape), first.device, be.name, _NOTE[f.rotation_seed is not None, front_end],
+    _backend_name(backend, first.device)
+    tensor_scales = [p.tensor_scale for p in items] if first.format.tensor_scale else []
+    return decode_sum_op(
+        [p.codes for p in items], [p.scales for p in items], tensor_scales, _spec_of(first.format),
+        list(first.shape), first.axis, out, backend,
     )
-    return _restore(y2d, first)
+
+
+def _spec_of(fmt: BlockFormat) -> str:
+    return _constant_spec(fmt, None, None) if torch.compiler.is_compiling() else format_spec(fmt)

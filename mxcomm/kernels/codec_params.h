@@ -4,7 +4,7 @@
 
 #include <cstdint>
 
-#define MX_ABI_VERSION 8
+#define MX_ABI_VERSION 9
 
 // Rounding (mxcomm.formats.enums)
 enum { RND_RNE = 0, RND_AWAY = 1, RND_ZERO = 2, RND_STOCHASTIC = 3 };

@@ -32,6 +32,14 @@ and their order are those of ``rotation.py``, so bytes and values equal the fron
 (``tests/kernels/test_cpu_rotation.py``). Larger blocks are rotated by the front-end, and this
 backend refuses them rotated.
 
+Outputs of at least ``POOLED_OUTPUT_BYTES`` live on memory the native library maps once and
+recycles: torch owns each such tensor (a DLPack tensor whose deleter hands the memory back), and
+the next output of the same size reuses it, with its pages already mapped. A fresh multi-MiB
+buffer costs a page fault per page, each zeroed by the kernel -- on the machines measured about
+as much as a ``copy_`` of the tensor (docs/performance.md, "CPU codec"). Freed buffers are kept up
+to ``$MXCOMM_CPU_OUTPUT_CACHE_MIB`` (default ``DEFAULT_OUTPUT_CACHE_MIB``; 0 keeps none),
+oldest released first.
+
 Work is split into ranges of whole blocks that start on byte boundaries of the
 code stream and run on a small thread pool (``torch.get_num_threads()``
 threads; ctypes releases the GIL during a call).
@@ -68,11 +76,13 @@ from mxcomm.kernels.bitpack import packed_code_bytes
 from mxcomm.kernels.dispatch import check_rotation
 from mxcomm.kernels.dtypes import INPUT_DTYPES, SCALE_STORAGE_DTYPES, dtype_code
 from mxcomm.kernels.params import NATIVE_ABI_VERSION, NativeParams, kernel_params, native_params
-from mxcomm.kernels.reference import EncodedBlocks, tensor_scale_from_amax
+from mxcomm.kernels.reference import EncodedBlocks
 
 log = logging.getLogger("mxcomm.kernels")
 
 ISA_ENV = "MXCOMM_CPU_ISA"
+OUTPUT_CACHE_ENV = "MXCOMM_CPU_OUTPUT_CACHE_MIB"
+DEFAULT_OUTPUT_CACHE_MIB = 256
 REBUILD_HINT = (
     "(re)install mxcomm where a C++ compiler is found (`pip install .` or `pip install -e .`), or in a source "
     "checkout run `python setup.py build_ext --inplace`"
@@ -201,8 +211,10 @@ def load_library(
     built_isa = lib.mx_build_isa().decode()
     if built_isa != isa:
         raise NativeCodecUnavailable(f"{path} holds the {built_isa} build, not {isa}: {REBUILD_HINT}")
+    cache_bytes, cache_why = output_cache_limit()
+    lib.mx_output_cache_limit(cache_bytes)
     build = NativeBuild(str(path), isa, why, built_from)
-    log.info("cpu backend: native codec, %s build (%s): %s", isa, why, path)
+    log.info("cpu backend: native codec, %s build (%s): %s; output cache %s", isa, why, path, cache_why)
     return lib, build
 
 
@@ -215,47 +227,62 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.mx_encode.restype = ctypes.c_int
     lib.mx_finite_amax.argtypes = [i32, p, i64, i64, i32, i64, i64]
     lib.mx_finite_amax.restype = ctypes.c_uint32
+    lib.mx_tensor_scale.argtypes = [p, ctypes.c_uint32]
+    lib.mx_tensor_scale.restype = f32
     lib.mx_rotated_finite_amax.argtypes = [p, i32, p, i64, i64, i64, i64]
     lib.mx_rotated_finite_amax.restype = ctypes.c_uint32
     lib.mx_decode.argtypes = [p, i32, i32, p, p, p, p, i64, i64, i64, i64, p]
     lib.mx_decode.restype = ctypes.c_int
+    lib.mx_output_alloc.argtypes = [i64]
+    lib.mx_output_alloc.restype = p
+    lib.mx_output_free.argtypes = [p]
+    lib.mx_output_free.restype = None
+    lib.mx_output_cache_limit.argtypes = [i64]
+    lib.mx_output_cache_limit.restype = i64
 
 
 # -- outputs ------------------------------------------------------------------------------------
-_HUGE_PAGE = 1 << 21
-_MADV_HUGEPAGE = 14  # Linux
+# Outputs of at least this many bytes come from the native library's recycled buffers.
+POOLED_OUTPUT_BYTES = 4 << 20
+_DLTENSOR = b"dltensor"  # the capsule name DLPack consumers expect (kept alive: the capsule points to it)
 
 
-@functools.lru_cache(maxsize=1)
-def _madvise():
-    if not sys.platform.startswith("linux"):
+@functools.cache
+def _capsule_new():
+    new = ctypes.pythonapi.PyCapsule_New
+    new.restype = ctypes.py_object
+    new.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+    return new
+
+
+def output_cache_limit() -> tuple[int, str]:
+    """Bytes of freed large outputs the backend keeps for reuse, and where that came from
+    ($MXCOMM_CPU_OUTPUT_CACHE_MIB, else the default). Raises NativeCodecUnavailable when the
+    variable is not a non-negative number."""
+    raw = os.environ.get(OUTPUT_CACHE_ENV, "").strip()
+    if not raw:
+        return DEFAULT_OUTPUT_CACHE_MIB << 20, f"default ({DEFAULT_OUTPUT_CACHE_MIB} MiB)"
+    try:
+        mib = float(raw)
+    except ValueError:
+        mib = -1.0
+    if not mib >= 0 or math.isinf(mib):
+        raise NativeCodecUnavailable(f"{OUTPUT_CACHE_ENV}={raw!r} is not a non-negative number of MiB")
+    return int(mib * (1 << 20)), f"{OUTPUT_CACHE_ENV}={raw}"
+
+
+def _pooled_output(lib: ctypes.CDLL, nbytes: int) -> torch.Tensor | None:
+    """A uint8 tensor of nbytes on memory of the native library's output cache, or None when no
+    memory could be mapped (the caller then asks torch, which reports the shortage)."""
+    managed = lib.mx_output_alloc(nbytes)
+    if not managed:
         return None
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = libc.madvise
-    except (OSError, AttributeError):  # pragma: no cover - exotic libc
-        return None
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-def empty_output(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """torch.empty, with large buffers advised to use transparent huge pages.
-
-    A fresh multi-MiB output is otherwise first touched one 4 KiB page fault at a time, which
-    costs about as much as decoding into it; the advice only affects how the kernel backs the
-    pages (a no-op where THP is disabled or the call is unavailable).
-    """
-    out = torch.empty(shape, dtype=dtype)
-    nbytes = out.numel() * out.element_size()
-    madvise = _madvise() if nbytes >= 2 * _HUGE_PAGE else None
-    if madvise is not None:
-        start = -(-out.data_ptr() // _HUGE_PAGE) * _HUGE_PAGE
-        end = (out.data_ptr() + nbytes) // _HUGE_PAGE * _HUGE_PAGE
-        if end > start:
-            madvise(start, end - start, _MADV_HUGEPAGE)  # advisory: a failure changes nothing
-    return out
+        # torch owns it from here: its deleter gives the memory back to the cache
+        return torch.utils.dlpack.from_dlpack(_capsule_new()(managed, _DLTENSOR, None))
+    except BaseException:
+        lib.mx_output_free(managed)
+        raise
 
 
 # -- work splitting -----------------------------------------------------------------------------
@@ -363,6 +390,15 @@ class CpuBackend:
             return str(exc)
         return None
 
+    def empty_output(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """torch.empty(shape, dtype=dtype); large ones on recycled memory (see the module docstring)."""
+        nbytes = math.prod(shape) * dtype.itemsize
+        if nbytes >= POOLED_OUTPUT_BYTES:
+            flat = _pooled_output(self.library(), nbytes)
+            if flat is not None:
+                return flat.view(dtype).view(shape)
+        return torch.empty(shape, dtype=dtype)
+
     @property
     def description(self) -> str:
         """The backend and its native build, e.g. "cpu (avx2 build)"."""
@@ -381,8 +417,8 @@ class CpuBackend:
         bs, bits = fmt.block_size, fmt.element.bits
         bpr = -(-length // bs)
         num_blocks = rows * bpr
-        codes = empty_output((packed_code_bytes(num_blocks * bs, bits),), torch.uint8)
-        scales = empty_output((num_blocks,), SCALE_STORAGE_DTYPES[fmt.scale])
+        codes = self.empty_output((packed_code_bytes(num_blocks * bs, bits),), torch.uint8)
+        scales = self.empty_output((num_blocks,), SCALE_STORAGE_DTYPES[fmt.scale])
         params = cpu_format(fmt)
         kind = dtype_code(x2d.dtype)
         ranges = block_ranges(num_blocks, bs, bits)
@@ -400,10 +436,9 @@ class CpuBackend:
                     raise RuntimeError("mxcomm cpu codec: rotated amax failed (out of memory)")
             else:
                 amaxes = _run(ranges, lambda b0, b1: lib.mx_finite_amax(kind, x_ptr, length, bpr, bs, b0, b1))
-            amax_bits = max(amaxes, default=0)
-            amax = torch.tensor([amax_bits], dtype=torch.int32).view(torch.float32)
-            tensor_scale = tensor_scale_from_amax(amax, fmt)
-            ts_value = float(tensor_scale)
+            # (= reference.tensor_scale_from_amax, which costs ~150 us of torch ops per call)
+            ts_value = lib.mx_tensor_scale(ctypes.byref(params), max(amaxes, default=0))
+            tensor_scale = torch.tensor(ts_value, dtype=torch.float32)
         if seed is None:
             if fmt.rounding == "stochastic":
                 raise FormatError("stochastic rounding needs a seed")
@@ -437,7 +472,7 @@ class CpuBackend:
         bs, bits = fmt.block_size, fmt.element.bits
         bpr = -(-length // bs) if length else 0
         num_blocks = rows * bpr
-        out = empty_output((rows, length), dtype)
+        out = self.empty_output((rows, length), dtype)
         if num_blocks == 0:
             return out
         need_codes = packed_code_bytes(num_blocks * bs, bits)

@@ -6,7 +6,9 @@
 // build serves every Python and torch), the Python side owns the tensors and the threading (one
 // call per range of blocks; ctypes releases the GIL during a call). Loops are written with
 // GCC/Clang vector extensions (8 lanes; AVX2 where the build enables it), with a few AVX2/F16C
-// intrinsics behind #if. The format parameters (struct Format) and the enum codes come from
+// intrinsics behind #if; the AVX2 build adds fast kernels for the layouts real traffic has
+// ("Fast kernels", intrinsics throughout), and the library recycles large output buffers
+// ("recycled output buffers"). The format parameters (struct Format) and the enum codes come from
 // codec_params.h, generated from mxcomm/kernels/params.py.
 //
 // Exactness. Every element is held as m * 2**E with an integer m < 2**24 (the input's fp32 bit
@@ -25,6 +27,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
+#include <sys/mman.h>
+#define MX_HAVE_MMAP 1
+#endif
 
 #include "codec_params.h"
 
@@ -432,8 +439,12 @@ MX_INLINE void store_scale(void* scales, int64_t k, int32_t scale_type, uint32_t
 }
 
 MX_INLINE float fp16_bits_to_float(uint32_t h) {
+#if defined(__F16C__)
+    return _cvtsh_ss(uint16_t(h));  // (a vector load of a just-stored word stalls on store forwarding)
+#else
     const uint16_t tmp[W] = {uint16_t(h), 0, 0, 0, 0, 0, 0, 0};
     return u2f(load8<DT_FP16>(tmp, 0)[0]);
+#endif
 }
 
 // The float32 multiplier X of block k (reference.block_scale_fp32).
@@ -960,27 +971,52 @@ MX_INLINE vf32 block_values(const uint8_t* in, const uint16_t* cbuf, int32_t j, 
 }
 
 #if defined(__AVX2__)
-// One block of 4-bit codes decoded to a 16-bit type through a table of the 16 possible outputs
-// (each computed exactly as the element path computes it: product in float32, then rounded), looked
-// up with byte shuffles -- 16 elements per step. Needs bs % 16 == 0 and in-range products.
+// 4-bit codes decoded to a 16-bit type through a table of the 16 possible outputs of a block
+// (each computed exactly as the element path computes it: product in float32, then rounded), as
+// two byte planes, looked up with byte shuffles. Needs in-range products.
+struct NibbleOutputs {
+    __m128i lo, hi;
+};
+
 template <int ODT>
-MX_INLINE void decode_nibbles_by_table(const uint8_t* in, int32_t bs, float X, vf32 tlo, vf32 thi, uint16_t* out) {
+MX_INLINE NibbleOutputs nibble_outputs(float X, vf32 tlo, vf32 thi) {
     const vu32 o0 = ODT == DT_BF16 ? to_bf16_in_range(tlo * X) : to_fp16(tlo * X);
     const vu32 o1 = ODT == DT_BF16 ? to_bf16_in_range(thi * X) : to_fp16(thi * X);
     const __m128i w0 = (__m128i)__builtin_convertvector(o0, vu16), w1 = (__m128i)__builtin_convertvector(o1, vu16);
     const __m128i low_bytes = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, -1, -1, -1, -1, -1, -1, -1, -1);
     const __m128i high_bytes = _mm_setr_epi8(1, 3, 5, 7, 9, 11, 13, 15, -1, -1, -1, -1, -1, -1, -1, -1);
-    const __m128i tab_lo = _mm_unpacklo_epi64(_mm_shuffle_epi8(w0, low_bytes), _mm_shuffle_epi8(w1, low_bytes));
-    const __m128i tab_hi = _mm_unpacklo_epi64(_mm_shuffle_epi8(w0, high_bytes), _mm_shuffle_epi8(w1, high_bytes));
-    const __m128i nibble = _mm_set1_epi8(0x0F);
-    for (int32_t j = 0; j < bs; j += 16) {
+    return NibbleOutputs{_mm_unpacklo_epi64(_mm_shuffle_epi8(w0, low_bytes), _mm_shuffle_epi8(w1, low_bytes)),
+                         _mm_unpacklo_epi64(_mm_shuffle_epi8(w0, high_bytes), _mm_shuffle_epi8(w1, high_bytes))};
+}
+
+// One block (bs % 16 == 0) through its output table: 32 codes per step, then 16.
+MX_INLINE void decode_nibbles_with(const uint8_t* in, int32_t bs, NibbleOutputs t, uint16_t* out) {
+    const __m256i tab_lo = _mm256_broadcastsi128_si256(t.lo), tab_hi = _mm256_broadcastsi128_si256(t.hi);
+    int32_t j = 0;
+    for (; j + 32 <= bs; j += 32) {
+        const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + j / 2));
+        const __m128i nibble = _mm_set1_epi8(0x0F);
+        const __m128i lo = _mm_and_si128(b, nibble), hi = _mm_and_si128(_mm_srli_epi16(b, 4), nibble);
+        const __m256i codes = _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi));  // 0-15 | 16-31
+        const __m256i vl = _mm256_shuffle_epi8(tab_lo, codes), vh = _mm256_shuffle_epi8(tab_hi, codes);
+        const __m256i first = _mm256_unpacklo_epi8(vl, vh), second = _mm256_unpackhi_epi8(vl, vh);  // 0-7, 16-23 | 8-15, 24-31
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + j), _mm256_permute2x128_si256(first, second, 0x20));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + j + 16), _mm256_permute2x128_si256(first, second, 0x31));
+    }
+    if (j < bs) {
+        const __m128i nibble = _mm_set1_epi8(0x0F);
         const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(in + j / 2));
         const __m128i lo = _mm_and_si128(b, nibble), hi = _mm_and_si128(_mm_srli_epi16(b, 4), nibble);
         const __m128i codes = _mm_unpacklo_epi8(lo, hi);  // codes j .. j+15 in order
-        const __m128i vl = _mm_shuffle_epi8(tab_lo, codes), vh = _mm_shuffle_epi8(tab_hi, codes);
+        const __m128i vl = _mm_shuffle_epi8(t.lo, codes), vh = _mm_shuffle_epi8(t.hi, codes);
         _mm_storeu_si128(reinterpret_cast<__m128i*>(out + j), _mm_unpacklo_epi8(vl, vh));
         _mm_storeu_si128(reinterpret_cast<__m128i*>(out + j + 8), _mm_unpackhi_epi8(vl, vh));
     }
+}
+
+template <int ODT>
+MX_INLINE void decode_nibbles_by_table(const uint8_t* in, int32_t bs, float X, vf32 tlo, vf32 thi, uint16_t* out) {
+    decode_nibbles_with(in, bs, nibble_outputs<ODT>(X, tlo, thi), out);
 }
 #endif
 
@@ -1801,9 +1837,1409 @@ void decode_rotated_range(const Format& f, int32_t nparts, const uint8_t* const*
 #undef MX_DEC_ROT
 }
 
+
+// == Fast kernels (AVX2 + F16C builds) ============================================================
+// The formats that carry real traffic (MXFP4/6/8, MXINT8, NVFP4 and their relatives) at memory
+// speed: whole blocks of 16k elements back to back (no row padding), 4-, 6- or 8-bit codes. The
+// general kernels above spend most of their time per block (a horizontal amax, a scalar scale, a
+// gather per decoded element, a pass per part of a sum); these work on 8 blocks at once where a
+// block needs scalar work, and on 16 or 32 elements at once otherwise:
+//
+// encode (round to nearest even): the amax of 8 blocks in one transposing reduction, their 8
+//   scales in vector integer (E8M0) or float64 (float scale types) arithmetic, then every block's
+//   codes with the FPU rounding of element_codes_rne_fpu (floats) or a float -> int conversion
+//   (ints: k = rne(|x| * 2**-e * 2**(bits-2)), saturated), packed straight from 32-code byte
+//   vectors: 8-bit direct, 4-bit by a byte multiply-add, 6-bit as 4 codes in 3 bytes (a multiply-add
+//   into 24-bit words, then a byte shuffle).
+// decode: element values from the codes without a gather: 4- and 6-bit codes look up the high
+//   16 bits of their float32 value (every value of a <= 8-bit element is a bfloat16) with byte
+//   shuffles; 8-bit floats build them arithmetically (a shift and an add; subnormals from a small
+//   shuffle table), 8-bit ints convert. Products and part sums in float32 registers, part after
+//   part in list order, once per output vector (decode_sum reads its output never). A bfloat16
+//   output of one part with a power-of-two scale that keeps every product a normal bfloat16 is
+//   the value's bits plus the scale exponent (exact), no float arithmetic at all.
+//
+// Every block whose numbers leave the easy range (a NaN scale, products that need saturating, NaN
+// or inf codes, subnormal products) is decoded by the general kernel instead, block by block; every
+// choice made here is exact for the blocks it takes (tests/kernels/test_cpu_backend.py checks
+// every path against the reference, bit for bit).
+#if defined(__AVX2__) && defined(__F16C__)
+#define MX_FAST_KERNELS 1
+
+MX_INLINE __m256i lddqu256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+MX_INLINE __m128i lddqu128(const void* p) { return _mm_loadu_si128(static_cast<const __m128i*>(p)); }
+
+// -- encode: amax of 8 blocks ---------------------------------------------------------------------
+// |x| bit patterns of one block, maxed down to one vector (16-bit inputs: 16 lanes; fp32: 8 lanes).
+template <int DT>
+MX_INLINE __m256i absmax_lanes(const void* x, int64_t off, int32_t bs) {
+    __m256i m = _mm256_setzero_si256();
+    if constexpr (DT == DT_FP32) {
+        const __m256i abs = _mm256_set1_epi32(0x7FFFFFFF);
+        const float* p = static_cast<const float*>(x) + off;
+        for (int32_t j = 0; j < bs; j += 8) m = _mm256_max_epi32(m, _mm256_and_si256(lddqu256(p + j), abs));
+    } else {
+        const __m256i abs = _mm256_set1_epi16(0x7FFF);
+        const uint16_t* p = static_cast<const uint16_t*>(x) + off;
+        for (int32_t j = 0; j < bs; j += 16) m = _mm256_max_epu16(m, _mm256_and_si256(lddqu256(p + j), abs));
+    }
+    return m;
+}
+
+// Word i: the max of the 16 words of v[i] (a transposing reduction: 23 instructions for 8 blocks).
+MX_INLINE __m128i reduce8_u16(const __m256i* v) {
+    __m256i a[4], b[2];
+    for (int i = 0; i < 4; ++i)  // per 128-bit lane, words alternate v[2i], v[2i+1]
+        a[i] = _mm256_max_epu16(_mm256_unpacklo_epi16(v[2 * i], v[2 * i + 1]), _mm256_unpackhi_epi16(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 2; ++i)  // words v[4i] .. v[4i+3], twice per lane
+        b[i] = _mm256_max_epu16(_mm256_unpacklo_epi32(a[2 * i], a[2 * i + 1]), _mm256_unpackhi_epi32(a[2 * i], a[2 * i + 1]));
+    const __m256i c = _mm256_max_epu16(_mm256_unpacklo_epi64(b[0], b[1]), _mm256_unpackhi_epi64(b[0], b[1]));
+    return _mm_max_epu16(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
+}
+
+// Lane i: the max of the 8 (non-negative) lanes of v[i].
+MX_INLINE __m256i reduce8_u32(const __m256i* v) {
+    __m256i a[4], b[2];
+    for (int i = 0; i < 4; ++i)
+        a[i] = _mm256_max_epi32(_mm256_unpacklo_epi32(v[2 * i], v[2 * i + 1]), _mm256_unpackhi_epi32(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 2; ++i)
+        b[i] = _mm256_max_epi32(_mm256_unpacklo_epi64(a[2 * i], a[2 * i + 1]), _mm256_unpackhi_epi64(a[2 * i], a[2 * i + 1]));
+    return _mm256_max_epi32(_mm256_permute2x128_si256(b[0], b[1], 0x20), _mm256_permute2x128_si256(b[0], b[1], 0x31));
+}
+
+// float32 bits of the amax over all elements of blocks off, off + bs, ... (n <= 8 of them; lanes
+// >= n are 0); >= 0x7F800000 where a block holds a NaN or an inf.
+template <int DT>
+MX_INLINE __m256i amax8(const void* x, int64_t off, int32_t bs, int32_t n) {
+    __m256i v[8];
+    for (int i = 0; i < 8; ++i) v[i] = i < n ? absmax_lanes<DT>(x, off + int64_t(i) * bs, bs) : _mm256_setzero_si256();
+    if constexpr (DT == DT_FP32) {
+        return reduce8_u32(v);
+    } else {
+        const __m128i h = reduce8_u16(v);
+        const __m256i w = _mm256_cvtepu16_epi32(h);
+        if constexpr (DT == DT_BF16) return _mm256_slli_epi32(w, 16);
+        const __m256i f = _mm256_castps_si256(_mm256_cvtph_ps(h));  // exact, subnormals too
+        return _mm256_blendv_epi8(f, _mm256_set1_epi32(0x7F800000), _mm256_cmpgt_epi32(w, _mm256_set1_epi32(0x7BFF)));
+    }
+}
+
+// -- encode: the scales of 8 blocks -------------------------------------------------------------
+// What the element loop needs per block: the multiplier (E8M0: 2**-e) or divisor (float scale
+// types: X), and whether the block's codes are all 0 (NaN blocks; float scales: X not usable).
+struct ChunkPlans {
+    static constexpr int MAX_BLOCKS = 64;
+    alignas(32) float m[MAX_BLOCKS];
+    alignas(32) int32_t code[MAX_BLOCKS];  // the stored scale (its bit pattern)
+    uint64_t zero = 0;                      // bit i: block i's codes are all 0
+};
+
+// Byte 0 of every 32-bit lane, in order, as the low 8 bytes.
+MX_INLINE __m128i low_bytes8(__m256i v) {
+    const __m256i pick = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                          0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m256i b = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(v, pick), _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0));
+    return _mm256_castsi256_si128(b);
+}
+
+// e8m0_exponent of 8 amaxes (float32 bits), vectorised.
+MX_INLINE __m256i e8m0_exponents(__m256i amax, const Format& f) {
+    // the scale modes as one test: e = floor(log2 amax) - emax, plus 1 where frac > threshold
+    const int32_t threshold = f.scale_mode == MODE_FLOOR  ? INT32_MAX
+                              : f.scale_mode == MODE_CEIL ? 0
+                              : f.scale_mode == MODE_RCEIL ? f.max_normal_frac
+                                                           : f.even_frac - 1;
+    const __m256i zero = _mm256_setzero_si256();
+    const __m256i ef = _mm256_srli_epi32(amax, 23);
+    const __m256i sub = _mm256_cmpeq_epi32(ef, zero);
+    // a subnormal amax (< 2**23 as an integer) normalised by an exact int -> float conversion
+    const __m256i fb = _mm256_castps_si256(_mm256_cvtepi32_ps(amax));
+    const __m256i flog = _mm256_blendv_epi8(_mm256_sub_epi32(ef, _mm256_set1_epi32(127)),
+                                            _mm256_sub_epi32(_mm256_srli_epi32(fb, 23), _mm256_set1_epi32(276)), sub);
+    const __m256i frac = _mm256_and_si256(_mm256_blendv_epi8(amax, fb, sub), _mm256_set1_epi32(0x7FFFFF));
+    __m256i e = _mm256_sub_epi32(_mm256_sub_epi32(flog, _mm256_set1_epi32(f.emax)),
+                                 _mm256_cmpgt_epi32(frac, _mm256_set1_epi32(threshold)));
+    e = _mm256_blendv_epi8(e, _mm256_set1_epi32(-127), _mm256_cmpeq_epi32(amax, zero));
+    return _mm256_max_epi32(_mm256_min_epi32(e, _mm256_set1_epi32(127)), _mm256_set1_epi32(-127));
+}
+
+// Plans of blocks [i0, i0 + n) of a chunk (n <= 8) from their amaxes; stores their E8M0 scales.
+MX_INLINE void plan8_e8m0(const Format& f, __m256i amax, int32_t i0, int32_t n, uint8_t* scale_out, ChunkPlans& plans) {
+    const __m256i nan = _mm256_cmpgt_epi32(amax, _mm256_set1_epi32(0x7F7FFFFF));
+    const __m256i e = e8m0_exponents(amax, f);
+    const __m256i code = _mm256_blendv_epi8(_mm256_add_epi32(e, _mm256_set1_epi32(127)),
+                                            _mm256_set1_epi32(int32_t(f.scale_nan)), nan);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(plans.code + i0), code);
+    const __m128i bytes = low_bytes8(code);
+    if (n == 8) {
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(scale_out), bytes);
+    } else {
+        alignas(16) uint8_t tmp[16];
+        _mm_store_si128(reinterpret_cast<__m128i*>(tmp), bytes);
+        std::memcpy(scale_out, tmp, size_t(n));
+    }
+    // 2**-e, exact (2**-127 a subnormal)
+    const __m256i mul = _mm256_blendv_epi8(_mm256_slli_epi32(_mm256_sub_epi32(_mm256_set1_epi32(127), e), 23),
+                                           _mm256_set1_epi32(0x00400000), _mm256_cmpeq_epi32(e, _mm256_set1_epi32(127)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(plans.m + i0), mul);
+    const uint64_t z = uint64_t(uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(nan)))) & ((uint64_t(1) << n) - 1);
+    plans.zero |= z << i0;
+}
+
+// Constants of the float-scale planner (scale grid and tensor scale).
+struct FloatScalePlanner {
+    __m256d denom, maxv, tensor, min_step, two_emin, to_steps, magic;
+    __m256i shift_base, code_base, one;
+    __m128i mant_shift;
+    bool apply_tensor;
+    FloatScalePlanner(const Format& f, float tensor_scale) {
+        const int32_t mbits = f.scale_mbits, emin = f.scale_emin;
+        denom = _mm256_set1_pd(f.max_normal * (f.tensor_scale ? double(tensor_scale) : 1.0));
+        maxv = _mm256_set1_pd(f.scale_max);
+        tensor = _mm256_set1_pd(double(tensor_scale));
+        apply_tensor = f.tensor_scale != 0;
+        min_step = _mm256_set1_pd(pow2d(emin - mbits));  // the grid's smallest positive value
+        two_emin = _mm256_set1_pd(pow2d(emin));
+        to_steps = _mm256_set1_pd(pow2d(mbits - emin));
+        magic = _mm256_set1_pd(4503599627370496.0);  // 2**52
+        shift_base = _mm256_set1_epi64x(52 - mbits);
+        code_base = _mm256_set1_epi64x(int64_t(1022 + emin) << mbits);
+        one = _mm256_set1_epi64x(1);
+        mant_shift = _mm_cvtsi32_si128(52 - mbits);
+    }
+};
+
+// plan_from_amax of 4 blocks (float scale types), vectorised in float64: the block scale is
+// round_up_grid(amax / denom), computed on the quotient's bits (clamped below to one grid step,
+// its bit pattern rounded up to a multiple of the grid spacing: an exact ceiling, carries into
+// the next binade included), its storage pattern is its grid code, and the divisor is
+// X = fp32(scale * tensor scale). Returns the stored codes (64-bit lanes); writes the divisors (1
+// where unused) and zero flags of blocks i0 .. i0 + 3.
+MX_INLINE __m256i plan4_float(const FloatScalePlanner& c, __m128i amax, int32_t i0, ChunkPlans& plans,
+                              const Format& f) {
+    const __m128i nan = _mm_cmpgt_epi32(amax, _mm_set1_epi32(0x7F7FFFFF));
+    const __m128i positive = _mm_andnot_si128(nan, _mm_cmpgt_epi32(amax, _mm_setzero_si128()));
+    const __m256d a = _mm256_cvtps_pd(_mm_blendv_ps(_mm_set1_ps(1.0f), _mm_castsi128_ps(amax), _mm_castsi128_ps(positive)));
+    const __m256i q = _mm256_castpd_si256(_mm256_max_pd(_mm256_div_pd(a, c.denom), c.min_step));
+    // spacing of the grid at q: 2**(max(ex, emin) - mbits), i.e. 2**shift units of q's bits with
+    // shift = 52 - mbits + max(emin - ex, 0) <= 52 (a 32-bit max: the operands are small)
+    const __m256i ex = _mm256_sub_epi64(_mm256_srli_epi64(q, 52), _mm256_set1_epi64x(1023));
+    const __m256i shift = _mm256_max_epi32(_mm256_add_epi64(c.shift_base, _mm256_sub_epi64(_mm256_set1_epi64x(f.scale_emin), ex)),
+                                           c.shift_base);
+    const __m256i mask = _mm256_sub_epi64(_mm256_sllv_epi64(c.one, shift), c.one);
+    const __m256d value = _mm256_min_pd(_mm256_castsi256_pd(_mm256_andnot_si256(mask, _mm256_add_epi64(q, mask))), c.maxv);
+    // grid code: from the bits for a normal value, value / step below 2**emin
+    const __m256i normal_code = _mm256_sub_epi64(_mm256_srl_epi64(_mm256_castpd_si256(value), c.mant_shift), c.code_base);
+    const __m256i sub_code = _mm256_sub_epi64(_mm256_castpd_si256(_mm256_add_pd(_mm256_mul_pd(value, c.to_steps), c.magic)),
+                                              _mm256_castpd_si256(c.magic));
+    __m256i code = _mm256_blendv_epi8(normal_code, sub_code, _mm256_castpd_si256(_mm256_cmp_pd(value, c.two_emin, _CMP_LT_OQ)));
+    const __m128 effective = _mm256_cvtpd_ps(c.apply_tensor ? _mm256_mul_pd(value, c.tensor) : value);
+    const __m128i usable = _mm_and_si128(positive, _mm_castps_si128(_mm_cmpgt_ps(effective, _mm_setzero_ps())));
+    _mm_storeu_ps(plans.m + i0, _mm_blendv_ps(_mm_set1_ps(1.0f), effective, _mm_castsi128_ps(usable)));
+    plans.zero |= uint64_t(uint32_t(~_mm_movemask_ps(_mm_castsi128_ps(usable)) & 0xF)) << i0;
+    code = _mm256_and_si256(code, _mm256_cvtepi32_epi64(positive));  // all-zero blocks store scale 0
+    return _mm256_blendv_epi8(code, _mm256_set1_epi64x(f.scale_nan), _mm256_cvtepi32_epi64(nan));
+}
+
+// The same plans in float32, 8 blocks at once, where that is provably the same: the quotient is
+// estimated as amax * fl32(1 / denom) (relative error below 2**-23 + 2**-47, i.e. within 2 ulps)
+// and rounded up by its bits (the grid spacing is a fixed number of its bits where it is at least
+// 2**emin); that is the exact block scale unless the estimate lies within 3 ulps of a grid point,
+// or below 2**emin, or out of range -- then nothing is written and the caller runs plan8_float.
+// (scale grids of at most 10 mantissa bits: E4M3, fp16, bf16)
+struct FloatScalePlanner32 {
+    bool usable = false;
+    __m256 inv, tensor, maxv, two_emin, limit;
+    __m256i mask, code_base, near_hi;
+    __m128i mant_shift;
+    FloatScalePlanner32(const Format& f, float tensor_scale) {
+        const double denom = f.max_normal * (f.tensor_scale ? double(tensor_scale) : 1.0);
+        const float inv32 = float(1.0 / denom);
+        const int32_t mbits = f.scale_mbits, emin = f.scale_emin;
+        usable = mbits <= 10 && std::isnormal(inv32) && inv32 < 0x1p100f && inv32 > 0x1p-100f;
+        inv = _mm256_set1_ps(inv32);
+        tensor = _mm256_set1_ps(f.tensor_scale ? tensor_scale : 1.0f);
+        maxv = _mm256_set1_ps(float(f.scale_max));
+        two_emin = _mm256_set1_ps(std::ldexp(1.0f, emin));
+        limit = _mm256_set1_ps(0x1p120f);
+        mask = _mm256_set1_epi32((1 << (23 - mbits)) - 1);
+        near_hi = _mm256_set1_epi32((1 << (23 - mbits)) - 1 - 3);
+        code_base = _mm256_set1_epi32((126 + emin) << mbits);
+        mant_shift = _mm_cvtsi32_si128(23 - mbits);
+    }
+};
+
+MX_INLINE bool plan8_float32(const Format& f, const FloatScalePlanner32& c, __m256i amax, int32_t i0, int32_t n,
+                             int64_t k0, void* scales_out, ChunkPlans& plans) {
+    const __m256i nan = _mm256_cmpgt_epi32(amax, _mm256_set1_epi32(0x7F7FFFFF));
+    const __m256i positive = _mm256_andnot_si256(nan, _mm256_cmpgt_epi32(amax, _mm256_setzero_si256()));
+    const __m256 q = _mm256_mul_ps(_mm256_blendv_ps(_mm256_set1_ps(1.0f), _mm256_castsi256_ps(amax), _mm256_castsi256_ps(positive)), c.inv);
+    const __m256i qb = _mm256_castps_si256(q);
+    const __m256i low = _mm256_and_si256(qb, c.mask);
+    const __m256i near = _mm256_or_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(4), low), _mm256_cmpgt_epi32(low, c.near_hi));
+    const __m256i out_of_range = _mm256_castps_si256(
+        _mm256_or_ps(_mm256_cmp_ps(q, c.two_emin, _CMP_LT_OQ), _mm256_cmp_ps(q, c.limit, _CMP_GE_OQ)));
+    if (!_mm256_testz_si256(_mm256_or_si256(near, out_of_range), positive)) return false;
+    const __m256 value = _mm256_min_ps(_mm256_castsi256_ps(_mm256_andnot_si256(c.mask, _mm256_add_epi32(qb, c.mask))), c.maxv);
+    __m256i code = _mm256_sub_epi32(_mm256_srl_epi32(_mm256_castps_si256(value), c.mant_shift), c.code_base);
+    const __m256 effective = _mm256_mul_ps(value, c.tensor);  // one float32 rounding of the exact product
+    const __m256i usable = _mm256_and_si256(positive, _mm256_castps_si256(_mm256_cmp_ps(effective, _mm256_setzero_ps(), _CMP_GT_OQ)));
+    _mm256_storeu_ps(plans.m + i0, _mm256_blendv_ps(_mm256_set1_ps(1.0f), effective, _mm256_castsi256_ps(usable)));
+    plans.zero |= (uint64_t(uint32_t(~_mm256_movemask_ps(_mm256_castsi256_ps(usable)) & 0xFF)) << i0) & (~uint64_t(0) >> (64 - (i0 + n)));
+    code = _mm256_blendv_epi8(_mm256_and_si256(code, positive), _mm256_set1_epi32(int32_t(f.scale_nan)), nan);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(plans.code + i0), code);
+    if (f.scale_type == SC_E4M3 && n == 8) {
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(static_cast<uint8_t*>(scales_out) + k0), low_bytes8(code));
+        return true;
+    }
+    alignas(32) uint32_t tmp[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(tmp), code);
+    for (int32_t i = 0; i < n; ++i) store_scale(scales_out, k0 + i, f.scale_type, tmp[i]);
+    return true;
+}
+
+MX_INLINE void plan8_float(const Format& f, const FloatScalePlanner& c, __m256i amax, int32_t i0, int32_t n,
+                           int64_t k0, void* scales_out, ChunkPlans& plans) {
+    const __m256i lo = plan4_float(c, _mm256_castsi256_si128(amax), i0, plans, f);
+    const __m256i hi = plan4_float(c, _mm256_extracti128_si256(amax, 1), i0 + 4, plans, f);
+    plans.zero &= ~uint64_t(0) >> (64 - (i0 + n));  // not the lanes past the last block
+    // the 8 codes as 32-bit lanes, in order
+    const __m256i idx = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+    const __m256i codes = _mm256_blend_epi32(_mm256_permutevar8x32_epi32(lo, idx), _mm256_permutevar8x32_epi32(hi, idx), 0xF0);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(plans.code + i0), codes);
+    if (f.scale_type == SC_E4M3 && n == 8) {
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(static_cast<uint8_t*>(scales_out) + k0), low_bytes8(codes));
+        return;
+    }
+    alignas(32) uint32_t tmp[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(tmp), codes);
+    for (int32_t i = 0; i < n; ++i) store_scale(scales_out, k0 + i, f.scale_type, tmp[i]);
+}
+
+// -- encode: element codes ---------------------------------------------------------------------
+struct ElementConsts {
+    __m256i abs, expmask, emin_bits, cb_add, k, max_code, max_code8;
+    __m128i shift;  // 23 - mbits
+    __m256 step_inv, kmax;
+    explicit ElementConsts(const Format& f) {
+        abs = _mm256_set1_epi32(0x7FFFFFFF);
+        expmask = _mm256_set1_epi32(0x7F800000);
+        emin_bits = _mm256_set1_epi32((f.grid_emin + 127) << 23);
+        cb_add = _mm256_set1_epi32((23 - f.grid_mbits) << 23);
+        k = _mm256_set1_epi32((150 - f.grid_mbits + f.grid_emin) << f.grid_mbits);
+        max_code = _mm256_set1_epi32(f.max_code);
+        max_code8 = _mm256_set1_epi8(char(f.max_code));
+        shift = _mm_cvtsi32_si128(23 - f.grid_mbits);
+        step_inv = _mm256_set1_ps(std::ldexp(1.0f, f.bits - 2));
+        kmax = _mm256_set1_ps(float(f.max_code));
+    }
+};
+
+// Magnitude codes of 8 elements (float32 bits u; ABS: already without their sign) scaled by m
+// (E8M0: times 2**-e; else divided by X). BYTE_CLAMP: float codes are left above max_code, for
+// codes32 to clamp the packed bytes (the packing saturates, and a saturated code is still
+// >= max_code) -- fewer instructions for 8-bit codes; for the others the compiler then keeps
+// fewer constants in registers, which costs more than it saves.
+template <bool IS_INT, bool DIV, bool ABS, bool BYTE_CLAMP>
+MX_INLINE __m256i magnitude_codes(__m256i u, __m256 m, const ElementConsts& c) {
+    const __m256 a = _mm256_castsi256_ps(ABS ? u : _mm256_and_si256(u, c.abs));
+    const __m256 v = DIV ? _mm256_div_ps(a, m) : _mm256_mul_ps(a, m);
+    if constexpr (IS_INT) {
+        // k = rne(v * 2**(bits-2)) (the product is exact), at most kmax: clamping first gives the
+        // same k and keeps the conversion in range
+        return _mm256_cvtps_epi32(_mm256_min_ps(_mm256_mul_ps(v, c.step_inv), c.kmax));
+    } else {  // element_codes_rne_fpu
+        const __m256i cb = _mm256_add_epi32(_mm256_max_epi32(_mm256_and_si256(_mm256_castps_si256(v), c.expmask), c.emin_bits),
+                                            c.cb_add);
+        const __m256i ub = _mm256_castps_si256(_mm256_add_ps(v, _mm256_castsi256_ps(cb)));
+        const __m256i code = _mm256_add_epi32(_mm256_srl_epi32(cb, c.shift), _mm256_sub_epi32(ub, c.k));
+        return BYTE_CLAMP ? _mm256_sub_epi32(code, cb) : _mm256_min_epi32(_mm256_sub_epi32(code, cb), c.max_code);
+    }
+}
+
+// Codes of elements [off, off + 32) (HALF: [off, off + 16)) as 32 bytes in element order, with
+// their signs: m_lo scales the first 16 elements, m_hi the next 16.
+template <int DT, int BITS, bool IS_INT, bool DIV, bool HALF>
+MX_INLINE __m256i codes32(const void* x, int64_t off, __m256 m_lo, __m256 m_hi, const ElementConsts& c) {
+    const __m256i zero = _mm256_setzero_si256();
+    __m256i u[4], s;
+    if constexpr (DT == DT_BF16) {
+        const uint16_t* p = static_cast<const uint16_t*>(x) + off;
+        const __m256i a = lddqu256(p), b = HALF ? zero : lddqu256(p + 16);
+        const __m256i abs16 = _mm256_set1_epi16(0x7FFF);
+        const __m256i aa = _mm256_and_si256(a, abs16), ab = _mm256_and_si256(b, abs16);
+        // per 128-bit lane: u0 = elements 0-3 | 8-11, u1 = 4-7 | 12-15 (packus_epi32 restores the order)
+        u[0] = _mm256_unpacklo_epi16(zero, aa);
+        u[1] = _mm256_unpackhi_epi16(zero, aa);
+        u[2] = _mm256_unpacklo_epi16(zero, ab);
+        u[3] = _mm256_unpackhi_epi16(zero, ab);
+        s = _mm256_packs_epi16(a, b);  // sign bytes, in the order the codes are packed below
+    } else {
+        if constexpr (DT == DT_FP32) {
+            const float* p = static_cast<const float*>(x) + off;
+            u[0] = lddqu256(p);
+            u[1] = lddqu256(p + 8);
+            u[2] = HALF ? zero : lddqu256(p + 16);
+            u[3] = HALF ? zero : lddqu256(p + 24);
+        } else {
+            const uint16_t* p = static_cast<const uint16_t*>(x) + off;
+            const __m256i a = lddqu256(p), b = HALF ? zero : lddqu256(p + 16);
+            u[0] = _mm256_castps_si256(_mm256_cvtph_ps(_mm256_castsi256_si128(a)));
+            u[1] = _mm256_castps_si256(_mm256_cvtph_ps(_mm256_extracti128_si256(a, 1)));
+            u[2] = _mm256_castps_si256(_mm256_cvtph_ps(_mm256_castsi256_si128(b)));
+            u[3] = _mm256_castps_si256(_mm256_cvtph_ps(_mm256_extracti128_si256(b, 1)));
+        }
+        s = _mm256_packs_epi16(_mm256_packs_epi32(u[0], u[1]), _mm256_packs_epi32(u[2], u[3]));
+    }
+    constexpr bool ABS = DT == DT_BF16;
+    const __m256i k0 = magnitude_codes<IS_INT, DIV, ABS, BITS == 8>(u[0], m_lo, c), k1 = magnitude_codes<IS_INT, DIV, ABS, BITS == 8>(u[1], m_lo, c);
+    __m256i k2 = zero, k3 = zero;
+    if constexpr (!HALF) {
+        k2 = magnitude_codes<IS_INT, DIV, ABS, BITS == 8>(u[2], m_hi, c);
+        k3 = magnitude_codes<IS_INT, DIV, ABS, BITS == 8>(u[3], m_hi, c);
+    }
+    __m256i b = _mm256_packus_epi16(_mm256_packus_epi32(k0, k1), _mm256_packus_epi32(k2, k3));
+    if constexpr (!IS_INT && BITS == 8) b = _mm256_min_epu8(b, c.max_code8);  // BYTE_CLAMP (max_code < 255)
+    if constexpr (IS_INT) {  // two's complement of the magnitude where the input is negative
+        b = _mm256_sign_epi8(b, _mm256_or_si256(s, _mm256_set1_epi8(1)));
+        if constexpr (BITS < 8) b = _mm256_and_si256(b, _mm256_set1_epi8(char((1 << BITS) - 1)));
+    } else {  // the sign bit where the code is not 0 (-0 and negatives that round to 0 are +0)
+        const __m256i sign = BITS == 8 ? _mm256_and_si256(s, _mm256_set1_epi8(char(0x80)))
+                                       : _mm256_and_si256(_mm256_srli_epi16(s, 8 - BITS), _mm256_set1_epi8(char(1 << (BITS - 1))));
+        b = _mm256_or_si256(b, _mm256_andnot_si256(_mm256_cmpeq_epi8(b, zero), sign));
+    }
+    if constexpr (DT == DT_BF16) {  // bytes were elements 0-7, 16-23 | 8-15, 24-31
+        return _mm256_permute4x64_epi64(b, 0xD8);
+    } else {  // dwords were elements 0-3, 8-11, 16-19, 24-27 | 4-7, 12-15, 20-23, 28-31
+        return _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    }
+}
+
+// Pack 32 (HALF: 16) byte codes in element order into BITS-bit codes at out.
+template <int BITS, bool HALF>
+MX_INLINE void store_packed(uint8_t* out, __m256i b) {
+    if constexpr (BITS == 8) {
+        if (HALF) {
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm256_castsi256_si128(b));
+        } else {
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), b);
+        }
+    } else if constexpr (BITS == 4) {
+        const __m256i w = _mm256_maddubs_epi16(b, _mm256_set1_epi16(0x1001));  // code 2i + 16 * code 2i+1
+        const __m256i p = _mm256_packus_epi16(w, w);
+        if (HALF) {
+            _mm_storel_epi64(reinterpret_cast<__m128i*>(out), _mm256_castsi256_si128(p));
+        } else {
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm256_castsi256_si128(_mm256_permute4x64_epi64(p, 0x08)));
+        }
+    } else {  // 6: 4 codes in 3 bytes (LSB first)
+        const __m256i w = _mm256_maddubs_epi16(b, _mm256_set1_epi16(0x4001));             // c0 + 64 c1
+        const __m256i d = _mm256_madd_epi16(w, _mm256_set1_epi32(0x10000001));             // + 4096 (c2 + 64 c3)
+        const __m256i t = _mm256_shuffle_epi8(d, _mm256_setr_epi8(0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14, -1, -1, -1, -1,
+                                                                   0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14, -1, -1, -1, -1));
+        if (HALF) {
+            const __m128i lo = _mm256_castsi256_si128(t);
+            _mm_storel_epi64(reinterpret_cast<__m128i*>(out), lo);
+            const uint32_t tail = uint32_t(_mm_extract_epi32(lo, 2));
+            std::memcpy(out + 8, &tail, 4);
+        } else {
+            const __m256i packed = _mm256_permutevar8x32_epi32(t, _mm256_setr_epi32(0, 1, 2, 4, 5, 6, 3, 7));
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm256_castsi256_si128(packed));
+            _mm_storel_epi64(reinterpret_cast<__m128i*>(out + 16), _mm256_extracti128_si256(packed, 1));
+        }
+    }
+}
+
+// Elements [off, off + 32) (HALF: 16) of one or two blocks: codes stored at out. zero_lo / zero_hi:
+// the first / second 16 elements belong to a block whose codes are all 0.
+template <int DT, int BITS, bool IS_INT, bool DIV, bool HALF>
+MX_INLINE void encode_step(const void* x, int64_t off, float m_lo, float m_hi, bool zero_lo, bool zero_hi,
+                           const ElementConsts& c, uint8_t* out) {
+    __m256i b = codes32<DT, BITS, IS_INT, DIV, HALF>(x, off, _mm256_set1_ps(m_lo), _mm256_set1_ps(m_hi), c);
+    if (__builtin_expect(zero_lo || zero_hi, 0)) {
+        b = _mm256_and_si256(b, _mm256_set_m128i(_mm_set1_epi8(zero_hi ? 0 : -1), _mm_set1_epi8(zero_lo ? 0 : -1)));
+    }
+    store_packed<BITS, HALF>(out, b);
+}
+
+// -- encode: 4-bit codes of bfloat16 inputs by comparisons ---------------------------------------
+// A 4-bit element has 8 magnitudes, so its code is the number of the 7 rounding thresholds between
+// them that |x| passes. For a power-of-two scale 2**e the thresholds are the midpoints times 2**e,
+// exact bfloat16 values (their exponent plus e), and |x| passes one iff its bit pattern is greater
+// (or, where the tie rounds up, greater or equal): 16 elements per integer comparison, subnormal
+// inputs included, no float arithmetic. For E4M3 block scales (NVFP4) the element is the float32
+// quotient fl(|x| / X); fl(|x| / X) passes a midpoint t iff |x| / X passes t +- half an ulp of t,
+// i.e. iff |x| passes that bound times X (exact in float64), rounded to bfloat16 in the right
+// direction -- one set of 7 thresholds per scale code, computed once per call (there are 127).
+struct Thresholds4 {
+    static constexpr int N = 7;
+    bool usable = false;
+    // E8M0: the thresholds of block scale code c are base + ((c - 127) << 7), for c in [c_lo, c_hi]
+    alignas(16) int16_t base[8] = {};
+    int32_t c_lo = 1, c_hi = 0;
+    // E4M3: the thresholds of scale code c, where valid[c]
+    alignas(16) int16_t table[128][8];
+    bool valid[128] = {};
+
+    Thresholds4(const Format& f, float tensor_scale, int64_t nblocks) {
+        if (f.bits != 4 || f.max_code != 7) return;
+        const bool e8m0 = f.scale_type == SC_E8M0;
+        // the tables cost about as much as a few hundred blocks
+        if (!e8m0 && (f.scale_type != SC_E4M3 || nblocks < 512)) return;
+        const Grid grid{f.grid_mbits, f.grid_emin, f.max_code, f.bits, f.is_int};
+        double mid[N];
+        bool up[N];  // a value exactly at the midpoint rounds up (to the even neighbour)
+        for (int i = 0; i < N; ++i) {
+            mid[i] = 0.5 * (grid_value(i, f.grid_mbits, f.grid_emin) + grid_value(i + 1, f.grid_mbits, f.grid_emin));
+            const vi32 code = element_codes<RND_RNE, true>(vu32{} + f2u(float(mid[i])), 0, grid, vu32{});
+            up[i] = code[0] == i + 1;
+            if (code[0] != i && code[0] != i + 1) return;  // not the grid this assumes
+        }
+        if (e8m0) {
+            int32_t exp_lo = 255, exp_hi = 0;
+            for (int i = 0; i < N; ++i) {
+                const uint32_t b = f2u(float(mid[i]));
+                if (b & 0xFFFF) return;  // not a bfloat16
+                base[i] = int16_t((b >> 16) - (up[i] ? 1 : 0));
+                const int32_t ex = int32_t(b >> 23);
+                exp_lo = ex < exp_lo ? ex : exp_lo;
+                exp_hi = ex > exp_hi ? ex : exp_hi;
+            }
+            c_lo = 127 + 1 - exp_lo;  // every threshold a normal bfloat16
+            c_hi = 127 + 254 - exp_hi;
+            usable = true;
+            return;
+        }
+        for (int c = 0; c < 127; ++c) {
+            const double value = grid_value(c, f.scale_mbits, f.scale_emin);
+            const float X = float(f.tensor_scale ? value * double(tensor_scale) : value);
+            if (!(X > 0.0f) || !std::isfinite(X)) continue;
+            bool ok = true;
+            for (int i = 0; i < N && ok; ++i) {
+                // the bound on |x| / X: above mid + ulp/2 (ties to mid, which is even), or at or
+                // above mid - ulp_below/2 (ties to mid)
+                const int32_t ex = std::ilogb(mid[i]);
+                const double below = (std::ldexp(1.0, ex) == mid[i] ? std::ldexp(1.0, ex - 24) : std::ldexp(1.0, ex - 23)) / 2;
+                const double bound = up[i] ? mid[i] - below : mid[i] + std::ldexp(1.0, ex - 23) / 2;
+                const double p = bound * double(X);  // exact: 26 + 24 significant bits
+                int32_t t;
+                ok = bf16_threshold(p, up[i], &t);
+                table[c][i] = int16_t(t);
+            }
+            valid[c] = ok;
+            usable = usable || ok;
+        }
+    }
+
+    // float_grid_value: the magnitude of code m of a grid (exact)
+    static double grid_value(int32_t m, int32_t mbits, int32_t emin) {
+        const int32_t field = m >> mbits, mant = m & ((1 << mbits) - 1);
+        return field > 0 ? std::ldexp(double(mant + (1 << mbits)), field - 1 + emin - mbits)
+                         : std::ldexp(double(mant), emin - mbits);
+    }
+
+    // The bfloat16 bit pattern t with: |x| > p iff bits(|x|) > t (strict), or |x| >= p iff
+    // bits(|x|) > t (not strict), for every bfloat16 |x|; false if p is not a normal bfloat16.
+    static bool bf16_threshold(double p, bool not_strict, int32_t* t) {
+        if (!(p >= 0x1p-126 && p < 0x1p127)) return false;
+        const uint64_t u = d2u(p);
+        const int32_t down = int32_t(((u >> 52) - 1023 + 127) << 7 | ((u >> 45) & 0x7F));  // rounded down
+        const bool exact = (u & ((uint64_t(1) << 45) - 1)) == 0;
+        *t = not_strict ? down + (exact ? 0 : 1) - 1 : down;
+        return *t <= 0x7F7F;
+    }
+};
+
+// Codes of 32 (HALF: 16) bfloat16 elements at x16 against thresholds lo (first 16) and hi (the
+// rest), with signs, packed as 4-bit codes at out.
+template <bool IS_INT, bool HALF>
+MX_INLINE void encode4_step(const uint16_t* x16, const int16_t* lo, const int16_t* hi, bool zero_lo, bool zero_hi,
+                            uint8_t* out) {
+    const __m256i zero = _mm256_setzero_si256(), abs = _mm256_set1_epi16(0x7FFF);
+    const __m256i a = lddqu256(x16), b = HALF ? zero : lddqu256(x16 + 16);
+    const __m256i ma = _mm256_and_si256(a, abs), mb = _mm256_and_si256(b, abs);
+    __m256i ca = zero, cb = zero;
+    for (int i = 0; i < Thresholds4::N; ++i) {
+        ca = _mm256_sub_epi16(ca, _mm256_cmpgt_epi16(ma, _mm256_set1_epi16(lo[i])));
+        if (!HALF) cb = _mm256_sub_epi16(cb, _mm256_cmpgt_epi16(mb, _mm256_set1_epi16(hi[i])));
+    }
+    __m256i bytes = _mm256_packus_epi16(ca, cb);  // elements 0-7, 16-23 | 8-15, 24-31
+    const __m256i s = _mm256_packs_epi16(a, b);    // their signs, in the same order
+    if constexpr (IS_INT) {
+        bytes = _mm256_and_si256(_mm256_sign_epi8(bytes, _mm256_or_si256(s, _mm256_set1_epi8(1))), _mm256_set1_epi8(0x0F));
+    } else {
+        const __m256i sign = _mm256_and_si256(_mm256_srli_epi16(s, 4), _mm256_set1_epi8(0x08));
+        bytes = _mm256_or_si256(bytes, _mm256_andnot_si256(_mm256_cmpeq_epi8(bytes, zero), sign));
+    }
+    bytes = _mm256_permute4x64_epi64(bytes, 0xD8);
+    if (__builtin_expect(zero_lo || zero_hi, 0)) {
+        bytes = _mm256_and_si256(bytes, _mm256_set_m128i(_mm_set1_epi8(zero_hi ? 0 : -1), _mm_set1_epi8(zero_lo ? 0 : -1)));
+    }
+    store_packed<4, HALF>(out, bytes);
+}
+
+// The thresholds of block i of a chunk into buf (8 entries), or null where they do not apply.
+MX_INLINE const int16_t* block_thresholds(const Thresholds4& t, const ChunkPlans& plans, int32_t i, bool e8m0,
+                                          int16_t* buf) {
+    const int32_t c = plans.code[i];
+    if (e8m0) {
+        if (c < t.c_lo || c > t.c_hi) return nullptr;
+        _mm_store_si128(reinterpret_cast<__m128i*>(buf),
+                        _mm_add_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(t.base)), _mm_set1_epi16(int16_t((c - 127) << 7))));
+        return buf;
+    }
+    return c >= 0 && c < 128 && t.valid[c] ? t.table[c] : nullptr;
+}
+
+// The codes of the n planned blocks at x16 (bfloat16, 4-bit codes): by comparisons where the
+// block's thresholds apply, else by encode_step.
+template <bool IS_INT, bool E8M0>
+void encode4_chunk(const Format& f, const Thresholds4& t, const ChunkPlans& plans, const uint16_t* x16, int32_t n,
+                   const ElementConsts& consts, uint8_t* out0) {
+    constexpr bool DIV = !E8M0;
+    const int32_t bs = f.block_size;
+    alignas(16) int16_t buf0[8], buf1[8];
+    if (bs == 16) {  // two blocks per step
+        for (int32_t i = 0; i < n; i += 2) {
+            const bool half = i + 1 == n;
+            const bool z0 = (plans.zero >> i) & 1, z1 = !half && ((plans.zero >> (i + 1)) & 1);
+            const int16_t* t0 = block_thresholds(t, plans, i, E8M0, buf0);
+            const int16_t* t1 = half ? t0 : block_thresholds(t, plans, i + 1, E8M0, buf1);
+            const uint16_t* x = x16 + 16 * i;
+            uint8_t* out = out0 + 8 * i;
+            if (__builtin_expect(t0 && t1, 1)) {
+                if (half) {
+                    encode4_step<IS_INT, true>(x, t0, t0, z0, false, out);
+                } else {
+                    encode4_step<IS_INT, false>(x, t0, t1, z0, z1, out);
+                }
+            } else if (half) {
+                encode_step<DT_BF16, 4, IS_INT, DIV, true>(x, 0, plans.m[i], plans.m[i], z0, false, consts, out);
+            } else {
+                encode_step<DT_BF16, 4, IS_INT, DIV, false>(x, 0, plans.m[i], plans.m[i + 1], z0, z1, consts, out);
+            }
+        }
+        return;
+    }
+    for (int32_t i = 0; i < n; ++i) {
+        const bool z = (plans.zero >> i) & 1;
+        const int16_t* th = block_thresholds(t, plans, i, E8M0, buf0);
+        const uint16_t* x = x16 + int64_t(i) * bs;
+        uint8_t* out = out0 + int64_t(i) * bs / 2;
+        int32_t j = 0;
+        for (; j + 32 <= bs; j += 32) {
+            if (__builtin_expect(th != nullptr, 1)) {
+                encode4_step<IS_INT, false>(x + j, th, th, z, z, out + j / 2);
+            } else {
+                encode_step<DT_BF16, 4, IS_INT, DIV, false>(x + j, 0, plans.m[i], plans.m[i], z, z, consts, out + j / 2);
+            }
+        }
+        if (j < bs) {
+            if (th) {
+                encode4_step<IS_INT, true>(x + j, th, th, z, z, out + j / 2);
+            } else {
+                encode_step<DT_BF16, 4, IS_INT, DIV, true>(x + j, 0, plans.m[i], plans.m[i], z, z, consts, out + j / 2);
+            }
+        }
+    }
+}
+
+// Encode blocks [b0, b1) of whole blocks back to back (bs % 16 == 0), chunk by chunk: the scales
+// of a chunk's blocks first (8 at a time), then their codes.
+template <int DT, int BITS, bool IS_INT, bool E8M0>
+void encode_fast_range(const Format& f, const void* x, int64_t b0, int64_t b1, float tensor_scale,
+                       uint8_t* codes_out, void* scales_out) {
+    constexpr bool DIV = !E8M0;
+    const int32_t bs = f.block_size;
+    const int64_t block_bytes = int64_t(bs) * BITS / 8;
+    const ElementConsts consts(f);
+    const FloatScalePlanner planner(f, tensor_scale);
+    const FloatScalePlanner32 planner32(f, tensor_scale);
+    const Thresholds4 thresholds = BITS == 4 && DT == DT_BF16 ? Thresholds4(f, tensor_scale, b1 - b0) : Thresholds4(f, 0.0f, -1);
+    ChunkPlans plans;
+    const int64_t chunk = bs <= 32 ? ChunkPlans::MAX_BLOCKS : ChunkPlans::MAX_BLOCKS / 2;
+    for (int64_t c0 = b0; c0 < b1; c0 += chunk) {
+        const int32_t n = int32_t(c0 + chunk < b1 ? chunk : b1 - c0);
+        plans.zero = 0;
+        for (int32_t i = 0; i < n; i += 8) {
+            const int32_t g = n - i < 8 ? n - i : 8;
+            const __m256i amax = amax8<DT>(x, (c0 + i) * bs, bs, g);
+            if constexpr (E8M0) {
+                plan8_e8m0(f, amax, i, g, static_cast<uint8_t*>(scales_out) + c0 + i, plans);
+            } else {
+                if (!planner32.usable || !plan8_float32(f, planner32, amax, i, g, c0 + i, scales_out, plans)) {
+                    plan8_float(f, planner, amax, i, g, c0 + i, scales_out, plans);
+                }
+            }
+        }
+        const int64_t off0 = c0 * bs;
+        uint8_t* out0 = codes_out + c0 * block_bytes;
+        if constexpr (BITS == 4 && DT == DT_BF16) {
+            if (thresholds.usable) {
+                encode4_chunk<IS_INT, E8M0>(f, thresholds, plans, static_cast<const uint16_t*>(x) + off0, n, consts, out0);
+                continue;
+            }
+        }
+        if (bs == 16) {  // two blocks per step
+            int32_t i = 0;
+            for (; i + 1 < n; i += 2) {
+                encode_step<DT, BITS, IS_INT, DIV, false>(x, off0 + 16 * i, plans.m[i], plans.m[i + 1], (plans.zero >> i) & 1,
+                                                          (plans.zero >> (i + 1)) & 1, consts, out0 + 2 * i * BITS);
+            }
+            if (i < n) {
+                encode_step<DT, BITS, IS_INT, DIV, true>(x, off0 + 16 * i, plans.m[i], plans.m[i], (plans.zero >> i) & 1, false,
+                                                         consts, out0 + 2 * i * BITS);
+            }
+        } else {
+            for (int32_t i = 0; i < n; ++i) {
+                const float m = plans.m[i];
+                const bool z = (plans.zero >> i) & 1;
+                const int64_t off = off0 + int64_t(i) * bs;
+                uint8_t* out = out0 + i * block_bytes;
+                int32_t j = 0;
+                for (; j + 32 <= bs; j += 32) {
+                    encode_step<DT, BITS, IS_INT, DIV, false>(x, off + j, m, m, z, z, consts, out + j * BITS / 8);
+                }
+                if (j < bs) encode_step<DT, BITS, IS_INT, DIV, true>(x, off + j, m, m, z, z, consts, out + j * BITS / 8);
+            }
+        }
+    }
+}
+
+// The fast encoder for this call, if it applies (returns false otherwise: the general kernels run).
+bool encode_fast(const Format& f, int32_t dt, const void* x, int64_t length, int64_t b0, int64_t b1,
+                 float tensor_scale, uint8_t* codes_out, void* scales_out) {
+    const int32_t bs = f.block_size, bits = f.bits;
+    if (f.rotate || f.rounding != RND_RNE || bs % 16 != 0 || length % bs != 0) return false;
+    if (bits != 4 && bits != 6 && bits != 8) return false;
+    if (!f.is_int && !f.float_rne) return false;
+    if (f.is_int && f.max_code > 127) return false;
+    const bool e8m0 = f.scale_type == SC_E8M0;
+#define MX_FAST_ENC(DT, BITS, INT, E8)                                                              \
+    encode_fast_range<DT, BITS, INT, E8>(f, x, b0, b1, tensor_scale, codes_out, scales_out); \
+    return true
+#define MX_FAST_ENC_SCALE(DT, BITS, INT) \
+    if (e8m0) {                          \
+        MX_FAST_ENC(DT, BITS, INT, true); \
+    } else {                             \
+        MX_FAST_ENC(DT, BITS, INT, false); \
+    }
+#define MX_FAST_ENC_ELEM(DT, BITS)         \
+    if (f.is_int) {                        \
+        MX_FAST_ENC_SCALE(DT, BITS, true)  \
+    } else {                               \
+        MX_FAST_ENC_SCALE(DT, BITS, false) \
+    }
+#define MX_FAST_ENC_BITS(DT)                         \
+    switch (bits) {                                  \
+        case 4: MX_FAST_ENC_ELEM(DT, 4) break;       \
+        case 6: MX_FAST_ENC_ELEM(DT, 6) break;       \
+        default: MX_FAST_ENC_ELEM(DT, 8) break;      \
+    }
+    switch (dt) {
+        case DT_FP32: MX_FAST_ENC_BITS(DT_FP32) break;
+        case DT_BF16: MX_FAST_ENC_BITS(DT_BF16) break;
+        default: MX_FAST_ENC_BITS(DT_FP16) break;
+    }
+#undef MX_FAST_ENC_BITS
+#undef MX_FAST_ENC_ELEM
+#undef MX_FAST_ENC_SCALE
+#undef MX_FAST_ENC
+    return false;
+}
+
+// Finite amax of the contiguous elements [i0, i1) (float32 bits).
+template <int DT>
+uint32_t finite_amax_contiguous(const void* x, int64_t i0, int64_t i1) {
+    if constexpr (DT == DT_FP32) {
+        const float* p = static_cast<const float*>(x);
+        const __m256i abs = _mm256_set1_epi32(0x7FFFFFFF), inf = _mm256_set1_epi32(0x7F800000);
+        __m256i m = _mm256_setzero_si256();
+        int64_t i = i0;
+        for (; i + 8 <= i1; i += 8) {
+            const __m256i a = _mm256_and_si256(lddqu256(p + i), abs);
+            m = _mm256_max_epi32(m, _mm256_and_si256(a, _mm256_cmpgt_epi32(inf, a)));
+        }
+        uint32_t best = uint32_t(hmax((vi32)m));
+        for (; i < i1; ++i) {
+            const uint32_t a = f2u(p[i]) & 0x7FFFFFFFu;
+            if (a < 0x7F800000u && a > best) best = a;
+        }
+        return best;
+    } else {
+        const uint16_t* p = static_cast<const uint16_t*>(x);
+        const uint16_t inf16 = DT == DT_BF16 ? 0x7F80 : 0x7C00;
+        const __m256i abs = _mm256_set1_epi16(0x7FFF), inf = _mm256_set1_epi16(int16_t(inf16));
+        __m256i m = _mm256_setzero_si256();
+        int64_t i = i0;
+        for (; i + 16 <= i1; i += 16) {
+            const __m256i a = _mm256_and_si256(lddqu256(p + i), abs);
+            m = _mm256_max_epu16(m, _mm256_and_si256(a, _mm256_cmpgt_epi16(inf, a)));  // (a <= 0x7FFF: signed compare)
+        }
+        vu16x16 mv;
+        std::memcpy(&mv, &m, sizeof(mv));
+        uint32_t best = hmax16(mv);
+        for (; i < i1; ++i) {
+            const uint32_t a = p[i] & 0x7FFFu;
+            if (a < inf16 && a > best) best = a;
+        }
+        if (DT == DT_BF16) return best << 16;
+        return fp16_to_fp32_bits(splat(int32_t(best)))[0];
+    }
+}
+
+// -- decode -------------------------------------------------------------------------------------
+// How element values are made from codes (DecodeSetup::kind).
+enum { VALUES_NONE = 0, VALUES_TABLE16 = 1, VALUES_FLOAT8 = 2, VALUES_INT8 = 3 };
+
+// Per-call decoding constants, derived from the code table (and checked against it).
+struct DecodeSetup {
+    int kind = VALUES_NONE;
+    // TABLE16 (4- and 6-bit codes): the high 16 bits of every value, as byte planes of 16-entry
+    // sub-tables (sign-magnitude 6-bit formats: magnitudes only, the sign bit ORed in)
+    __m256i lo[4], hi[4];
+    int nsub = 0;
+    bool sign_magnitude = false;
+    // FLOAT8: bits = (magnitude << (7 - mbits)) + ((127 - bias) << 7); subnormals from a table
+    // (low bytes of codes 0..7 in entries 0..7, high bytes in 8..15)
+    __m128i shift;
+    __m256i normal_add, sub_table, sub_limit, special_limit;
+    bool has_special = false;  // some codes are NaN or inf (magnitude >= special_limit)
+    // the nonzero finite values v satisfy 2**value_emin <= |v| < 2**(value_emax + 1)
+    int32_t value_emin = 0, value_emax = 0;
+
+    DecodeSetup(const Format& f, const float* table) {
+        const int32_t n = 1 << f.bits;
+        int32_t emin = 1000, emax = -1000;
+        uint16_t hi16[256] = {};
+        bool exact = f.bits <= 8;
+        int32_t first_special = n;  // smallest code magnitude (sign-magnitude) / code with a non-finite value
+        for (int32_t c = 0; exact && c < n; ++c) {
+            const uint32_t u = f2u(table[c]);
+            if ((u & 0xFFFF) != 0) exact = false;
+            hi16[c] = uint16_t(u >> 16);
+            const uint32_t a = u & 0x7FFFFFFFu;
+            if (a >= 0x7F800000u) {
+                const int32_t mag = f.is_int ? c : c & ((n >> 1) - 1);
+                first_special = mag < first_special ? mag : first_special;
+            } else if (a != 0) {
+                const int32_t ex = int32_t(a >> 23) - 127;
+                if (ex == -127) exact = false;  // a float32 subnormal value: never for these widths
+                emin = ex < emin ? ex : emin;
+                emax = ex > emax ? ex : emax;
+            }
+        }
+        if (!exact || emax < emin) return;
+        value_emin = emin;
+        value_emax = emax;
+        if (f.bits == 4 || f.bits == 6) {
+            if (first_special < n) return;
+            bool sm = !f.is_int && f.bits == 6;
+            for (int32_t c = 0; sm && c < n / 2; ++c) sm = hi16[c + n / 2] == (hi16[c] | 0x8000);
+            sign_magnitude = sm;
+            const int32_t entries = sm ? n / 2 : n;
+            nsub = entries / 16;
+            for (int s = 0; s < nsub; ++s) {
+                alignas(16) uint8_t l[16], h[16];
+                for (int i = 0; i < 16; ++i) {
+                    l[i] = uint8_t(hi16[16 * s + i]);
+                    h[i] = uint8_t(hi16[16 * s + i] >> 8);
+                }
+                lo[s] = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(l)));
+                hi[s] = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(h)));
+            }
+            kind = VALUES_TABLE16;
+        } else if (f.bits == 8 && f.is_int) {
+            for (int32_t c = 0; c < n; ++c) {
+                if (table[c] != std::ldexp(float(int8_t(uint8_t(c))), -6)) return;
+            }
+            kind = VALUES_INT8;
+        } else if (f.bits == 8) {
+            const int32_t mbits = f.grid_mbits, bias = 1 - f.grid_emin;
+            if (mbits > 3 || 127 - bias <= 0) return;
+            alignas(16) uint8_t sub[16] = {};
+            for (int32_t m = 0; m < (1 << mbits); ++m) {
+                sub[m] = uint8_t(hi16[m]);
+                sub[m + 8] = uint8_t(hi16[m] >> 8);
+            }
+            for (int32_t c = 0; c < n; ++c) {
+                const int32_t mag = c & 0x7F;
+                if (mag >= first_special) continue;
+                uint32_t h = mag < (1 << mbits) ? hi16[mag] : uint32_t((mag << (7 - mbits)) + ((127 - bias) << 7));
+                h |= uint32_t(c & 0x80) << 8;
+                if (h != hi16[c]) return;  // not the float layout this path builds
+            }
+            for (int32_t mag = first_special; mag < 128; ++mag) {  // specials: only at the top
+                if ((f2u(table[mag]) & 0x7FFFFFFFu) < 0x7F800000u) return;
+            }
+            shift = _mm_cvtsi32_si128(7 - mbits);
+            normal_add = _mm256_set1_epi16(int16_t((127 - bias) << 7));
+            sub_table = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(sub)));
+            sub_limit = _mm256_set1_epi16(int16_t(1 << mbits));
+            has_special = first_special < 128;
+            special_limit = _mm256_set1_epi16(int16_t(first_special - 1));
+            kind = VALUES_FLOAT8;
+        }
+    }
+};
+
+// 6-bit codes [16 g, 16 g + 16) of a block as 16 words: word j <- the two bytes holding bits
+// 6j .. 6j + 5, then the field moved to the top and down (a multiply by 2**(10 - shift) is a
+// per-word left shift). Groups come in pairs (bs % 32 == 0); the second one loads from 4 bytes
+// before its start, so no load leaves its block.
+MX_INLINE __m256i codes6_words(const uint8_t* in, int32_t g) {
+    __m256i w;
+    if (g & 1) {
+        w = _mm256_broadcastsi128_si256(lddqu128(in + 12 * g - 4));
+        w = _mm256_shuffle_epi8(w, _mm256_setr_epi8(4, 5, 4, 5, 5, 6, 6, 7, 7, 8, 7, 8, 8, 9, 9, 10,
+                                                    10, 11, 10, 11, 11, 12, 12, 13, 13, 14, 13, 14, 14, 15, 15, -1));
+    } else {
+        w = _mm256_broadcastsi128_si256(lddqu128(in + 12 * g));
+        w = _mm256_shuffle_epi8(w, _mm256_setr_epi8(0, 1, 0, 1, 1, 2, 2, 3, 3, 4, 3, 4, 4, 5, 5, 6,
+                                                    6, 7, 6, 7, 7, 8, 8, 9, 9, 10, 9, 10, 10, 11, 11, -1));
+    }
+    return _mm256_srli_epi16(
+        _mm256_mullo_epi16(w, _mm256_setr_epi16(1024, 16, 64, 256, 1024, 16, 64, 256, 1024, 16, 64, 256, 1024, 16, 64, 256)), 10);
+}
+
+// The high 16 bits of the values of codes [16 g, 16 g + 16) of a block (in: the block's codes),
+// as 16 words in order; sets *special where a code's value is NaN or inf (FLOAT8 only).
+template <int KIND, int BITS>
+MX_INLINE __m256i values_hi16(const uint8_t* in, int32_t g, const DecodeSetup& d, __m256i& special) {
+    if constexpr (BITS == 4) {
+        const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(in + 8 * g));
+        const __m128i nibble = _mm_set1_epi8(0x0F);
+        const __m128i codes = _mm_unpacklo_epi8(_mm_and_si128(b, nibble), _mm_and_si128(_mm_srli_epi16(b, 4), nibble));
+        const __m128i pl = _mm_shuffle_epi8(_mm256_castsi256_si128(d.lo[0]), codes);
+        const __m128i ph = _mm_shuffle_epi8(_mm256_castsi256_si128(d.hi[0]), codes);
+        return _mm256_set_m128i(_mm_unpackhi_epi8(pl, ph), _mm_unpacklo_epi8(pl, ph));
+    } else if constexpr (BITS == 6) {
+        const __m256i codes = codes6_words(in, g);
+        __m256i idx = d.sign_magnitude ? _mm256_and_si256(codes, _mm256_set1_epi16(0x1F)) : codes;
+        // sub-table s: index - 16 s, pushed to >= 0x80 (a zero lookup) unless it is in 0..15
+        __m256i pl = _mm256_setzero_si256(), ph = _mm256_setzero_si256();
+        for (int s = 0; s < d.nsub; ++s) {
+            const __m256i i = _mm256_adds_epu8(_mm256_sub_epi8(idx, _mm256_set1_epi8(char(16 * s))), _mm256_set1_epi8(0x70));
+            pl = _mm256_or_si256(pl, _mm256_shuffle_epi8(d.lo[s], i));
+            ph = _mm256_or_si256(ph, _mm256_shuffle_epi8(d.hi[s], i));
+        }
+        __m256i h = _mm256_or_si256(_mm256_and_si256(pl, _mm256_set1_epi16(0xFF)), _mm256_slli_epi16(ph, 8));
+        if (d.sign_magnitude) h = _mm256_or_si256(h, _mm256_and_si256(_mm256_slli_epi16(codes, 10), _mm256_set1_epi16(int16_t(0x8000))));
+        return h;
+    } else {  // 8-bit floats
+        static_assert(KIND == VALUES_FLOAT8, "8-bit codes: FLOAT8 values only");
+        const __m256i c = _mm256_cvtepu8_epi16(lddqu128(in + 16 * g));
+        const __m256i mag = _mm256_and_si256(c, _mm256_set1_epi16(0x7F));
+        const __m256i normal = _mm256_add_epi16(_mm256_sll_epi16(mag, d.shift), d.normal_add);
+        // subnormals: table entry mag (low byte) and mag + 8 (high byte)
+        const __m256i idx = _mm256_add_epi16(_mm256_mullo_epi16(mag, _mm256_set1_epi16(0x0101)), _mm256_set1_epi16(0x0800));
+        const __m256i sub = _mm256_shuffle_epi8(d.sub_table, idx);
+        const __m256i h = _mm256_blendv_epi8(normal, sub, _mm256_cmpgt_epi16(d.sub_limit, mag));
+        if (d.has_special) special = _mm256_or_si256(special, _mm256_cmpgt_epi16(mag, d.special_limit));
+        return _mm256_or_si256(h, _mm256_and_si256(_mm256_slli_epi16(c, 8), _mm256_set1_epi16(int16_t(0x8000))));
+    }
+}
+
+// The high 16 bits of the values of 32 codes given as bytes in the order (0-7, 16-23 | 8-15, 24-31)
+// (what packus_epi16 makes of two 16-code word vectors), as two 16-word vectors in order: 4- and
+// 6-bit codes, byte-plane lookups on 32 codes at once.
+MX_INLINE void lookup_hi16_32(__m256i c, const DecodeSetup& d, __m256i* h) {
+    __m256i pl, ph;
+    if (d.nsub == 1) {  // codes 0..15: one table
+        pl = _mm256_shuffle_epi8(d.lo[0], c);
+        ph = _mm256_shuffle_epi8(d.hi[0], c);
+    } else {
+        const __m256i idx = d.sign_magnitude ? _mm256_and_si256(c, _mm256_set1_epi8(0x1F)) : c;
+        pl = _mm256_setzero_si256();
+        ph = _mm256_setzero_si256();
+        for (int s = 0; s < d.nsub; ++s) {  // sub-table s: index - 16 s, pushed to >= 0x80 unless in 0..15
+            const __m256i i = _mm256_adds_epu8(_mm256_sub_epi8(idx, _mm256_set1_epi8(char(16 * s))), _mm256_set1_epi8(0x70));
+            pl = _mm256_or_si256(pl, _mm256_shuffle_epi8(d.lo[s], i));
+            ph = _mm256_or_si256(ph, _mm256_shuffle_epi8(d.hi[s], i));
+        }
+        if (d.sign_magnitude) ph = _mm256_or_si256(ph, _mm256_and_si256(_mm256_slli_epi16(c, 2), _mm256_set1_epi8(char(0x80))));
+    }
+    h[0] = _mm256_unpacklo_epi8(pl, ph);
+    h[1] = _mm256_unpackhi_epi8(pl, ph);
+}
+
+// The high 16 bits of the values of codes [STEP s, STEP s + STEP) of a block (STEP = 16 or 32),
+// as STEP / 16 vectors of 16 words in order.
+template <int KIND, int BITS, int STEP>
+MX_INLINE void values_hi16_step(const uint8_t* in, int32_t s, const DecodeSetup& d, __m256i* h, __m256i& special) {
+    if constexpr (STEP == 16 || BITS == 8) {
+        for (int g = 0; g < STEP / 16; ++g) h[g] = values_hi16<KIND, BITS>(in, STEP / 16 * s + g, d, special);
+    } else if constexpr (BITS == 4) {
+        const __m128i b = lddqu128(in + 16 * s);
+        const __m128i nibble = _mm_set1_epi8(0x0F);
+        const __m128i lo = _mm_and_si128(b, nibble), hi = _mm_and_si128(_mm_srli_epi16(b, 4), nibble);
+        const __m128i c0 = _mm_unpacklo_epi8(lo, hi), c1 = _mm_unpackhi_epi8(lo, hi);  // codes 0-15, 16-31
+        lookup_hi16_32(_mm256_set_m128i(_mm_unpackhi_epi64(c0, c1), _mm_unpacklo_epi64(c0, c1)), d, h);
+    } else {  // 6: the two groups' code words, as bytes
+        const __m256i w0 = codes6_words(in, 2 * s), w1 = codes6_words(in, 2 * s + 1);
+        lookup_hi16_32(_mm256_packus_epi16(w0, w1), d, h);
+    }
+}
+
+// float32 values times X of codes [STEP s, STEP s + STEP) of a block, per 16 codes g as
+// v[2g] = elements 0-3 | 8-11, v[2g+1] = 4-7 | 12-15.
+template <int KIND, int BITS, int STEP>
+MX_INLINE void values_f32(const uint8_t* in, int32_t s, const DecodeSetup& d, __m256 X, __m256* v, __m256i& special) {
+    if constexpr (KIND == VALUES_INT8) {  // X already holds the 2**-6 of the int grid
+        for (int g = 0; g < STEP / 16; ++g) {
+            const __m128i r = _mm_shuffle_epi8(lddqu128(in + STEP * s + 16 * g),
+                                               _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15));
+            v[2 * g] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(r)), X);
+            v[2 * g + 1] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(r, 8))), X);
+        }
+    } else {
+        __m256i h[STEP / 16];
+        values_hi16_step<KIND, BITS, STEP>(in, s, d, h, special);
+        const __m256i zero = _mm256_setzero_si256();
+        for (int g = 0; g < STEP / 16; ++g) {
+            v[2 * g] = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, h[g])), X);
+            v[2 * g + 1] = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, h[g])), X);
+        }
+    }
+}
+
+// Store 16 float32 results held as (0-3 | 8-11, 4-7 | 12-15) as ODT; EXACT: bfloat16 results
+// need no rounding (each is a bfloat16 already).
+template <int ODT, bool EXACT>
+MX_INLINE void store16(void* out, int64_t i, __m256 lo, __m256 hi) {
+    if constexpr (ODT == DT_BF16) {
+        __m256i a, b;
+        if (EXACT) {
+            a = _mm256_srli_epi32(_mm256_castps_si256(lo), 16);
+            b = _mm256_srli_epi32(_mm256_castps_si256(hi), 16);
+        } else {
+            a = (__m256i)to_bf16_in_range((vf32)lo);
+            b = (__m256i)to_bf16_in_range((vf32)hi);
+        }
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<uint16_t*>(out) + i), _mm256_packus_epi32(a, b));
+    } else {
+        const __m256 first = _mm256_permute2f128_ps(lo, hi, 0x20), second = _mm256_permute2f128_ps(lo, hi, 0x31);
+        if constexpr (ODT == DT_FP32) {
+            _mm256_storeu_ps(static_cast<float*>(out) + i, first);
+            _mm256_storeu_ps(static_cast<float*>(out) + i + 8, second);
+        } else {
+            uint16_t* o = static_cast<uint16_t*>(out) + i;
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(o), _mm256_cvtps_ph(first, _MM_FROUND_TO_NEAREST_INT));
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(o + 8), _mm256_cvtps_ph(second, _MM_FROUND_TO_NEAREST_INT));
+        }
+    }
+}
+
+// The float32 multiplier of block k of part p: SCALE 0: E8M0 (built from the code), 1: a table of
+// the 256 possible multipliers per part, 2: block_multiplier.
+enum { FAST_SCALE_E8M0 = 0, FAST_SCALE_TABLE = 1, FAST_SCALE_GENERIC = 2 };
+
+template <int SCALE>
+MX_INLINE float fast_multiplier(const Format& f, const void* const* scales, const float* tensor_scales,
+                                const float* xtab, int32_t p, int64_t k) {
+    if constexpr (SCALE == FAST_SCALE_E8M0) {
+        const uint32_t c = static_cast<const uint8_t*>(scales[p])[k];
+        if (c == f.scale_nan) return std::numeric_limits<float>::quiet_NaN();
+        return c == 0 ? u2f(0x00400000u) : u2f(c << 23);
+    } else if constexpr (SCALE == FAST_SCALE_TABLE) {
+        return xtab[p * 256 + static_cast<const uint8_t*>(scales[p])[k]];
+    } else {
+        return block_multiplier(scales[p], k, f, tensor_scales[p]);
+    }
+}
+
+struct FastDecodeArgs {
+    const Format* f;
+    const DecodeSetup* d;
+    int32_t nparts;
+    const uint8_t* const* codes;
+    const void* const* scales;
+    const float* tensor_scales;
+    const float* table;
+    const float* xtab;  // FAST_SCALE_TABLE: 256 multipliers per part
+    float* xs;          // nparts floats
+    int64_t length, bpr;
+    void* out;
+    uint16_t* cbuf;
+    float* acc;
+    BitReader* readers;
+    double limit;       // sum_p |X_p| * table_max up to this: no result needs saturating
+};
+
+// Decode (sum) blocks [b0, b1): whole blocks back to back, bs % 16 == 0 (6-bit: bs % 32 == 0).
+template <int ODT, int KIND, int BITS, int SCALE, int STEP>
+void decode_fast_range(const FastDecodeArgs& a, int64_t b0, int64_t b1) {
+    const Format& f = *a.f;
+    const DecodeSetup& d = *a.d;
+    constexpr int G = STEP / 16;  // 16-code groups per step
+    const int32_t bs = f.block_size, steps = bs / STEP, nparts = a.nparts;
+    const int64_t block_bytes = int64_t(bs) * BITS / 8;
+    const float table_max = f.table_max;
+    // one part, bfloat16 out, E8M0: blocks whose products are all normal bfloat16 are exact
+    const bool exact_path = ODT == DT_BF16 && nparts == 1 && SCALE == FAST_SCALE_E8M0;
+    // scale codes c (X = 2**(c - 127)) that keep every nonzero product within [2**-126, 2**128)
+    const int32_t exact_lo = 1 - d.value_emin, exact_hi = 254 - d.value_emax;
+    const float int_step = 1.0f / 64.0f;  // VALUES_INT8: the value of code 1
+    for (int64_t k = b0; k < b1; ++k) {
+        const int64_t off = k * bs;
+        bool ok = true;
+        double bound = 0.0;
+        for (int32_t p = 0; p < nparts; ++p) {
+            float X = fast_multiplier<SCALE>(f, a.scales, a.tensor_scales, a.xtab, p, k);
+            bound += double(std::fabs(X));
+            if (KIND == VALUES_INT8) {  // fold the 2**-6 into X where that is exact
+                const float Xs = X * int_step;
+                ok = ok && Xs * 64.0f == X;
+                X = Xs;
+            }
+            a.xs[p] = X;
+        }
+        ok = ok && bound * double(table_max) <= a.limit;  // (NaN: false)
+        __m256i special = _mm256_setzero_si256();
+        if constexpr (KIND != VALUES_INT8) {
+            const uint8_t* in0 = a.codes[0] + k * block_bytes;
+            if (ok && exact_path) {
+                const int32_t c = static_cast<const uint8_t*>(a.scales[0])[k];
+                if (c >= exact_lo && c <= exact_hi) {
+                    // value bits + scale exponent, for nonzero values (zeros keep their sign)
+                    const __m256i eadd = _mm256_set1_epi16(int16_t((c - 127) << 7));
+                    uint16_t* o = static_cast<uint16_t*>(a.out) + off;
+                    for (int32_t st = 0; st < steps; ++st) {
+                        __m256i h[G];
+                        values_hi16_step<KIND, BITS, STEP>(in0, st, d, h, special);
+                        for (int g = 0; g < G; ++g) {
+                            const __m256i z = _mm256_cmpeq_epi16(_mm256_and_si256(h[g], _mm256_set1_epi16(0x7FFF)), _mm256_setzero_si256());
+                            _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + STEP * st + 16 * g),
+                                                _mm256_add_epi16(h[g], _mm256_andnot_si256(z, eadd)));
+                        }
+                    }
+                    if (!(d.has_special && !_mm256_testz_si256(special, special))) continue;
+                    ok = false;
+                }
+            }
+        }
+        if (ok) {
+            const bool exact = exact_path && static_cast<const uint8_t*>(a.scales[0])[k] >= exact_lo &&
+                               static_cast<const uint8_t*>(a.scales[0])[k] <= exact_hi;
+            for (int32_t st = 0; st < steps; ++st) {
+                __m256 acc[2 * G];
+                values_f32<KIND, BITS, STEP>(a.codes[0] + k * block_bytes, st, d, _mm256_set1_ps(a.xs[0]), acc, special);
+                for (int32_t p = 1; p < nparts; ++p) {  // float32 accumulation in part order
+                    __m256 v[2 * G];
+                    values_f32<KIND, BITS, STEP>(a.codes[p] + k * block_bytes, st, d, _mm256_set1_ps(a.xs[p]), v, special);
+                    for (int i = 0; i < 2 * G; ++i) acc[i] = _mm256_add_ps(acc[i], v[i]);
+                }
+                for (int g = 0; g < G; ++g) {
+                    if (exact) {
+                        store16<ODT, true>(a.out, off + STEP * st + 16 * g, acc[2 * g], acc[2 * g + 1]);
+                    } else {
+                        store16<ODT, false>(a.out, off + STEP * st + 16 * g, acc[2 * g], acc[2 * g + 1]);
+                    }
+                }
+            }
+            if (!(d.has_special && !_mm256_testz_si256(special, special))) continue;
+        }
+        // anything else: the general kernel, for this block
+        decode_blocks_impl<ODT, UNPACK_BUFFER>(f, nparts, a.codes, a.scales, a.tensor_scales, a.table, a.length, a.bpr,
+                                               k, k + 1, a.out, a.cbuf, a.acc, a.readers);
+    }
+}
+
+// One part of 4-bit codes into a 16-bit type: decode_nibbles_by_table for the blocks in range.
+template <int ODT, int SCALE>
+void decode_nibbles_fast_range(const FastDecodeArgs& a, int64_t b0, int64_t b1) {
+    const Format& f = *a.f;
+    const int32_t bs = f.block_size;
+    const int64_t block_bytes = bs / 2;
+    // (as decode_blocks_impl: to_fp16 saturates the table's outputs, to_bf16_in_range does not)
+    const float limit = ODT == DT_BF16 ? u2f(0x7F7F0000u) : std::numeric_limits<float>::max();
+    vf32 tlo, thi;
+    std::memcpy(&tlo, a.table, sizeof(tlo));
+    std::memcpy(&thi, a.table + 8, sizeof(thi));
+    if (SCALE != FAST_SCALE_GENERIC && b1 - b0 >= 512) {
+        // a multiplier per scale code: the output tables of all 256 codes once, for many blocks
+        NibbleOutputs tables[256];
+        bool valid[256];
+        for (int c = 0; c < 256; ++c) {
+            const uint8_t code = uint8_t(c);
+            const void* one[1] = {&code};
+            const float X = fast_multiplier<SCALE>(f, one, a.tensor_scales, a.xtab, 0, 0);
+            valid[c] = std::fabs(X) * f.table_max <= limit;  // (NaN: false)
+            if (valid[c]) tables[c] = nibble_outputs<ODT>(X, tlo, thi);
+        }
+        const uint8_t* sc = static_cast<const uint8_t*>(a.scales[0]);
+        for (int64_t k = b0; k < b1; ++k) {
+            if (__builtin_expect(valid[sc[k]], 1)) {
+                decode_nibbles_with(a.codes[0] + k * block_bytes, bs, tables[sc[k]], static_cast<uint16_t*>(a.out) + k * bs);
+            } else {
+                decode_blocks_impl<ODT, UNPACK_BUFFER>(f, 1, a.codes, a.scales, a.tensor_scales, a.table, a.length, a.bpr,
+                                                       k, k + 1, a.out, a.cbuf, a.acc, a.readers);
+            }
+        }
+        return;
+    }
+    for (int64_t k = b0; k < b1; ++k) {
+        const float X = fast_multiplier<SCALE>(f, a.scales, a.tensor_scales, a.xtab, 0, k);
+        if (std::fabs(X) * f.table_max <= limit) {  // (NaN: false)
+            decode_nibbles_by_table<ODT>(a.codes[0] + k * block_bytes, bs, X, tlo, thi, static_cast<uint16_t*>(a.out) + k * bs);
+        } else {
+            decode_blocks_impl<ODT, UNPACK_BUFFER>(f, 1, a.codes, a.scales, a.tensor_scales, a.table, a.length, a.bpr, k,
+                                                   k + 1, a.out, a.cbuf, a.acc, a.readers);
+        }
+    }
+}
+
+template <int ODT, int KIND, int BITS>
+void decode_fast_scale(FastDecodeArgs& a, int64_t b0, int64_t b1) {
+    const Format& f = *a.f;
+    if (BITS == 4 && a.nparts == 1 && ODT != DT_FP32) {
+        if (f.scale_type == SC_E8M0) return decode_nibbles_fast_range<ODT, FAST_SCALE_E8M0>(a, b0, b1);
+        if (a.xtab) return decode_nibbles_fast_range<ODT, FAST_SCALE_TABLE>(a, b0, b1);
+        return decode_nibbles_fast_range<ODT, FAST_SCALE_GENERIC>(a, b0, b1);
+    }
+    // 32 codes per step where blocks allow (6-bit codes always: decode_fast requires bs % 32 == 0)
+    if (BITS != 8 && f.block_size % 32 == 0) {
+        if (f.scale_type == SC_E8M0) return decode_fast_range<ODT, KIND, BITS, FAST_SCALE_E8M0, 32>(a, b0, b1);
+        if (a.xtab) return decode_fast_range<ODT, KIND, BITS, FAST_SCALE_TABLE, 32>(a, b0, b1);
+        return decode_fast_range<ODT, KIND, BITS, FAST_SCALE_GENERIC, 32>(a, b0, b1);
+    }
+    if constexpr (BITS != 6) {
+        if (f.scale_type == SC_E8M0) return decode_fast_range<ODT, KIND, BITS, FAST_SCALE_E8M0, 16>(a, b0, b1);
+        if (a.xtab) return decode_fast_range<ODT, KIND, BITS, FAST_SCALE_TABLE, 16>(a, b0, b1);
+        return decode_fast_range<ODT, KIND, BITS, FAST_SCALE_GENERIC, 16>(a, b0, b1);
+    }
+}
+
+template <int ODT>
+void decode_fast_odt(FastDecodeArgs& a, int64_t b0, int64_t b1) {
+    const DecodeSetup& d = *a.d;
+    switch (a.f->bits) {
+        case 4: return decode_fast_scale<ODT, VALUES_TABLE16, 4>(a, b0, b1);
+        case 6: return decode_fast_scale<ODT, VALUES_TABLE16, 6>(a, b0, b1);
+        default:
+            if (d.kind == VALUES_INT8) return decode_fast_scale<ODT, VALUES_INT8, 8>(a, b0, b1);
+            return decode_fast_scale<ODT, VALUES_FLOAT8, 8>(a, b0, b1);
+    }
+}
+
+// The fast decoder for this call, if it applies (returns false otherwise: the general kernels run).
+bool decode_fast(const Format& f, int32_t odt, int32_t nparts, const uint8_t* const* codes, const void* const* scales,
+                 const float* tensor_scales, const float* table, int64_t length, int64_t bpr, int64_t b0, int64_t b1,
+                 void* out, uint16_t* cbuf, float* acc, BitReader* readers) {
+    const int32_t bs = f.block_size, bits = f.bits;
+    if (f.rotate || bs % 16 != 0 || length % bs != 0 || (bits == 6 && bs % 32 != 0) || nparts > 4096) return false;
+    if (bits != 4 && bits != 6 && bits != 8) return false;
+    const DecodeSetup setup(f, table);
+    if (setup.kind == VALUES_NONE) return false;
+    float* xs = static_cast<float*>(std::malloc(sizeof(float) * size_t(nparts)));
+    float* xtab = nullptr;
+    if (f.scale_type == SC_E4M3) {  // the 256 multipliers of every part, as block_multiplier computes them
+        xtab = static_cast<float*>(std::malloc(sizeof(float) * 256 * size_t(nparts)));
+        if (xtab) {
+            for (int32_t p = 0; p < nparts; ++p) {
+                uint8_t all[256];
+                for (int c = 0; c < 256; ++c) all[c] = uint8_t(c);
+                for (int c = 0; c < 256; ++c) xtab[p * 256 + c] = block_multiplier(all, c, f, tensor_scales[p]);
+            }
+        }
+    }
+    if (!xs || (f.scale_type == SC_E4M3 && !xtab)) {
+        std::free(xs);
+        std::free(xtab);
+        return false;
+    }
+    // no result needs saturating while sum_p |X_p| * table_max stays below the output's largest
+    // finite value, with room for the float32 roundings of the products and the sum
+    const double top = odt == DT_BF16 ? double(u2f(0x7F7F0000u)) : odt == DT_FP16 ? 65504.0 : double(std::numeric_limits<float>::max());
+    FastDecodeArgs a{&f, &setup, nparts, codes, scales, tensor_scales, table, xtab, xs, length, bpr, out, cbuf, acc,
+                     readers, nparts == 1 ? top : top * (1.0 - std::ldexp(double(nparts + 1), -20))};
+    switch (odt) {
+        case DT_FP32: decode_fast_odt<DT_FP32>(a, b0, b1); break;
+        case DT_BF16: decode_fast_odt<DT_BF16>(a, b0, b1); break;
+        default: decode_fast_odt<DT_FP16>(a, b0, b1); break;
+    }
+    std::free(xs);
+    std::free(xtab);
+    return true;
+}
+
+#endif  // AVX2 && F16C
+
+// -- recycled output buffers (DLPack) ----------------------------------------------------------
+// A fresh multi-MiB output is first touched one page fault at a time, and the kernel zeroes every
+// page it maps: on the machines measured that costs about as much as copying the tensor, more than
+// decoding into it. So large outputs come from here: mapped once (transparent huge pages advised),
+// handed to torch as a DLPack tensor (torch owns it; its deleter gives the memory back when the
+// last tensor using it is gone), and reused for the next output of the same rounded size. Freed
+// buffers are kept up to a byte limit (mx_output_cache_limit; cpu_backend.py sets it), oldest
+// unmapped first. No Python or torch headers: the DLPack structs are plain C (dlpack.h, v0.8).
+struct DLDevice {
+    int32_t device_type;  // kDLCPU = 1
+    int32_t device_id;
+};
+struct DLDataType {
+    uint8_t code;  // kDLUInt = 1
+    uint8_t bits;
+    uint16_t lanes;
+};
+struct DLTensor {
+    void* data;
+    DLDevice device;
+    int32_t ndim;
+    DLDataType dtype;
+    int64_t* shape;
+    int64_t* strides;
+    uint64_t byte_offset;
+};
+struct DLManagedTensor {
+    DLTensor dl_tensor;
+    void* manager_ctx;
+    void (*deleter)(DLManagedTensor*);
+};
+
+struct OutputBuffer {
+    DLManagedTensor managed;  // first: the DLManagedTensor* is the OutputBuffer*
+    int64_t shape[1];
+    void* memory;
+    size_t capacity;
+    OutputBuffer* next;  // in the cache
+};
+
+constexpr size_t OUTPUT_ROUNDING = size_t(1) << 21;  // a huge page
+
+#if defined(MX_HAVE_MMAP)
+pthread_mutex_t g_output_lock = PTHREAD_MUTEX_INITIALIZER;
+MX_INLINE void output_lock() { pthread_mutex_lock(&g_output_lock); }
+MX_INLINE void output_unlock() { pthread_mutex_unlock(&g_output_lock); }
+#else
+MX_INLINE void output_lock() {}
+MX_INLINE void output_unlock() {}
+#endif
+OutputBuffer* g_output_cache = nullptr;  // most recently freed first
+size_t g_output_cached_bytes = 0;
+size_t g_output_cache_limit = 0;
+
+void* map_output(size_t capacity) {
+#if defined(MX_HAVE_MMAP)
+    void* p = mmap(nullptr, capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return nullptr;
+#if defined(MADV_HUGEPAGE)
+    madvise(p, capacity, MADV_HUGEPAGE);  // advisory
+#endif
+    return p;
+#else
+    return std::malloc(capacity);
+#endif
+}
+
+void unmap_output(OutputBuffer* b) {
+#if defined(MX_HAVE_MMAP)
+    munmap(b->memory, b->capacity);
+#else
+    std::free(b->memory);
+#endif
+    std::free(b);
+}
+
+// Drop cached buffers, oldest first, until at most `keep` bytes stay cached (lock held).
+void trim_output_cache(size_t keep) {
+    while (g_output_cached_bytes > keep) {
+        OutputBuffer** last = &g_output_cache;
+        while ((*last)->next) last = &(*last)->next;
+        OutputBuffer* b = *last;
+        *last = nullptr;
+        g_output_cached_bytes -= b->capacity;
+        unmap_output(b);
+    }
+}
+
+void release_output(DLManagedTensor* managed) {
+    OutputBuffer* b = reinterpret_cast<OutputBuffer*>(managed);
+    output_lock();
+    if (b->capacity <= g_output_cache_limit) {
+        b->next = g_output_cache;
+        g_output_cache = b;
+        g_output_cached_bytes += b->capacity;
+        trim_output_cache(g_output_cache_limit);
+        b = nullptr;
+    }
+    output_unlock();
+    if (b) unmap_output(b);
+}
+
+#if defined(MX_HAVE_MMAP)
+void output_atfork_prepare() { output_lock(); }
+void output_atfork_release() { output_unlock(); }
+// a child forked while another thread held the lock gets it unlocked (the holder does not exist there)
+const int g_output_atfork = pthread_atfork(output_atfork_prepare, output_atfork_release, output_atfork_release);
+#endif
+
 }  // namespace
 
 extern "C" {
+
+// A 1-D uint8 DLPack tensor of nbytes on the CPU (see "recycled output buffers"), or null when no
+// memory could be mapped. The caller hands it to torch (from_dlpack), which calls its deleter.
+void* mx_output_alloc(int64_t nbytes) {
+    if (nbytes <= 0) return nullptr;
+    const size_t capacity = (size_t(nbytes) + OUTPUT_ROUNDING - 1) / OUTPUT_ROUNDING * OUTPUT_ROUNDING;
+    OutputBuffer* b = nullptr;
+    output_lock();
+    for (OutputBuffer** it = &g_output_cache; *it; it = &(*it)->next) {
+        if ((*it)->capacity == capacity) {
+            b = *it;
+            *it = b->next;
+            g_output_cached_bytes -= capacity;
+            break;
+        }
+    }
+    output_unlock();
+    if (!b) {
+        b = static_cast<OutputBuffer*>(std::calloc(1, sizeof(OutputBuffer)));
+        if (!b) return nullptr;
+        b->memory = map_output(capacity);
+        if (!b->memory) {
+            output_lock();  // memory is short: give back what the cache holds, and try once more
+            trim_output_cache(0);
+            output_unlock();
+            b->memory = map_output(capacity);
+        }
+        if (!b->memory) {
+            std::free(b);
+            return nullptr;
+        }
+        b->capacity = capacity;
+    }
+    b->next = nullptr;
+    b->shape[0] = nbytes;
+    DLTensor& t = b->managed.dl_tensor;
+    t.data = b->memory;
+    t.device = DLDevice{1, 0};
+    t.ndim = 1;
+    t.dtype = DLDataType{1, 8, 1};
+    t.shape = b->shape;
+    t.strides = nullptr;  // compact
+    t.byte_offset = 0;
+    b->managed.manager_ctx = b;
+    b->managed.deleter = release_output;
+    return &b->managed;
+}
+
+// Give back a tensor from mx_output_alloc that was never handed to torch.
+void mx_output_free(void* managed) {
+    if (managed) release_output(static_cast<DLManagedTensor*>(managed));
+}
+
+// Keep at most limit bytes of freed output buffers for reuse (0: none); returns the bytes cached.
+int64_t mx_output_cache_limit(int64_t limit) {
+    output_lock();
+    g_output_cache_limit = limit > 0 ? size_t(limit) : 0;
+    trim_output_cache(g_output_cache_limit);
+    const int64_t cached = int64_t(g_output_cached_bytes);
+    output_unlock();
+    return cached;
+}
+
 
 int mx_abi_version() { return MX_ABI_VERSION; }
 
@@ -1825,6 +3261,9 @@ int mx_format_size() { return int(sizeof(Format)); }
 int mx_encode(const Format* f, int32_t dt, const void* x, int64_t length, int64_t bpr, int64_t b0, int64_t b1,
               float tensor_scale, uint64_t seed, uint8_t* codes_out, void* scales_out) {
     if (f->block_size <= 0 || f->bits < 1 || f->bits > 16 || ((b0 * f->block_size * f->bits) % 8) != 0) return -1;
+#if defined(MX_FAST_KERNELS)
+    if (encode_fast(*f, dt, x, length, b0, b1, tensor_scale, codes_out, scales_out)) return 0;
+#endif
     // + W: whole vectors may be written past the last valid code
     uint16_t* cbuf = static_cast<uint16_t*>(std::malloc(sizeof(uint16_t) * size_t(f->block_size + W)));
     if (!cbuf) return -2;
@@ -1867,8 +3306,28 @@ int mx_encode(const Format* f, int32_t dt, const void* x, int64_t length, int64_
     return 0;
 }
 
+// The float32 tensor scale of a two-level format from the tensor's finite amax (float32 bits):
+// reference.tensor_scale_from_amax, S = amax / (max_normal * scale_max) rounded up onto the
+// float32 grid, 1 for an all-zero tensor -- without a torch round trip (which costs more than
+// encoding a small message).
+float mx_tensor_scale(const Format* f, uint32_t amax_bits) {
+    const float amax = u2f(amax_bits);
+    if (!(amax > 0.0f)) return 1.0f;
+    const double q = double(amax) / (f->max_normal * f->scale_max);
+    return float(round_up_grid(q, 23, -126, double(std::numeric_limits<float>::max())));
+}
+
 // Per-block amax over the finite elements of blocks [b0, b1) as float32 bits; returns their max.
 uint32_t mx_finite_amax(int32_t dt, const void* x, int64_t length, int64_t bpr, int32_t bs, int64_t b0, int64_t b1) {
+#if defined(MX_FAST_KERNELS)
+    if (bs > 0 && length % bs == 0) {  // whole blocks back to back: one contiguous range
+        switch (dt) {
+            case DT_FP32: return finite_amax_contiguous<DT_FP32>(x, b0 * bs, b1 * bs);
+            case DT_BF16: return finite_amax_contiguous<DT_BF16>(x, b0 * bs, b1 * bs);
+            default: return finite_amax_contiguous<DT_FP16>(x, b0 * bs, b1 * bs);
+        }
+    }
+#endif
     BlockCursor cur(length, bpr, bs, b0);
     uint32_t best = 0;
     for (int64_t k = b0; k < b1; ++k, cur.next()) {
@@ -1929,6 +3388,10 @@ int mx_decode(const Format* f, int32_t odt, int32_t nparts, const uint8_t* const
     }
     if (f->rotate) {
         MX_DEC_ODT(decode_rotated_range);
+#if defined(MX_FAST_KERNELS)
+    } else if (decode_fast(*f, odt, nparts, codes, scales, tensor_scales, table, length, bpr, b0, b1, out, cbuf, acc,
+                           readers)) {
+#endif
     } else {
         MX_DEC_ODT(decode_range);
     }

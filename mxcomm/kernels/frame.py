@@ -86,6 +86,48 @@ def format_fields(fmt: BlockFormat) -> bytes:
     return elem + block
 
 
+#: Length of ``format_fields``.
+FORMAT_FIELDS_NBYTES = _ELEM.size + _BLOCK.size
+
+
+def format_from_fields(name: str, fields: bytes | memoryview) -> BlockFormat:
+    """Inverse of :func:`format_fields`: the format named ``name`` that ``fields`` describe.
+
+    Raises:
+        FormatError: ``fields`` of the wrong length or with an invalid field.
+    """
+    if len(fields) != FORMAT_FIELDS_NBYTES:
+        raise FormatError(f"a format description has {FORMAT_FIELDS_NBYTES} bytes, got {len(fields)}")
+    kind, p1, p2, bias, inf, nan = _ELEM.unpack(fields[: _ELEM.size])
+    if kind == 0:
+        if inf not in (0, 1):
+            raise FormatError(f"format description has an invalid inf flag {inf}")
+        element: FloatElement | IntElement = FloatElement(
+            p1, p2, bias=bias, inf=bool(inf), nan=NanEncoding.from_code(nan, "frame nan encoding")
+        )
+    elif kind == 1:
+        if (p2, bias, inf, nan) != (0, 0, 0, 0):
+            raise FormatError("format description has non-zero reserved fields in an integer element")
+        element = IntElement(p1)
+    else:
+        raise FormatError(f"format description has an invalid element kind {kind}")
+    block_size, scale, mode, rounding, tscale_flag, rot_flag, rot_seed = _BLOCK.unpack(fields[_ELEM.size :])
+    if tscale_flag not in (0, 1):
+        raise FormatError(f"format description has an invalid tensor-scale flag {tscale_flag}")
+    if rot_flag not in (0, 1) or (rot_flag == 0 and rot_seed != 0):
+        raise FormatError(f"format description has an invalid rotation field ({rot_flag}, {rot_seed})")
+    return BlockFormat(
+        name,
+        element,
+        block_size,
+        ScaleType.from_code(scale, "frame scale type"),
+        ScaleMode.from_code(mode, "frame scale mode"),
+        Rounding.from_code(rounding, "frame rounding"),
+        tensor_scale=bool(tscale_flag),
+        rotation_seed=rot_seed if rot_flag else None,
+    )
+
+
 def frame_bytes(
     fmt: BlockFormat,
     shape: tuple[int, ...],
@@ -174,34 +216,7 @@ def parse_frame(data: bytes | bytearray | memoryview) -> FrameContents:
         name = bytes(r.take(name_len, "format name")).decode("ascii")
     except UnicodeDecodeError as exc:
         raise FormatError("frame has a non-ASCII format name") from exc
-    kind, p1, p2, bias, inf, nan = r.unpack(_ELEM, "element description")
-    if kind == 0:
-        if inf not in (0, 1):
-            raise FormatError(f"frame has an invalid inf flag {inf}")
-        element: FloatElement | IntElement = FloatElement(
-            p1, p2, bias=bias, inf=bool(inf), nan=NanEncoding.from_code(nan, "frame nan encoding")
-        )
-    elif kind == 1:
-        if (p2, bias, inf, nan) != (0, 0, 0, 0):
-            raise FormatError("frame has non-zero reserved fields in an integer element")
-        element = IntElement(p1)
-    else:
-        raise FormatError(f"frame has an invalid element kind {kind}")
-    block_size, scale, mode, rounding, tscale_flag, rot_flag, rot_seed = r.unpack(_BLOCK, "block description")
-    if tscale_flag not in (0, 1):
-        raise FormatError(f"frame has an invalid tensor-scale flag {tscale_flag}")
-    if rot_flag not in (0, 1) or (rot_flag == 0 and rot_seed != 0):
-        raise FormatError(f"frame has an invalid rotation field ({rot_flag}, {rot_seed})")
-    fmt = BlockFormat(
-        name,
-        element,
-        block_size,
-        ScaleType.from_code(scale, "frame scale type"),
-        ScaleMode.from_code(mode, "frame scale mode"),
-        Rounding.from_code(rounding, "frame rounding"),
-        tensor_scale=bool(tscale_flag),
-        rotation_seed=rot_seed if rot_flag else None,
-    )
+    fmt = format_from_fields(name, r.take(FORMAT_FIELDS_NBYTES, "format description"))
     dtype_index, ndim, axis = r.unpack(_TENSOR, "tensor description")
     dtype = dtype_from_code(dtype_index)
     if ndim > MAX_NDIM:
@@ -215,7 +230,7 @@ def parse_frame(data: bytes | bytearray | memoryview) -> FrameContents:
 
     # Every length must follow from the description before anything is allocated.
     lay = block_layout(dims, axis, fmt.block_size)
-    want_codes = packed_code_bytes(lay.num_codes, element.bits)
+    want_codes = packed_code_bytes(lay.num_codes, fmt.element.bits)
     want_scales = lay.num_blocks * fmt.scale_spec.nbytes
     want_tscale = 4 if fmt.tensor_scale else 0
     if (codes_len, scales_len, tscale_len) != (want_codes, want_scales, want_tscale):

@@ -38,7 +38,7 @@ from mxcomm.kernels.dtypes import INPUT_DTYPES
 HEADER_PATH = Path(__file__).with_name("codec_params.h")
 # Version of the native library's C interface (the struct below and the mx_* signatures declared in
 # cpu_backend.py); the library reports it (mx_abi_version) and the backend refuses another.
-NATIVE_ABI_VERSION = 8
+NATIVE_ABI_VERSION = 9
 
 _CTYPES = {
     "int32_t": ctypes.c_int32,

@@ -6,8 +6,9 @@ PyTorch's :class:`~torch.distributed.tensor.parallel.RowwiseParallel` shards a
 ``Replicate``, which is a plain all-reduce. :class:`CompressedRowwiseParallel`
 keeps the weight sharding and input handling of ``RowwiseParallel`` unchanged
 and replaces only that output reduction: it takes the local partial tensor and
-sums it across the mesh with :func:`mxcomm.collectives.all_reduce` in a block
-format. Every rank gets a bitwise-identical result (a property of the
+sums it across the mesh with mxcomm's compressed all-reduce in a block format
+(:func:`mxcomm.collectives.functional_all_reduce`, one ``mxcomm::all_reduce``
+custom op, so a compiled model traces it as one node). Every rank gets a bitwise-identical result (a property of the
 collective), so the output is a genuine ``Replicate`` DTensor.
 
 The communication settings live on the parallelized module (attribute
@@ -29,11 +30,12 @@ from torch.distributed.tensor import DTensor, Replicate
 from torch.distributed.tensor.parallel import RowwiseParallel
 from torch.distributed.tensor.placement_types import Partial, Placement
 
-from mxcomm.collectives import Algorithm, all_reduce, all_reduce_with_outliers
+from mxcomm.collectives import Algorithm, functional_all_reduce, functional_all_reduce_with_outliers
 from mxcomm.collectives.algorithms import REQUESTABLE
 from mxcomm.collectives.planner import gather_format
 from mxcomm.errors import FormatError, MxcommError
 from mxcomm.formats import BlockFormat, get_format
+from mxcomm.kernels.torch_ops import canonical_format
 
 #: Attribute name under which a parallelized module carries its :class:`RowwiseComm`.
 COMM_ATTR = "mxcomm_comm"
@@ -49,13 +51,17 @@ class TPPlanError(MxcommError, ValueError):
 
 
 def resolve_format(fmt: FormatLike | None) -> BlockFormat | None:
-    """``None`` / ``"none"`` mean "no compression"; anything else must name a registered format."""
+    """``None`` / ``"none"`` mean "no compression"; anything else must name a registered format.
+
+    Equal formats resolve to one object (``canonical_format``): a compiled model guards on it by
+    identity, so setting an equal format again reuses the compiled graph instead of recompiling.
+    """
     if fmt is None or (isinstance(fmt, str) and fmt.lower() == "none"):
         return None
     if isinstance(fmt, BlockFormat):
-        return fmt
+        return canonical_format(fmt)
     if isinstance(fmt, str):
-        return get_format(fmt)
+        return canonical_format(get_format(fmt))
     raise FormatError(f"format must be a BlockFormat, a registered format name or None, got {fmt!r}")
 
 
@@ -138,18 +144,20 @@ class _ReduceToReplicate(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, partial_out: torch.Tensor, comm: RowwiseComm, group: ProcessGroup | None) -> torch.Tensor:
-        wire_dtype = comm.comm_dtype or partial_out.dtype
-        # all_reduce works in place; never overwrite a tensor autograd may still need.
-        buf = partial_out.detach().to(dtype=wire_dtype, copy=True, memory_format=torch.contiguous_format)
+        wire = partial_out.detach().to(comm.comm_dtype or partial_out.dtype)
+        # The functional collective ops (one opaque custom op each, see mxcomm.collectives.torch_ops)
+        # return a new tensor: the partial, which autograd may still need, is never overwritten, and
+        # torch.compile traces the reduction as a single node.
         if comm.compressed and comm.outlier_channels is not None:
             # channel indices out of range raise FormatError here, on every rank alike
-            all_reduce_with_outliers(buf, comm.fmt, comm.outlier_channels, group=group, algorithm=comm.algorithm,
-                                     gather_fmt=comm.gather_fmt)
+            out = functional_all_reduce_with_outliers(wire, comm.fmt, comm.outlier_channels, group,
+                                                      algorithm=comm.algorithm, gather_fmt=comm.gather_fmt)
         elif comm.compressed:
-            all_reduce(buf, comm.fmt, group=group, algorithm=comm.algorithm, gather_fmt=comm.gather_fmt)
+            out = functional_all_reduce(wire, comm.fmt, group=group, algorithm=comm.algorithm,
+                                        gather_fmt=comm.gather_fmt)
         else:
-            all_reduce(buf, None, group=group, algorithm="none")
-        return buf if buf.dtype == partial_out.dtype else buf.to(partial_out.dtype)
+            out = functional_all_reduce(wire, None, group=group, algorithm="none")
+        return out if out.dtype == partial_out.dtype else out.to(partial_out.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, None, None]:

@@ -103,6 +103,12 @@ def test_ttft_table_speedups_and_ppl_lookup():
     assert table[3].endswith("| +0.50% | yes |")
     # auto is looked up under the algorithm it actually ran
     assert "| 2.50x |" in table[4] and table[4].endswith("| +0.50% | no |")
+    # a compiled setting: speedup against the eager baseline, Δ ppl of its eager twin
+    compiled = CommSetting("mxint8", algorithm="two_shot", compiled=True)
+    results[0]["rows"].append(row(compiled, 2.0, {"two_shot": 60}))
+    table = ttft_markdown(results, ppl_rows).splitlines()
+    assert table[5].startswith("| 25mbit | mxint8 rne two_shot compiled | two_shot×60 |")
+    assert "| 5.00x |" in table[5] and table[5].endswith("| +0.50% | yes |")
 
 
 # -- outlier-robust Pareto phase ---------------------------------------------------------------------
@@ -177,9 +183,24 @@ def test_ttft_setting_syntax():
     s = parse_ttft_setting("mxfp4:two_shot:rot:k8", 9)
     assert (s.fmt, s.algorithm, s.rotation_seed, s.outliers) == ("mxfp4_e2m1", "two_shot", 9, 8)
     assert parse_ttft_setting("mxint8:auto", 9).rotation_seed is None
-    for bad in ("mxfp4", "mxfp4:ring", "mxfp4:allgather:k0", "mxfp4:allgather:spin"):
+    compiled = parse_ttft_setting("mxfp8_e4m3:two_shot:compiled", 9)
+    assert compiled.compiled and compiled.label == "mxfp8_e4m3 rne two_shot compiled"
+    assert compiled.eager_label == "mxfp8_e4m3 rne two_shot" and not parse_ttft_setting("mxint8:auto", 9).compiled
+    none = parse_ttft_setting("none:none:compiled", 9)
+    assert (none.fmt, none.algorithm, none.compiled, none.label) == (None, "none", True, "none (bfloat16 wire) compiled")
+    for bad in ("mxfp4", "mxfp4:ring", "mxfp4:allgather:k0", "mxfp4:allgather:spin", "none:allgather",
+                "mxfp4:none", "none:none:rot"):
         with pytest.raises(EvalSetupError):
             parse_ttft_setting(bad, 9)
+
+
+def test_compiled_ttft_settings_need_a_warmup(tmp_path):
+    from mxcomm.bench.smollm2 import Assets
+    from mxcomm.bench.ttft import run_ttft
+
+    with pytest.raises(EvalSetupError, match="warmup"):
+        run_ttft(Assets(tmp_path, tmp_path, tmp_path, 0), [CommSetting(None, algorithm="none", compiled=True)],
+                 ["loopback"], warmup=0)
 
 
 def test_windows_from_an_offset():

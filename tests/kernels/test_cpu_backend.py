@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
 import multiprocessing
 import os
 import warnings
@@ -79,14 +80,15 @@ def test_inputs_cut_into_ranges_give_the_reference_bytes(fmt, data, seed, thread
 
 @st.composite
 def fast_path_cases(draw: st.DrawFn):
-    """Whole blocks of 16k elements back to back with 4- or 8-bit codes (the vectorised fast path)."""
+    """Whole blocks of 16k elements back to back with 4-, 6- or 8-bit codes (the vectorised fast paths)."""
     if draw(st.booleans()):
-        fmt = mxcomm.get_format(draw(st.sampled_from(["mxfp4", "mxfp8_e4m3", "mxfp8_e5m2", "mxint8", "nvfp4",
-                                                        "int4_fp16", "int8_fp16", "fp4_e2m1_b16", "int4_b64"])))
+        fmt = mxcomm.get_format(draw(st.sampled_from(["mxfp4", "mxfp6_e2m3", "mxfp6_e3m2", "mxfp8_e4m3", "mxfp8_e5m2",
+                                                        "mxint8", "nvfp4", "int4_fp16", "int6", "int8_fp16",
+                                                        "fp4_e2m1_b16", "int4_b64"])))
     else:
-        elem = draw(elements().filter(lambda e: e.bits in (4, 8)))
+        elem = draw(elements().filter(lambda e: e.bits in (4, 6, 8)))
         scale = draw(st.sampled_from(SCALE_TYPES))
-        fmt = _build(BlockFormat, "hyp", elem, draw(st.sampled_from([16, 32, 48, 64])), scale,
+        fmt = _build(BlockFormat, "hyp", elem, draw(st.sampled_from([16, 32, 48, 64, 96])), scale,
                      tensor_scale=scale != "e8m0" and draw(st.booleans()))
     rounding = draw(st.sampled_from(tuple(Rounding)))
     mode = draw(st.sampled_from(E8M0_SCALE_MODES)) if fmt.scale == "e8m0" else "rceil"
@@ -138,6 +140,104 @@ def check_random_payloads_decode(fmt: BlockFormat, rows: int, length: int, npart
             assert_same_values(mxcomm.decode_sum(parts, dtype=dtype, backend="cpu"), want)
             if nparts == 1:
                 assert_same_values(mxcomm.decode(parts[0], dtype=dtype, backend="cpu"), want)
+
+
+@given(fmt=fast_path_cases().map(lambda case: case[0]), rows=st.integers(1, 3), blocks=st.integers(1, 4),
+       nparts=st.integers(1, 3), seed=st.integers(0, 2**31 - 1))
+@examples(60)
+def test_decode_of_random_payloads_in_whole_blocks(fmt, rows, blocks, nparts, seed) -> None:
+    """The same for rows of whole blocks, which the fast decoders take: any code and scale bit pattern
+    (NaN/inf codes and scales, subnormal and overflowing products) decodes like the reference."""
+    check_random_payloads_decode(fmt, rows, blocks * fmt.block_size, nparts, seed, 1)
+
+
+@pytest.mark.parametrize("name", ["mxfp4", "nvfp4", "int4", "fp4_e2m1_b16", "int4_fp16"])
+def test_4bit_decode_of_random_payloads_through_per_call_tables(name: str) -> None:
+    """Enough blocks in one call (>= 512) for the 4-bit decoder's output tables of every scale code;
+    random payloads hit every code, NaN scales and saturating products."""
+    check_random_payloads_decode(mxcomm.get_format(name), 16, 64 * mxcomm.get_format(name).block_size, 1, 5, 1)
+
+
+# -- the comparison-based 4-bit encoder (bfloat16 inputs) ----------------------------------------
+def _midpoint_ties(fmt: BlockFormat, blocks: int, seed: int) -> torch.Tensor:
+    """bfloat16 blocks whose elements sit on, and one bfloat16 step either side of, the rounding
+    midpoints of their block (E2M1: 0.25, 0.75, ..., 5 times amax / 6), with a power-of-two tensor
+    scale where the format has one, so that x / X hits the midpoints exactly."""
+    g = torch.Generator().manual_seed(seed)
+    mids = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0], dtype=torch.float64)
+    amax = torch.tensor([6.0, 5.0, 3.0, 7.0, 2688.0, 1.5, 0.75, 33.0], dtype=torch.float64)
+    a = amax[torch.randint(0, len(amax), (blocks, 1), generator=g)] * 2.0 ** torch.randint(-40, 40, (blocks, 1), generator=g)
+    t = mids[torch.randint(0, len(mids), (blocks, fmt.block_size - 1), generator=g)] * a / 6
+    nudge = torch.tensor([1.0, 1.0, 1 + 2**-7, 1 - 2**-8, -1.0], dtype=torch.float64)
+    t = t * nudge[torch.randint(0, len(nudge), t.shape, generator=g)]
+    x = torch.cat([a, t], dim=1).reshape(-1, 16 * fmt.block_size)
+    if fmt.tensor_scale:
+        x[0, 0] = 2688.0 * 2.0**10  # the tensor scale is 2**10 exactly
+    return x.to(torch.bfloat16)
+
+
+@pytest.mark.parametrize("name", ["nvfp4", "mxfp4", "int4", "fp4_e2m1_b16", "int4_b64"])
+def test_4bit_encode_by_comparisons_on_midpoint_ties(name: str) -> None:
+    """Enough blocks in one call (>= 512) for NVFP4's per-call threshold table; every tie direction."""
+    fmt = mxcomm.get_format(name)
+    for mode in (E8M0_SCALE_MODES if fmt.scale == "e8m0" else ("rceil",)):
+        f = fmt.with_options(scale_mode=mode)
+        x = _midpoint_ties(f, 1024, seed=len(name) + len(mode))
+        x[3, 5] = math.nan  # a NaN block among them
+        x[4] *= 2.0**-120  # blocks whose thresholds leave the bfloat16 normal range
+        encode_both(x, f)
+
+
+def test_tensor_scale_matches_the_reference() -> None:
+    """The native tensor scale (mx_tensor_scale) equals reference.tensor_scale_from_amax."""
+    from mxcomm.kernels.reference import tensor_scale_from_amax
+
+    lib = cpu_backend.load().library()
+    amaxes = [0.0, 2.0**-149, 3 * 2.0**-149, 2.0**-126, 1e-30, 1.0, 2688.0, 2689.0, 3.4e38, torch.finfo(torch.float32).max]
+    amaxes += make_values("wide", (200,), 0, 21).abs().to(torch.float32).tolist()
+    for name in ("nvfp4", "int4_fp16"):
+        fmt = mxcomm.get_format(name).with_options(tensor_scale=True)
+        params = ctypes.byref(cpu_backend.cpu_format(fmt))
+        for a in amaxes:
+            bits = torch.tensor([a], dtype=torch.float32).view(torch.int32).item() & 0xFFFFFFFF
+            want = tensor_scale_from_amax(torch.tensor([a], dtype=torch.float32), fmt)
+            assert lib.mx_tensor_scale(params, bits) == want.item(), (name, a)
+
+
+# -- recycled outputs ---------------------------------------------------------------------------
+def test_large_outputs_recycle_memory_only_once_torch_released_it(monkeypatch) -> None:
+    backend = cpu_backend.CpuBackend()
+    monkeypatch.setattr(cpu_backend, "POOLED_OUTPUT_BYTES", 1 << 16)
+    lib = backend.library()
+    lib.mx_output_cache_limit(64 << 20)
+    try:
+        a = backend.empty_output((64, 1024), torch.bfloat16)
+        assert a.shape == (64, 1024) and a.dtype == torch.bfloat16 and a.is_contiguous()
+        a.fill_(1.5)
+        view, ptr = a[3:], a.data_ptr()
+        del a
+        b = backend.empty_output((64, 1024), torch.bfloat16)  # a view of the first one is alive
+        assert b.data_ptr() != ptr and torch.all(view == 1.5)
+        ptr_b = b.data_ptr()
+        del view, b
+        c = backend.empty_output((128, 512), torch.bfloat16)  # same size: one of them again
+        assert c.data_ptr() in (ptr, ptr_b)
+        assert lib.mx_output_cache_limit(64 << 20) >= 1 << 17
+        del c
+        assert lib.mx_output_cache_limit(0) == 0  # limit 0: nothing kept
+        small = backend.empty_output((8,), torch.float32)  # below the threshold: torch's own memory
+        assert small.numel() == 8
+    finally:
+        lib.mx_output_cache_limit(cpu_backend.output_cache_limit()[0])
+
+
+def test_output_cache_limit_from_the_environment(monkeypatch) -> None:
+    monkeypatch.setenv(cpu_backend.OUTPUT_CACHE_ENV, "0.5")
+    assert cpu_backend.output_cache_limit() == (1 << 19, f"{cpu_backend.OUTPUT_CACHE_ENV}=0.5")
+    monkeypatch.setenv(cpu_backend.OUTPUT_CACHE_ENV, "lots")
+    with pytest.raises(cpu_backend.NativeCodecUnavailable, match="not a non-negative number"):
+        cpu_backend.output_cache_limit()
+    assert "not a non-negative number" in cpu_backend.CpuBackend().availability(torch.device("cpu"))
 
 
 # -- the ctypes entry points -------------------------------------------------------------------
