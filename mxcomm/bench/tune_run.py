@@ -298,8 +298,9 @@ def render(doc: dict[str, Any]) -> str:
                   "| module | setting | wire bits / elem | proxy KL | measured KL | measured Δ NLL |",
                   "|---|---|---:|---:|---:|---:|"]
         for m in p["modules"]:
-            lines.append(f"| {m['module']} | {m['candidate']} | {m['bits']:.3f} | {m['proxy']:.2e} | "
-                         f"{m['kl']:.2e} | {m['dnll']:+.2e} |")
+            kl = "–" if m["kl"] is None else f"{m['kl']:.2e}"
+            dnll = "–" if m["dnll"] is None else f"{m['dnll']:+.2e}"
+            lines.append(f"| {m['module']} | {m['candidate']} | {m['bits']:.3f} | {m['proxy']:.2e} | {kl} | {dnll} |")
         if p["rounds"]:
             lines += ["", "Rounds: " + "; ".join(
                 f"KL budget {r['budget_kl']:.4f} -> {r['bits']:.3f} bits, measured Δ NLL {r['measured_dnll']:+.4f}"

@@ -421,6 +421,15 @@ def _front(rows: Sequence[Measured], limit: int) -> list[Measured]:
     return sorted(picked, key=lambda r: r.bits)
 
 
+def _allocation_rows(rows: Sequence[Measured]) -> list[Measured]:
+    """A module's options for the allocation: its measured candidates; if none was measured
+    (``max_measured=0``), every candidate, with the proxy standing in for the KL."""
+    measured = [r for r in rows if r.kl is not None]
+    if any(r.candidate.compressed for r in measured):
+        return measured
+    return list(rows)
+
+
 # -- the tuner -------------------------------------------------------------------------------------------
 
 
@@ -553,7 +562,10 @@ class Tuner:
         kept = {n: _front([r for r in rows if r.bits <= cfg.max_bits_measured], cfg.max_measured)
                 for n, rows in proxies.items()}
         total = sum(len(v) for v in kept.values())
-        self.log(f"[tune] measuring {total} (module, candidate) pairs on {len(wins)} window(s)")
+        if total:
+            self.log(f"[tune] measuring {total} (module, candidate) pairs on {len(wins)} window(s)")
+        else:
+            self.log("[tune] max_measured=0: the allocation uses the proxy as each module's KL (nothing measured)")
         done, t0 = 0, time.perf_counter()
         for name in self.names:
             layer = _layer_of(name)
@@ -614,13 +626,14 @@ class Tuner:
         if (max_bits is None) == (max_ppl_pct is None):
             raise EvalSetupError("give exactly one budget: max_bits or max_ppl_pct")
         names = self.names
-        rows = {n: [r for r in sens.modules[n] if r.kl is not None] for n in names}
-        options = [[Option(r.bytes, r.sends, float(r.kl)) for r in rows[n]] for n in names]
+        rows = {n: _allocation_rows(sens.modules[n]) for n in names}
+        options = [[Option(r.bytes, r.sends, float(r.kl if r.kl is not None else r.proxy)) for r in rows[n]]
+                   for n in names]
 
         def outcome_of(choice: list[int], history: list[dict[str, float]]) -> Outcome:
             assignment = {n: rows[n][i].candidate for n, i in zip(names, choice)}
             kl, dnll = self.measure(assignment)
-            pred_dnll = sum(float(rows[n][i].dnll or 0.0) for n, i in zip(names, choice))
+            pred_dnll = sum(float(rows[n][i].dnll or 0.0) for n, i in zip(names, choice))  # 0 where not measured
             return Outcome(label, assignment, wire_bits(options, choice), total_loss(options, choice), pred_dnll,
                            kl, dnll, history)
 

@@ -86,7 +86,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="outlier channels of the two-shot candidates")
     p.add_argument("--rotation-seed", type=int, default=DEFAULT_ROTATION_SEED, help="Hadamard rotation seed")
     p.add_argument("--max-measured", type=int, default=8,
-                   help="candidates measured per module (the proxy's Pareto front; default 8)")
+                   help="candidates measured per module (the proxy's Pareto front; default 8; 0: none, the "
+                   "allocation then uses the proxy as each module's KL)")
     p.add_argument("--rounds", type=int, default=4, help="end-to-end correction rounds of a ppl budget (default 4)")
     p.add_argument("--outliers", type=Path, default=None,
                    help="outlier calibration JSON to use (default: calibrate on the calibration windows)")

@@ -132,3 +132,17 @@ def test_evaluation_pairs_against_the_uncompressed_setting(tuned):
     assert by["fp4"]["paired"]["delta_pct"] != 0
     with pytest.raises(EvalSetupError, match="baseline"):
         evaluate(model, data, {"tuned": tight.assignment}, outliers=outliers, world_size=WORLD)
+
+
+def test_without_measurements_the_proxy_is_allocated(tuned):
+    _, _, _, tuner, sens, *_ = tuned
+    proxy_only = Sensitivity.from_dict(sens.to_dict())
+    for rows in proxy_only.modules.values():
+        for r in rows:
+            if r.candidate.compressed:
+                r.kl = r.dnll = None
+    with tuner.session():
+        out = tuner.allocate(proxy_only, max_bits=4.6, label="proxy")
+    assert out.bits <= 4.6
+    chosen = {n: next(r for r in proxy_only.modules[n] if r.candidate == c) for n, c in out.assignment.items()}
+    assert out.predicted_kl == pytest.approx(sum(r.proxy for r in chosen.values()))

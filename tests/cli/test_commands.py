@@ -284,7 +284,9 @@ def test_tune_writes_plans_and_report_and_verifies_on_ranks(tmp_path, capsys):
     tables = markdown_tables((out / "report.md").read_text())
     assert len(tables) == 2 + len(doc["plans"]) and len(tables[0]) == 1 + len(doc["plans"])
     plan = mxcomm.tp.load_plan(out / "plan.json")
-    assert len(plan.entries) == 4 and "budget bits4.6" in plan.description
+    # the 4 row-parallel modules, plus the vocabulary-parallel embedding, explicitly uncompressed
+    assert [e.module for e in plan.entries if e.fmt == "none"][:1] == ["model.embed_tokens"]
+    assert len(plan.entries) == 5 and "budget bits4.6" in plan.description
 
     # the held-out range must not touch the calibration tokens
     assert main(["tune", *common, "--out", str(tmp_path / "bad"), "--heldout-start", "32",

@@ -22,6 +22,7 @@ from mxcomm.bench.emulation import EmulatedReduction, emulated_all_reduce
 from mxcomm.bench.synthetic import llm_activation
 from mxcomm.collectives import CodecCost, CostModel
 from mxcomm.collectives.planner import all_reduce_wire_bytes, gather_format
+from mxcomm.collectives.torch_ops import functional_all_reduce, functional_all_reduce_with_outliers
 from mxcomm.errors import CollectiveMismatchError, FormatError
 from tests.collectives import reference as ref
 from tests.collectives._harness import run_world
@@ -69,6 +70,10 @@ def _rank_body(rank: int, world: int) -> dict:
     x = _input(rank)
     mxcomm.collectives.all_reduce_with_outliers(x, FP4, CHANNELS, algorithm="two_shot", gather_fmt=FP6)
     res["outliers"] = x
+    # the functional custom ops (what compiled code and mxcomm.tp run) carry the gather format
+    res["functional"] = functional_all_reduce(_input(rank), FP4, algorithm="two_shot", gather_fmt=FP6)
+    res["functional_outliers"] = functional_all_reduce_with_outliers(
+        _input(rank), FP4, torch.tensor(CHANNELS), algorithm="two_shot", gather_fmt=FP6)
     # auto, priced with the gather format
     x = _input(rank)
     with mxcomm.track_comm() as stats:
@@ -169,6 +174,12 @@ def test_outlier_channels_with_a_gather_format(ranks) -> None:
     expected = EmulatedReduction(FP4, "two_shot", gather_fmt=FP6)(parts, torch.tensor(CHANNELS))
     for r in ranks:
         assert torch.equal(_bits(r["outliers"]), _bits(expected))
+
+
+def test_the_functional_ops_carry_the_gather_format(ranks) -> None:
+    for r in ranks:
+        assert torch.equal(_bits(r["functional"]), _bits(ranks[0]["plain"]["out"]))
+        assert torch.equal(_bits(r["functional_outliers"]), _bits(r["outliers"]))
 
 
 def test_auto_prices_two_shot_with_the_gather_format(ranks) -> None:
