@@ -178,3 +178,21 @@ def test_custom_formats_save_once_registered(llama, tmp_path):
 def test_heads_the_world_size_does_not_divide(llama):
     with pytest.raises(TPPlanError, match=r"tensor-parallel size 3 must divide .*num_attention_heads"):
         plan_comms(llama, 3, "mxfp8_e4m3")
+
+
+def test_the_committed_smollm2_plan_fits_smollm2_at_tp3():
+    """docs/plans/smollm2-135m-tp3.json (written by ``mxcomm tune``) resolves onto SmolLM2-135M's shape at TP=3."""
+    from pathlib import Path
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    plan = load_plan(Path(__file__).parents[2] / "docs" / "plans" / "smollm2-135m-tp3.json")
+    with torch.device("meta"):  # the architecture alone: no weights needed to resolve a plan
+        model = LlamaForCausalLM(LlamaConfig(**plan.model.config))
+    comms = plan_comms(model, 3, plan=plan)
+    rowwise = [n for n in row_parallel_modules(model, 3) if n != "model.embed_tokens"]
+    assert len(rowwise) == 60 and all(comms[n].compressed and comms[n].comm_dtype == torch.bfloat16 for n in rowwise)
+    with torch.device("meta"):  # another model (more layers) is refused
+        other = LlamaForCausalLM(LlamaConfig(**{**plan.model.config, "num_hidden_layers": 31}))
+    with pytest.raises(TPPlanError):
+        plan_comms(other, 3, plan=plan)
