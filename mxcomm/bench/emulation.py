@@ -20,8 +20,9 @@ that compute exactly what the ranks compute:
   - one-shot (``allgather``): every partial encoded, decoded to fp32, summed in
     rank order, cast once (saturating);
   - two-shot: for chunk c, the other ranks' encoded-and-decoded chunks in rank
-    order, plus the owner's chunk exactly; the sum re-encoded, and every rank
-    (the owner too) uses the decoded re-encoded chunk;
+    order, plus the owner's chunk exactly; the sum re-encoded (in the gather
+    format, when one is given), and every rank (the owner too) uses the decoded
+    re-encoded chunk; chunks and segments aligned to both formats' blocks;
   - rotated formats: each partial zero-padded to whole blocks and rotated in
     fp32; both algorithms then run in the rotated domain with the plain format
     and un-rotate once at the end;
@@ -50,7 +51,13 @@ from mxcomm.bench.rank_setup import log_stderr
 from mxcomm.bench.settings import CommSetting
 from mxcomm.bench.smollm2 import Assets, EvalSetupError, load_model, load_tokens, windows
 from mxcomm.collectives.outliers import channel_index
-from mxcomm.collectives.planner import DEFAULT_SEGMENT_ELEMS, chunk_bounds, segment_bounds
+from mxcomm.collectives.planner import (
+    DEFAULT_SEGMENT_ELEMS,
+    chunk_bounds,
+    gather_format,
+    segment_bounds,
+    two_shot_block,
+)
 from mxcomm.formats import BlockFormat
 from mxcomm.kernels import decode, encode
 from mxcomm.kernels.reference import saturating_cast
@@ -100,25 +107,27 @@ def _one_shot(parts: Sequence[torch.Tensor], fmt: BlockFormat, dtype: torch.dtyp
     return _unrotated(summed, fmt, parts[0].numel(), dtype)
 
 
-def _two_shot_plain(parts: Sequence[torch.Tensor], fmt: BlockFormat, dtype: torch.dtype,
-                    backend: str) -> torch.Tensor:
+def _two_shot_plain(parts: Sequence[torch.Tensor], fmt: BlockFormat, dtype: torch.dtype, backend: str,
+                    gather: BlockFormat) -> torch.Tensor:
     n, length = len(parts), parts[0].numel()
     out = torch.empty(length, dtype=dtype, device=parts[0].device)
-    for owner, (a, b) in enumerate(chunk_bounds(length, n, fmt.block_size)):
+    for owner, (a, b) in enumerate(chunk_bounds(length, n, two_shot_block(fmt, gather))):
         if b <= a:
             continue
         others = [_decoded(parts[j][a:b], fmt, backend) for j in range(n) if j != owner]
         own = parts[owner][a:b]  # never leaves the owner: enters exactly
         reduced = _sum_in_rank_order(others).add_(own) if others else own.to(torch.float32)
-        out[a:b] = decode(encode(reduced, fmt, backend=backend), dtype=dtype, backend=backend)
+        out[a:b] = decode(encode(reduced, gather, backend=backend), dtype=dtype, backend=backend)
     return out
 
 
-def _two_shot(parts: Sequence[torch.Tensor], fmt: BlockFormat, dtype: torch.dtype, backend: str) -> torch.Tensor:
+def _two_shot(parts: Sequence[torch.Tensor], fmt: BlockFormat, dtype: torch.dtype, backend: str,
+              gather: BlockFormat) -> torch.Tensor:
     if fmt.rotation_seed is None:
-        return _two_shot_plain(parts, fmt, dtype, backend)
-    plain = fmt.with_options(rotation_seed=None)
-    summed = _two_shot_plain([_rotated_padded(p, fmt).view(-1) for p in parts], plain, torch.float32, backend)
+        return _two_shot_plain(parts, fmt, dtype, backend, gather)
+    plain, plain_gather = fmt.with_options(rotation_seed=None), gather.with_options(rotation_seed=None)
+    summed = _two_shot_plain([_rotated_padded(p, fmt).view(-1) for p in parts], plain, torch.float32, backend,
+                             plain_gather)
     return _unrotated(summed, fmt, parts[0].numel(), dtype)
 
 
@@ -129,24 +138,31 @@ def emulated_all_reduce(
     *,
     segment_elems: int = DEFAULT_SEGMENT_ELEMS,
     backend: str = "auto",
+    gather_fmt: BlockFormat | None = None,
 ) -> torch.Tensor:
-    """The result every rank of ``mxcomm.all_reduce(partials[r], fmt, algorithm=...)`` ends with.
+    """The result every rank of ``mxcomm.all_reduce(partials[r], fmt, algorithm=..., gather_fmt=...)`` ends with.
 
     ``partials``: rank r's tensor at index r (same shape and dtype); the result has that
-    shape and dtype. ``algorithm``: ``allgather`` or ``two_shot``.
+    shape and dtype. ``algorithm``: ``allgather`` or ``two_shot``. ``gather_fmt``: two-shot's
+    all-gather format (None: ``fmt``).
     """
     if algorithm not in ("allgather", "two_shot"):
         raise TPPlanError(f"the emulation reduces compressed with allgather or two_shot, got {algorithm!r}")
     first = partials[0]
     if any(p.shape != first.shape or p.dtype != first.dtype for p in partials):
         raise TPPlanError("the emulated partials must share shape and dtype")
+    gather = gather_format(fmt, gather_fmt)  # validates the pair as the collective does
     flats = [p.contiguous().view(-1) for p in partials]
     out = torch.empty_like(flats[0])
-    reduce_segment = _one_shot if algorithm == "allgather" else _two_shot
-    # segments start on block boundaries, as the collective rounds them
-    seg = -(-segment_elems // fmt.block_size) * fmt.block_size
+    # segments start on block boundaries (of both two-shot formats), as the collective rounds them
+    block = two_shot_block(fmt, gather_fmt)
+    seg = -(-segment_elems // block) * block
     for s0, s1 in segment_bounds(out.numel(), seg):
-        out[s0:s1] = reduce_segment([f[s0:s1] for f in flats], fmt, out.dtype, backend)
+        parts = [f[s0:s1] for f in flats]
+        if algorithm == "allgather":
+            out[s0:s1] = _one_shot(parts, fmt, out.dtype, backend)
+        else:
+            out[s0:s1] = _two_shot(parts, fmt, out.dtype, backend, gather)
     return out.view(first.shape)
 
 
@@ -155,13 +171,15 @@ class EmulatedReduction:
     """How the ranks sum a row-parallel module's partial outputs (the settings of its ``RowwiseComm``).
 
     ``fmt`` None or ``algorithm`` ``"none"``: uncompressed (see the module docstring).
-    ``comm_dtype``: the wire dtype (None: the compute dtype).
+    ``comm_dtype``: the wire dtype (None: the compute dtype). ``gather_fmt``: two-shot's
+    all-gather format (None: ``fmt``).
     """
 
     fmt: BlockFormat | None
     algorithm: str = "allgather"
     comm_dtype: torch.dtype | None = None
     backend: str = "auto"
+    gather_fmt: BlockFormat | None = None
 
     def __post_init__(self) -> None:
         if self.algorithm not in EMULATED_ALGORITHMS:
@@ -189,7 +207,7 @@ class EmulatedReduction:
 
     def _compressed(self, wire: Sequence[torch.Tensor]) -> torch.Tensor:
         assert self.fmt is not None
-        return emulated_all_reduce(wire, self.fmt, self.algorithm, backend=self.backend)
+        return emulated_all_reduce(wire, self.fmt, self.algorithm, backend=self.backend, gather_fmt=self.gather_fmt)
 
     def _with_outliers(self, wire: Sequence[torch.Tensor], channels: torch.Tensor) -> torch.Tensor:
         idx = channel_index(channels, wire[0].shape[-1])
@@ -251,26 +269,41 @@ class EmulatedRowParallel(nn.Module):
         return self.reduction(rank_partials(self.linear, x, self.world), self.outlier_channels)
 
 
+def row_parallel_names(model: nn.Module) -> list[str]:
+    """Names of the row-parallel projections of a Llama-family model, layer by layer (o_proj, down_proj)."""
+    path, layers = find_layers(model)
+    return [f"{path}.{i}.{proj}" for i in range(len(layers)) for proj in ROWWISE_PROJECTIONS]
+
+
 @contextmanager
 def emulated_tensor_parallel(
     model: nn.Module,
     world_size: int,
-    reduction: EmulatedReduction,
+    reduction: EmulatedReduction | Mapping[str, EmulatedReduction],
     outlier_channels: Mapping[str, Sequence[int]] | None = None,
 ) -> Iterator[nn.Module]:
     """Within the block, ``model`` (an unsharded Llama-family model) computes what ``world_size`` ranks do.
 
-    ``outlier_channels``: module name (``model.layers.3.mlp.down_proj``) -> channels
-    sent exactly, as :func:`mxcomm.tp.set_outlier_channels` takes them (used only when
-    the reduction is compressed, as on the ranks). The original projections are
-    restored on exit.
+    ``reduction``: one for every row-parallel projection, or module name
+    (``model.layers.3.mlp.down_proj``) -> reduction naming every one of them (a
+    per-module plan). ``outlier_channels``: module name -> channels sent exactly,
+    as :func:`mxcomm.tp.set_outlier_channels` takes them (used only when the
+    reduction is compressed, as on the ranks). The stand-ins
+    (:class:`EmulatedRowParallel`) keep their ``reduction`` and ``outlier_channels``
+    as attributes, which may be changed inside the block. The original projections
+    are restored on exit.
     """
     path, layers = find_layers(model)
     channels = dict(outlier_channels or {})
-    known = {f"{path}.{i}.{proj}" for i in range(len(layers)) for proj in ROWWISE_PROJECTIONS}
+    known = set(row_parallel_names(model))
     unknown = sorted(set(channels) - known)
     if unknown:
         raise TPPlanError(f"outlier channels for modules that are not row-parallel projections: {unknown[:4]}")
+    if not isinstance(reduction, EmulatedReduction):
+        stray, missing = sorted(set(reduction) - known), sorted(known - set(reduction))
+        if stray or missing:
+            raise TPPlanError(f"per-module reductions must name exactly the row-parallel projections: "
+                              f"unknown {stray[:4]}, missing {missing[:4]}")
     swapped: list[tuple[nn.Module, str, nn.Module]] = []
     try:
         for i, layer in enumerate(layers):
@@ -283,7 +316,9 @@ def emulated_tensor_parallel(
                 if proj in COLWISE_PROJECTIONS:
                     stand_in: nn.Module = EmulatedColumnParallel(linear, world_size)
                 else:
-                    stand_in = EmulatedRowParallel(linear, world_size, reduction, channels.get(f"{path}.{i}.{proj}"))
+                    full = f"{path}.{i}.{proj}"
+                    own = reduction if isinstance(reduction, EmulatedReduction) else reduction[full]
+                    stand_in = EmulatedRowParallel(linear, world_size, own, channels.get(full))
                 setattr(parent, name, stand_in)
                 swapped.append((parent, name, linear))
         yield model

@@ -51,7 +51,7 @@ _UNCHANGED = ("replicate", "replicated_with_grad_allreduce")
 def reductions_of(comms: Mapping[str, RowwiseComm]) -> tuple[dict[str, EmulatedReduction], dict[str, list[int]]]:
     """The emulated reduction and outlier channels of each module's settings (compressed ones not ``auto``)."""
     reductions = {n: EmulatedReduction(c.fmt, str(getattr(c.algorithm, "value", c.algorithm)) if c.compressed
-                                       else "none", c.comm_dtype) for n, c in comms.items()}
+                                       else "none", c.comm_dtype, gather_fmt=c.gather_fmt) for n, c in comms.items()}
     channels = {n: c.outlier_channels.tolist() for n, c in comms.items()
                 if c.outlier_channels is not None and c.compressed}
     return reductions, channels

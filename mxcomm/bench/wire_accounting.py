@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from mxcomm.collectives.handshake import DESCRIPTOR_NBYTES
+from mxcomm.collectives.planner import DEFAULT_SEGMENT_ELEMS, all_reduce_wire_bytes, two_shot_block
+from mxcomm.formats import BlockFormat
+
 
 def sends_per_element(algorithm: str, n: int) -> float:
     """How many times a rank sends each element of its tensor: one-shot to every peer; ring and two-shot
@@ -38,3 +42,38 @@ def comm_accounting(stats: Any, forwards: int) -> dict[str, Any]:
         "comm_seconds": summary["seconds"],
         "message": {"numel": stats.records[0].numel, "dtype": stats.records[0].dtype} if stats.records else None,
     }
+
+
+def reduction_wire(
+    fmt: BlockFormat | None,
+    algorithm: str,
+    shape: tuple[int, ...],
+    elem_size: int,
+    world_size: int,
+    outliers: int = 0,
+    gather_fmt: BlockFormat | None = None,
+) -> tuple[int, float]:
+    """What one row-parallel reduction of a ``shape`` tensor costs, as ``track_comm()`` records it on a rank.
+
+    Returns ``(bytes sent, element sends)``: the bytes of the all-reduce record (descriptor, payload,
+    scales), plus, with ``outliers`` > 0 channels, those of the ``outlier_channels`` record (its
+    descriptor and the channels in the wire dtype); and the elements the algorithm moves
+    (``numel x`` :func:`sends_per_element`). Wire bits per element of a forward pass are
+    ``8 x sum(bytes) / sum(element sends)`` over its reductions, as :func:`comm_accounting` computes
+    them from the records. ``fmt`` None or ``algorithm`` ``"none"``: the uncompressed all-reduce
+    (outlier channels are then not sent).
+    """
+    n = world_size
+    numel = 1
+    for d in shape:
+        numel *= d
+    if fmt is None or algorithm == "none":
+        return all_reduce_wire_bytes("none", None, numel, elem_size, n, DEFAULT_SEGMENT_ELEMS).sent, \
+            numel * sends_per_element("none", n)
+    block = two_shot_block(fmt, gather_fmt)
+    segment = -(-DEFAULT_SEGMENT_ELEMS // block) * block  # as all_reduce rounds it
+    sent = all_reduce_wire_bytes(algorithm, fmt, numel, elem_size, n, segment, gather_fmt).sent
+    if outliers:
+        rows = numel // shape[-1]
+        sent += (n - 1) * (DESCRIPTOR_NBYTES + rows * outliers * elem_size)
+    return sent, numel * sends_per_element(algorithm, n)

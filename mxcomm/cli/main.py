@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ["codec", "sweep", "collective", "evaluate", "generate"]
+COMMAND_MODULES = ["codec", "sweep", "collective", "evaluate", "generate", "tune"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -38,6 +38,7 @@ class CommRecord:
     seconds: float
     segments: int = 1
     reason: str = ""  # why this algorithm (planner verdict or "requested")
+    gather_format: str = ""  # two-shot's all-gather format when it is not ``format`` ("" otherwise)
     # blocks that clipped in this rank's encodes of the call (docs/semantics.md, "Range"); with
     # strict=True a call in which any rank's encodes clipped raises RangeError on every rank instead
     clipped_blocks: int = 0

@@ -67,7 +67,13 @@ import torch.distributed as dist
 from torch.distributed import ProcessGroup
 
 from mxcomm.collectives.algorithms import ALL_REDUCE_ALGORITHMS, COMPRESSED
-from mxcomm.collectives.handshake import DESCRIPTOR_NBYTES, CallTimes, WireDescriptor, format_fingerprint
+from mxcomm.collectives.handshake import (
+    DESCRIPTOR_NBYTES,
+    CallTimes,
+    WireDescriptor,
+    format_fingerprint,
+    pair_fingerprint,
+)
 from mxcomm.collectives.planner import (
     EXCHANGES,
     CodecCost,
@@ -75,6 +81,8 @@ from mxcomm.collectives.planner import (
     Plan,
     all_reduce_wire_bytes,
     codec_work,
+    gather_format,
+    pair_codec_name,
     plan_all_reduce,
     segment_bounds,
 )
@@ -101,7 +109,12 @@ _SCALE_RANGE = (0.25, 4.0)
 
 @dataclass(frozen=True)
 class CallMeta:
-    """What a measured all-reduce was (the same on every rank: taken from the agreed descriptor)."""
+    """What a measured all-reduce was (the same on every rank: taken from the agreed descriptor).
+
+    A two-shot with a gather format of its own is learned as a pair: ``fingerprint`` and
+    ``format_name`` are then the pair's (:func:`~mxcomm.collectives.handshake.pair_fingerprint`,
+    :func:`~mxcomm.collectives.planner.pair_codec_name`), its codec time not being split by phase.
+    """
 
     algorithm: str
     fmt: BlockFormat | None  # this rank's format object; its sizes are rank 0's (fingerprints agree)
@@ -111,6 +124,20 @@ class CallMeta:
     elem_size: int
     world_size: int
     segment_elems: int
+    gather_fmt: BlockFormat | None = None  # two-shot's gather format when not ``fmt``
+    gather_fingerprint: bytes | None = None
+
+    @classmethod
+    def of(cls, algorithm: str, fmt: BlockFormat | None, fingerprint: bytes, numel: int, elem_size: int,
+           world_size: int, segment_elems: int, gather_fmt: BlockFormat | None = None,
+           gather_fingerprint: bytes | None = None) -> CallMeta:
+        """The call as learned: a two-shot with its own gather format under the pair's key and name."""
+        name = fmt.name if fmt is not None else ""
+        if algorithm != "two_shot" or fmt is None or gather_fmt is None or gather_fingerprint is None:
+            return cls(algorithm, fmt, fingerprint, name, numel, elem_size, world_size, segment_elems)
+        return cls(algorithm, fmt, pair_fingerprint(fingerprint, gather_fingerprint),
+                   pair_codec_name(fmt, gather_fmt), numel, elem_size, world_size, segment_elems, gather_fmt,
+                   gather_fingerprint)
 
 
 class _Window:
@@ -391,15 +418,32 @@ class GroupEstimate:
     def class_key(fingerprint: bytes, elem_size: int, numel: int) -> tuple[bytes, int, int]:
         return fingerprint, elem_size, numel.bit_length()
 
-    def plan(self, fmt: BlockFormat, numel: int, elem_size: int, world_size: int, *, explore: bool) -> Plan:
-        """``auto``'s plan: the model's choice, or an exploration (only with ``explore`` and learning on)."""
+    def plan(self, fmt: BlockFormat, numel: int, elem_size: int, world_size: int, *, explore: bool,
+             gather_fmt: BlockFormat | None = None) -> Plan:
+        """``auto``'s plan: the model's choice, or an exploration (only with ``explore`` and learning on).
+
+        ``gather_fmt``: two-shot's gather format (None: ``fmt``), priced phase by phase until the
+        pair was measured (then as the pair).
+        """
         fp = format_fingerprint(fmt)
         model, terms = self._for_format(fmt, fp)
-        base = plan_all_reduce(model, fmt, numel, elem_size, world_size)
+        pair_fp = None
+        if gather_fmt is not None:
+            pair_fp = pair_fingerprint(fp, format_fingerprint(gather_format(fmt, gather_fmt)))
+            pair_cost = self._costs.get(pair_fp)
+            gather = gather_format(fmt, gather_fmt)
+            learned_gather = self._costs.get(format_fingerprint(gather))
+            codec = dict(model.codec)
+            if learned_gather is not None:
+                codec[gather.name] = learned_gather
+            if pair_cost is not None:
+                codec[pair_codec_name(fmt, gather)] = pair_cost
+            model = replace(model, codec=codec)
+        base = plan_all_reduce(model, fmt, numel, elem_size, world_size, gather_fmt)
         if world_size == 1 or numel == 0:
             return base
         if explore and self.learn:
-            found = self._exploration(fp, elem_size, numel, base)
+            found = self._exploration(fp, pair_fp, elem_size, numel, base)
             if found is not None:
                 alg, why = found
                 return replace(base, algorithm=alg, explored=True,
@@ -423,6 +467,13 @@ class GroupEstimate:
                          f"[{self.beta_scale[alg].count}]")
         return "estimate: " + ", ".join(parts)
 
+    @staticmethod
+    def _runs_fingerprint(algorithm: str, fp: bytes, pair_fp: bytes | None) -> bytes:
+        """Under which fingerprint an algorithm's runs count: none's under none, two-shot's under the pair's."""
+        if algorithm == "none":
+            return b""
+        return pair_fp if algorithm == "two_shot" and pair_fp is not None else fp
+
     def _unmeasured(self, algorithm: str, fp: bytes) -> tuple[float, str] | None:
         """How far off ``algorithm``'s prediction may be because it rests on what was never measured, and why.
 
@@ -440,8 +491,9 @@ class GroupEstimate:
             return EXPLORE_UNTRIED, f"{algorithm} never measured with this format"
         return None
 
-    def _exploration(self, fp: bytes, elem_size: int, numel: int, base: Plan) -> tuple[str, str] | None:
-        state = self.classes.get(self.class_key(fp, elem_size, numel)) or _SizeClass()
+    def _exploration(self, fp: bytes, pair_fp: bytes | None, elem_size: int, numel: int,
+                     base: Plan) -> tuple[str, str] | None:
+        state = self.classes.get(self.class_key(pair_fp or fp, elem_size, numel)) or _SizeClass()
         call = state.calls + 1
         if state.repeat and state.repeat != base.algorithm:
             # the previous call explored an algorithm's first run, a warm-up that teaches nothing: measure it now
@@ -454,7 +506,7 @@ class GroupEstimate:
             if alg == base.algorithm:
                 continue
             ratio = base.predicted[alg] / planned
-            unmeasured = self._unmeasured(alg, fp)
+            unmeasured = self._unmeasured(alg, self._runs_fingerprint(alg, fp, pair_fp) or fp)
             last = state.last_run.get(alg)
             if unmeasured is not None and ratio <= unmeasured[0]:
                 why = f"{unmeasured[1]}; predicted {ratio:.2f}x the planned {base.algorithm}"
@@ -471,16 +523,21 @@ class GroupEstimate:
                          f"at most 1 + 1 per {EXPLORE_EVERY}")
 
     def note_run(self, fingerprint: bytes, format_name: str, elem_size: int, numel: int, algorithm: str,
-                 explored: bool) -> None:
-        """Count a call of a size class (from the agreed descriptor, so the same on every rank)."""
-        key = self.class_key(fingerprint, elem_size, numel)
+                 explored: bool, gather_fingerprint: bytes | None = None) -> None:
+        """Count a call of a size class (from the agreed descriptor, so the same on every rank).
+
+        ``gather_fingerprint``: the call's own gather format (None: none); such calls form size
+        classes of their own, and their two-shot runs count under the pair.
+        """
+        pair_fp = pair_fingerprint(fingerprint, gather_fingerprint) if gather_fingerprint is not None else None
+        key = self.class_key(pair_fp or fingerprint, elem_size, numel)
         state = self.classes.get(key)
         if state is None:
             state = self.classes[key] = _SizeClass(numel_min=numel, numel_max=numel)
             self.class_names[key] = format_name
         state.calls += 1
         state.credit = min(state.credit + 1, EXPLORE_BURST * EXPLORE_EVERY)
-        runs_key = (algorithm, fingerprint if algorithm != "none" else b"")
+        runs_key = (algorithm, self._runs_fingerprint(algorithm, fingerprint, pair_fp))
         self._runs[runs_key] += 1
         first_run = self._runs[runs_key] == 1
         if explored:
@@ -544,7 +601,8 @@ class GroupEstimate:
             codec.encode.add(work.encode_calls, work.encode_elems, c.encode_s)
             codec.decode.add(work.decode_calls, work.decode_elems, c.decode_s)
             codec_s = c.encode_s + c.decode_s
-        wire = all_reduce_wire_bytes(alg, meta.fmt, meta.numel, meta.elem_size, n, meta.segment_elems)
+        wire = all_reduce_wire_bytes(alg, meta.fmt, meta.numel, meta.elem_size, n, meta.segment_elems,
+                                     meta.gather_fmt)
         nbytes = wire.sent - (n - 1) * DESCRIPTOR_NBYTES
         latency = EXCHANGES[alg] * model.alpha
         scale = model.beta_scale.get(alg, 1.0)

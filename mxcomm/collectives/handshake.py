@@ -9,13 +9,19 @@ checks all of them and, on any disagreement, every rank raises the same
 ranks have then made the same sequence of process-group calls, so the group
 stays usable.
 
-Layout (80 bytes, little-endian)::
+Layout (88 bytes, little-endian; version 4)::
 
     magic 4s "MXC1" | version B | op B | requested algorithm B | planned algorithm B
-    dtype B | ndim B | flags H | format fingerprint 8s | numel Q | shape crc32 I
-    segment elements Q | format name 16s (truncated, for messages)
+    dtype B | ndim B | flags H | format fingerprint 8s | gather format fingerprint 8s
+    numel Q | shape crc32 I | segment elements Q | format name 16s (truncated, for messages)
     measured call H | has times B | pad x | descriptor s f | payload s f | encode s f
     decode s f | wait s f
+
+The gather format fingerprint is that of two-shot's all-gather phase
+(``all_reduce(..., gather_fmt=...)``); a call without one sends the format's
+own fingerprint there (the gather phase then runs in the format), so the two
+spellings of the same call agree. It is compared like the format's. Version 3
+(80 bytes) had no such field.
 
 The last 24 bytes carry this rank's phase times of its previous measured
 all-reduce on the group (:class:`CallTimes`): the descriptor is all-gathered
@@ -56,9 +62,9 @@ from mxcomm.kernels.dtypes import INPUT_DTYPES, dtype_code
 from mxcomm.kernels.frame import format_fields
 
 MAGIC = b"MXC1"
-VERSION = 3
-DESCRIPTOR_NBYTES = 80
-_STRUCT = struct.Struct("<4sBBBBBBH8sQIQ16sHBxfffff")
+VERSION = 4
+DESCRIPTOR_NBYTES = 88
+_STRUCT = struct.Struct("<4sBBBBBBH8s8sQIQ16sHBxfffff")
 assert _STRUCT.size == DESCRIPTOR_NBYTES
 
 OPS: dict[str, int] = {"all_reduce": 1, "all_gather": 2, "reduce_scatter": 3, "outlier_channels": 4}
@@ -80,6 +86,11 @@ def format_fingerprint(fmt: BlockFormat) -> bytes:
     """
     # the frame's canonical description of the format, without the name
     return hashlib.blake2b(format_fields(fmt), digest_size=8).digest()
+
+
+def pair_fingerprint(fingerprint: bytes, gather_fingerprint: bytes) -> bytes:
+    """8 bytes identifying a two-shot call's pair of formats (the format, then the gather format)."""
+    return hashlib.blake2b(fingerprint + gather_fingerprint, digest_size=8).digest()
 
 
 def shape_crc(shape: Sequence[int]) -> int:
@@ -126,6 +137,7 @@ class Descriptor:
     explored: bool = False
     times: CallTimes | None = None
     strict: bool = False
+    gather_fingerprint: bytes | None = None  # None: the format's own (no separate gather format)
 
     @property
     def numel(self) -> int:
@@ -149,6 +161,7 @@ class Descriptor:
             (FLAG_INVALID if self.invalid else 0) | (FLAG_EXPLORE if self.explored else 0)
             | (FLAG_STRICT if self.strict else 0),
             self.fingerprint,
+            self.fingerprint if self.gather_fingerprint is None else self.gather_fingerprint,
             self.numel,
             shape_crc(self.shape),
             self.segment_elems,
@@ -172,6 +185,7 @@ class WireDescriptor:
     ndim: int
     flags: int
     fingerprint: bytes
+    gather_fingerprint: bytes
     numel: int
     shape_crc: int
     segment_elems: int
@@ -190,7 +204,7 @@ class WireDescriptor:
     def unpack(cls, data: bytes) -> WireDescriptor:
         if len(data) != DESCRIPTOR_NBYTES:
             raise FormatError(f"descriptor must be {DESCRIPTOR_NBYTES} bytes, got {len(data)}")
-        (magic, version, op, req, planned, dtype, ndim, flags, fp, numel, crc, seg, name,
+        (magic, version, op, req, planned, dtype, ndim, flags, fp, gather_fp, numel, crc, seg, name,
          t_seq, t_has, *t_values) = _STRUCT.unpack(data)
         if magic != MAGIC:
             # Not an mxcomm descriptor at all: the peer is running a different collective.
@@ -199,7 +213,7 @@ class WireDescriptor:
                 "ranks are not running the same collective call"
             )
         times = CallTimes(t_seq, *t_values) if t_has else None
-        return cls(version, op, req, planned, dtype, ndim, flags, fp, numel, crc, seg,
+        return cls(version, op, req, planned, dtype, ndim, flags, fp, gather_fp, numel, crc, seg,
                    name.rstrip(b"\0").decode(errors="replace"), times)
 
     def problems(self) -> list[str]:
@@ -226,9 +240,11 @@ class WireDescriptor:
     def describe(self) -> str:
         # an outlier_channels descriptor carries its channel set where the others carry the format
         what = "channels" if self.op == OPS["outlier_channels"] else "format"
+        gather = "" if self.gather_fingerprint == self.fingerprint else f" gather_format=#{self.gather_fingerprint.hex()}"
         return (
             f"op={_OP_NAMES.get(self.op, self.op)} algorithm={_algorithm_label(self.requested)} "
-            f"{what}={self.format_name}#{self.fingerprint.hex()} dtype={_DTYPE_NAMES.get(self.dtype, self.dtype)} "
+            f"{what}={self.format_name}#{self.fingerprint.hex()}{gather} "
+            f"dtype={_DTYPE_NAMES.get(self.dtype, self.dtype)} "
             f"ndim={self.ndim} numel={self.numel} shape_crc={self.shape_crc:08x}" + (" strict" if self.strict else "")
         )
 
@@ -265,7 +281,7 @@ def check_descriptors(received: list[WireDescriptor], *, compare_format: bool) -
     ref = received[0]
     fields = ["version", "op", "requested", "dtype", "ndim", "numel", "shape_crc", "strict"]
     if compare_format:
-        fields.append("fingerprint")
+        fields += ["fingerprint", "gather_fingerprint"]
     bad = []
     for rank, d in enumerate(received[1:], start=1):
         diff = [f for f in fields if getattr(d, f) != getattr(ref, f)]

@@ -9,7 +9,7 @@ is returned, else None.
 
 Every call runs in three stages on every rank:
 
-1. the 80-byte descriptor all-gather (``mxcomm.collectives.handshake``; skipped with
+1. the 88-byte descriptor all-gather (``mxcomm.collectives.handshake``; skipped with
    ``verify=False``): every rank checks that all agree, or every rank raises --
    a rank whose own arguments are invalid still takes part, flagged, so
    nobody is left waiting; the descriptors also carry every rank's phase times
@@ -17,8 +17,9 @@ Every call runs in three stages on every rank:
    (``mxcomm.collectives.estimator``);
 2. ``start``: encode and post the (async) payload exchanges of every pipeline
    segment;
-3. ``finish``: wait, decode, (two-shot: re-encode and all-gather), write the
-   result. With ``async_op=True`` stage 3 runs in the handle's ``wait()``.
+3. ``finish``: wait, decode, (two-shot: re-encode -- in ``gather_fmt`` if one is
+   given -- and all-gather), write the result. With ``async_op=True`` stage 3 runs
+   in the handle's ``wait()``.
 
 Tensors are encoded flattened (blocks of ``block_size`` consecutive elements
 in row-major order), so any shape works and only a tensor's last block is
@@ -59,9 +60,11 @@ from mxcomm.collectives.planner import (
     Plan,
     all_reduce_logical_bytes,
     chunk_bounds,
+    gather_format,
     payload_nbytes,
     plan_all_reduce,
     segment_bounds,
+    two_shot_block,
     two_shot_slot_nbytes,
 )
 from mxcomm.collectives.timing import CallTimer, call_timer
@@ -155,6 +158,7 @@ class _CallInfo:
     segments: int
     reason: str
     measured: CallMeta | None = None  # what the estimate learns this call as (all_reduce only)
+    gather_name: str = ""  # two-shot's all-gather format when it is not the format itself
 
 
 #: A started call's remaining work. Each ``yield`` follows a round of posted exchanges and says
@@ -306,6 +310,7 @@ class _Job:
             encode_s=self._ctx.timer.encode_s,
             decode_s=self._ctx.timer.decode_s,
             wait_s=self._ctx.timer.wait_s,
+            gather_format=i.gather_name,
         )
         emit(record, self._trackers)
 
@@ -488,20 +493,23 @@ def _one_shot(
 
 def _two_shot(
     src: torch.Tensor, dst: torch.Tensor, fmt: BlockFormat, segs: Sequence[tuple[int, int]], rank: int,
-    n: int, transport: Transport, backend: str, timer: CallTimer, rng: _Range,
+    n: int, transport: Transport, backend: str, timer: CallTimer, rng: _Range, gather: BlockFormat,
 ) -> Generator[None, None, None]:
+    """Two-shot: the reduce-scatter phase in ``fmt``, the all-gather of the reduced chunks in ``gather``
+    (:func:`~mxcomm.collectives.planner.gather_format`: ``fmt`` itself, or a gather format carrying ``fmt``'s
+    rotation)."""
     if fmt.rotation_seed is not None:
-        yield from _two_shot_rotated(src, dst, fmt, segs, rank, n, transport, backend, timer, rng)
+        yield from _two_shot_rotated(src, dst, fmt, segs, rank, n, transport, backend, timer, rng, gather)
         return
-    yield from _two_shot_plain(src, dst, fmt, segs, rank, n, transport, backend, timer, rng)
+    yield from _two_shot_plain(src, dst, fmt, segs, rank, n, transport, backend, timer, rng, gather)
 
 
 def _two_shot_rotated(
     src: torch.Tensor, dst: torch.Tensor, fmt: BlockFormat, segs: Sequence[tuple[int, int]], rank: int,
-    n: int, transport: Transport, backend: str, timer: CallTimer, rng: _Range,
+    n: int, transport: Transport, backend: str, timer: CallTimer, rng: _Range, gather: BlockFormat,
 ) -> Generator[None, None, None]:
     """Two-shot with a rotated format: rotate each segment once, run both phases in the
-    rotated domain with the plain format, un-rotate once at the end.
+    rotated domain with the plain formats, un-rotate once at the end.
 
     The sum is linear, so the chunk sums of rotated partials are the rotated chunk sums;
     re-encoding them needs no second rotation. Segments are padded to whole blocks (the
@@ -522,7 +530,8 @@ def _two_shot_rotated(
         start += padded.shape[1]
     flat_rotated = torch.cat(rotated) if rotated else torch.zeros(0, dtype=torch.float32, device=src.device)
     summed = torch.empty_like(flat_rotated)
-    yield from _two_shot_plain(flat_rotated, summed, plain, padded_segs, rank, n, transport, backend, timer, rng)
+    yield from _two_shot_plain(flat_rotated, summed, plain, padded_segs, rank, n, transport, backend, timer, rng,
+                               gather.with_options(rotation_seed=None))
     for (s0, s1), (p0, p1) in zip(segs, padded_segs):
         with timer.codec("decode", 0, calls=0):
             back = unrotate(summed[p0:p1].view(1, -1), seed, block)[0, : s1 - s0]
@@ -531,13 +540,14 @@ def _two_shot_rotated(
 
 def _two_shot_plain(
     src: torch.Tensor, dst: torch.Tensor, fmt: BlockFormat, segs: Sequence[tuple[int, int]], rank: int,
-    n: int, transport: Transport, backend: str, timer: CallTimer, rng: _Range,
+    n: int, transport: Transport, backend: str, timer: CallTimer, rng: _Range, gather: BlockFormat,
 ) -> Generator[None, None, None]:
     device = src.device
+    block = two_shot_block(fmt, gather)
     phase1 = []
     for s0, s1 in segs:
-        chunks = chunk_bounds(s1 - s0, n, fmt.block_size)
-        slot = two_shot_slot_nbytes(fmt, s1 - s0, n)
+        chunks = chunk_bounds(s1 - s0, n, block)
+        slot = two_shot_slot_nbytes(fmt, s1 - s0, n, block)
         send = torch.zeros(n * slot, dtype=torch.uint8, device=device)
         for c, (a, b) in enumerate(chunks):
             if b > a and c != rank:
@@ -549,36 +559,37 @@ def _two_shot_plain(
         a, b = chunks[rank]
         own = src[s0 + a : s0 + b].clone()
         recv = torch.empty(n * slot, dtype=torch.uint8, device=device)
-        phase1.append((s0, chunks, slot, own, recv, timer.track(transport.all_to_all(recv, send, PAYLOAD_PHASE))))
+        phase1.append((s0, s1, chunks, slot, own, recv, timer.track(transport.all_to_all(recv, send, PAYLOAD_PHASE))))
     yield True  # the second phase is posted as the first one's segments arrive
     phase2 = []
-    for s0, chunks, slot, own, recv, work in phase1:
+    for s0, s1, chunks, slot, own, recv, work in phase1:
         work.wait()
         a, b = chunks[rank]
-        reencoded = torch.zeros(slot, dtype=torch.uint8, device=device)
+        gslot = two_shot_slot_nbytes(gather, s1 - s0, n, block)
+        reencoded = torch.zeros(gslot, dtype=torch.uint8, device=device)
         if b > a:
             parts = [_from_slot(recv, j * slot, fmt, b - a, src.dtype) for j in range(n) if j != rank]
             # fp32: the other ranks' chunks in rank order, then the own one. The owner then
-            # re-encodes and, like every other rank, uses the decoded re-encoded chunk:
-            # that is what makes all ranks bitwise equal.
+            # re-encodes (in the gather format) and, like every other rank, uses the decoded
+            # re-encoded chunk: that is what makes all ranks bitwise equal.
             if parts:
                 with timer.codec("decode", (n - 1) * (b - a)):
                     reduced = decode_sum(parts, dtype=torch.float32, backend=backend).add_(own)  # exact widening
             else:
                 reduced = own.to(torch.float32)
             with timer.codec("encode", b - a):
-                payload = rng.encode(reduced, fmt, backend).payload()
+                payload = rng.encode(reduced, gather, backend).payload()
             reencoded[: payload.numel()] = payload
-        out = torch.empty(n * slot, dtype=torch.uint8, device=device)
-        phase2.append((s0, chunks, slot, out, timer.track(transport.all_gather(out, reencoded, SECOND_PHASE))))
+        out = torch.empty(n * gslot, dtype=torch.uint8, device=device)
+        phase2.append((s0, chunks, gslot, out, timer.track(transport.all_gather(out, reencoded, SECOND_PHASE))))
     yield False
     for *_, work in phase2:
         work.wait()
     rng.check(transport, device, "all_reduce")
-    for s0, chunks, slot, out, _ in phase2:
+    for s0, chunks, gslot, out, _ in phase2:
         for c, (a, b) in enumerate(chunks):
             if b > a:
-                p = _from_slot(out, c * slot, fmt, b - a, torch.float32)
+                p = _from_slot(out, c * gslot, gather, b - a, torch.float32)
                 with timer.codec("decode", b - a):
                     dst[s0 + a : s0 + b].copy_(decode(p, dtype=dst.dtype, backend=backend))
 
@@ -595,7 +606,7 @@ _COMMON_ARGS = """
         group: The process group (None: the default group).
         async_op: Return a :class:`CollectiveHandle` instead of completing the call.
         backend: Codec backend (``"auto"``, ``"torch"``, ``"cpu"``, ``"triton"``).
-        verify: Exchange and check the 80-byte descriptor first. ``False`` saves that
+        verify: Exchange and check the 88-byte descriptor first. ``False`` saves that
             small all-gather; the caller then vouches that every rank passes the same
             shapes, dtype and format (a disagreement is undefined, as with plain
             ``torch.distributed``) and argument errors are raised only where they occur.
@@ -629,6 +640,7 @@ def all_reduce(
     backend: str = "auto",
     verify: bool = True,
     strict: bool = False,
+    gather_fmt: str | BlockFormat | None = None,
 ) -> CollectiveHandle | None:
     """In-place SUM all-reduce of ``tensor`` over ``group``, compressed in ``fmt`` (as ``dist.all_reduce``).
 
@@ -648,6 +660,13 @@ def all_reduce(
             exploration; the call's times still feed the estimate).
         segment_elems: Pipeline segment length in elements (rounded up to whole blocks;
             rank 0's value is used).
+        gather_fmt: Format of two-shot's second phase, the all-gather of the reduced chunks
+            (None: ``fmt``). The reduce-scatter phase runs in ``fmt``; a finer gather format
+            (e.g. ``mxfp4`` then ``mxfp6_e2m3``) keeps most of two-shot's wire saving without
+            quantizing the sum as coarsely as the partials. With a rotated ``fmt`` both phases
+            run in its rotated domain: the gather format must block like it and carry no
+            rotation or the same one. Compared across ranks like ``fmt``; ``"auto"`` prices
+            two-shot with it; one-shot ignores it.
 
     Returns:
         None, or a :class:`CollectiveHandle` with ``async_op=True``.
@@ -655,9 +674,11 @@ def all_reduce(
     Raises:
         ArgumentTypeError: ``tensor`` is not a ``torch.Tensor``.
         UnsupportedReduceOpError: ``op`` is not SUM.
-        FormatError: unsupported dtype, unknown format or algorithm, bad ``segment_elems``.
+        FormatError: unsupported dtype, unknown format or algorithm, bad ``segment_elems``, a
+            ``gather_fmt`` without ``fmt`` or rotated / blocked unlike a rotated ``fmt``.
         BackendUnavailableError: the requested codec backend cannot run here.
-        CollectiveMismatchError: ranks disagree, or another rank's arguments were invalid.
+        CollectiveMismatchError: ranks disagree (format, gather format, ...), or another rank's
+            arguments were invalid.
         CollectiveAbortedError: a peer died, stalled or left the call (``CollectiveTimeoutError``
             after the group's timeout); raised on every surviving rank, the group is unusable after.
 
@@ -666,7 +687,8 @@ def all_reduce(
     """
     if torch.compiler.is_compiling() and not strict:  # (strict runs eagerly: it reads the counts)
         return TRACED["all_reduce"](tensor, fmt, op, group, async_op, algorithm=algorithm, model=model,
-                                    segment_elems=segment_elems, backend=backend, verify=verify)
+                                    segment_elems=segment_elems, backend=backend, verify=verify,
+                                    gather_fmt=gather_fmt)
 
     def prepare(ctx: _Context) -> _Prepared:
         _check_tensor(tensor, "all_reduce tensor")
@@ -676,18 +698,26 @@ def all_reduce(
         if fmt is None and algorithm != "none":
             raise FormatError("fmt is required unless algorithm='none'")
         f = get_format(fmt) if fmt is not None else None
+        if gather_fmt is not None and f is None:
+            raise FormatError("gather_fmt needs fmt (the format of the reduce-scatter phase)")
+        g = get_format(gather_fmt) if gather_fmt is not None else None
+        gather = gather_format(f, g) if f is not None else None  # validates the pair
+        # None when the gather phase encodes exactly like the format (the same call as no gather_fmt)
+        explicit_gather = g if gather is not None and f is not None and \
+            format_fingerprint(gather) != format_fingerprint(f) else None
         if f is not None and algorithm != "none":
             resolve_backend(backend, tensor.device)  # an unusable backend fails here, on every rank
         n, esize = ctx.n, tensor.element_size()
         if algorithm == "auto" and model is not None:
             assert f is not None
             with profile_range("mxcomm::plan"):
-                plan = plan_all_reduce(model, f, tensor.numel(), esize, n)
+                plan = plan_all_reduce(model, f, tensor.numel(), esize, n, explicit_gather)
         elif algorithm == "auto":
             assert f is not None
             # explores only with a descriptor: rank 0's flag must reach every rank
             with profile_range("mxcomm::plan"):
-                plan = ctx.estimate.plan(f, tensor.numel(), esize, n, explore=ctx.verify)
+                plan = ctx.estimate.plan(f, tensor.numel(), esize, n, explore=ctx.verify,
+                                         gather_fmt=explicit_gather)
         else:
             plan = Plan(algorithm, DEFAULT_SEGMENT_ELEMS, "requested", {})
         if segment_elems is not None:
@@ -695,12 +725,14 @@ def all_reduce(
                 raise FormatError(f"segment_elems must be a positive int, got {segment_elems!r}")
             plan = replace(plan, segment_elems=segment_elems)
         if f is not None:
-            # segments start on block boundaries, so they cut no block in two
-            plan = replace(plan, segment_elems=-(-plan.segment_elems // f.block_size) * f.block_size)
+            # segments start on block boundaries (of both two-shot phases), so they cut no block in two
+            block = two_shot_block(f, explicit_gather)
+            plan = replace(plan, segment_elems=-(-plan.segment_elems // block) * block)
         desc = Descriptor(
             "all_reduce", algorithm, plan.algorithm, tensor.dtype, tuple(tensor.shape),
             format_fingerprint(f) if f is not None else b"\0" * 8, f.name if f is not None else "",
             plan.segment_elems, explored=plan.explored,
+            gather_fingerprint=format_fingerprint(gather) if gather is not None else None,
         )
 
         def start(agreed: WireDescriptor) -> tuple[Steps, _CallInfo]:
@@ -709,13 +741,16 @@ def all_reduce(
             if chosen != plan.algorithm or agreed.explored != plan.explored:
                 reason = f"rank 0 chose {chosen} (this rank's model chose {plan.algorithm}: {plan.reason})"
             measured = None
+            # the gather phase runs only in two-shot; a one-shot call is the format's alone
+            phase2 = gather if chosen == "two_shot" and explicit_gather is not None else None
             if ctx.verify:
                 # from the agreed descriptor (rank 0's), so every rank counts and learns the same
                 fp = agreed.fingerprint if f is not None else b""
+                gfp = agreed.gather_fingerprint if f is not None and agreed.gather_fingerprint != fp else None
                 ctx.estimate.note_run(fp, f.name if f is not None else "", esize, tensor.numel(), chosen,
-                                      agreed.explored)
-                measured = CallMeta(chosen, f, fp, f.name if f is not None else "", tensor.numel(), esize, n,
-                                    agreed.segment_elems)
+                                      agreed.explored, gather_fingerprint=gfp)
+                measured = CallMeta.of(chosen, f, fp, tensor.numel(), esize, n, agreed.segment_elems,
+                                       explicit_gather, gfp)
             log.debug(
                 "all_reduce rank %d/%d numel=%d %s fmt=%s requested=%s -> %s; %s",
                 ctx.rank, n, tensor.numel(), tensor.dtype, f.name if f else None, algorithm, chosen, reason,
@@ -732,8 +767,12 @@ def all_reduce(
             else:
                 assert f is not None
                 # The result is written segment by segment after all of them were encoded: no input is read late.
-                algo = _one_shot if chosen == "allgather" else _two_shot
-                reduce = algo(flat, flat, f, segs, ctx.rank, n, ctx.transport, backend, ctx.timer, ctx.range)
+                if chosen == "allgather":
+                    reduce = _one_shot(flat, flat, f, segs, ctx.rank, n, ctx.transport, backend, ctx.timer, ctx.range)
+                else:
+                    assert gather is not None
+                    reduce = _two_shot(flat, flat, f, segs, ctx.rank, n, ctx.transport, backend, ctx.timer, ctx.range,
+                                       gather)
 
             def steps() -> Steps:
                 yield from reduce
@@ -743,6 +782,7 @@ def all_reduce(
             info = _CallInfo(
                 "all_reduce", chosen, algorithm, f.name if (f is not None and chosen != "none") else "", n,
                 tensor.numel(), tensor.dtype, logical, len(segs) if chosen != "none" else 1, reason, measured,
+                phase2.name if phase2 is not None else "",
             )
             return steps(), info
 

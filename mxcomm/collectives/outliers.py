@@ -95,6 +95,7 @@ def all_reduce_with_outliers(
     group: ProcessGroup | None = None,
     algorithm: str = "auto",
     backend: str = "auto",
+    gather_fmt: str | BlockFormat | None = None,
 ) -> None:
     """In-place SUM all-reduce: ``channels`` of the last dim exact, the rest in ``fmt``.
 
@@ -108,6 +109,8 @@ def all_reduce_with_outliers(
         group: The process group (None: the default group).
         algorithm: ``algorithm`` of the compressed :func:`~mxcomm.collectives.all_reduce`.
         backend: Codec backend.
+        gather_fmt: ``gather_fmt`` of the compressed :func:`~mxcomm.collectives.all_reduce`
+            (two-shot's all-gather phase).
 
     Raises:
         ArgumentTypeError: ``tensor`` is not a ``torch.Tensor``.
@@ -120,7 +123,7 @@ def all_reduce_with_outliers(
     """
     if torch.compiler.is_compiling():  # one opaque node in a compiled graph (mxcomm.collectives.torch_ops)
         return TRACED["all_reduce_with_outliers"](tensor, fmt, channels, group=group, algorithm=algorithm,
-                                                  backend=backend)
+                                                  backend=backend, gather_fmt=gather_fmt)
     t0 = time.perf_counter()
     trackers = current_trackers()
     n = dist.get_world_size(group)
@@ -137,7 +140,7 @@ def all_reduce_with_outliers(
             group_device(group)
     agree(desc, local_error, device, transport, verify=True)
     if idx.numel() == 0:
-        all_reduce(tensor, fmt, group=group, algorithm=algorithm, backend=backend)
+        all_reduce(tensor, fmt, group=group, algorithm=algorithm, backend=backend, gather_fmt=gather_fmt)
         return
     idx = idx.to(tensor.device)
     dense = tensor.index_select(-1, idx).contiguous()
@@ -148,7 +151,7 @@ def all_reduce_with_outliers(
         exact += part.to(torch.float32)
     dense_seconds = time.perf_counter() - t0
     rest = tensor.index_fill(-1, idx, 0)
-    all_reduce(rest, fmt, group=group, algorithm=algorithm, backend=backend)
+    all_reduce(rest, fmt, group=group, algorithm=algorithm, backend=backend, gather_fmt=gather_fmt)
     rest.index_copy_(-1, idx, exact.to(tensor.dtype))
     tensor.copy_(rest)
     emit(

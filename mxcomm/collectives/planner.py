@@ -13,8 +13,10 @@ includes the sharing; ``alpha`` is the latency of one collective call, see
 * ``allgather`` encode once, all-gather, decode n shards:
   ``alpha + (n-1) P beta + enc(N) + dec(n N)``
 * ``two_shot``  all-to-all of the n-1 chunks other ranks own, decode-sum plus the
-  own chunk, re-encode, all-gather: ``2 alpha + 2(n-1) P_chunk beta
-  + enc((n-1)N/n) + dec((n-1)N/n) + enc(N/n) + dec(N)``
+  own chunk, re-encode, all-gather: ``2 alpha + (n-1) (P_chunk + G_chunk) beta
+  + enc((n-1)N/n) + dec((n-1)N/n) + enc'(N/n) + dec'(N)``; the all-gather phase
+  is in the gather format (``G``, ``enc'``, ``dec'``), which is the format itself
+  unless a ``gather_fmt`` is given (:func:`gather_format`)
 
 with ``S`` the logical bytes, ``N`` the element count, ``P`` the packed bytes
 (``fmt.packed_nbytes``). Every algorithm, ``none`` included, is preceded by
@@ -31,6 +33,7 @@ the group's own calls -- is mxcomm/collectives/estimator.py's business.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 from mxcomm.collectives.algorithms import ALL_REDUCE_ALGORITHMS, COMPRESSED
@@ -77,9 +80,50 @@ def payload_nbytes(fmt: BlockFormat, numel: int) -> int:
     return fmt.packed_nbytes((numel,)) if numel > 0 else 0
 
 
-def two_shot_slot_nbytes(fmt: BlockFormat, length: int, world_size: int) -> int:
-    """Fixed slot size of one two-shot chunk: the payload of a full chunk (shorter ones are zero-padded)."""
-    return payload_nbytes(fmt, chunk_elems(length, world_size, fmt.block_size))
+def gather_format(fmt: BlockFormat, gather_fmt: BlockFormat | None) -> BlockFormat:
+    """The format of two-shot's all-gather phase: ``gather_fmt``, or ``fmt`` itself when None.
+
+    A rotated ``fmt`` rotates the whole two-shot once: both phases run in the
+    rotated domain and the sum is un-rotated once at the end. The gather format
+    then quantizes rotated blocks, so it must block like ``fmt`` and carry no
+    rotation or exactly ``fmt``'s; it is returned with ``fmt``'s rotation (the
+    canonical form, whose fingerprint the handshake compares: both spellings of
+    the same call agree). A rotation of the gather phase alone is not offered.
+
+    Raises:
+        FormatError: ``gather_fmt`` is rotated unlike ``fmt``, or blocks unlike a rotated ``fmt``.
+    """
+    if gather_fmt is None:
+        return fmt
+    seed = fmt.rotation_seed
+    if gather_fmt.rotation_seed is not None and gather_fmt.rotation_seed != seed:
+        raise FormatError(
+            f"gather format {gather_fmt.name!r} is rotated, but two-shot rotates once, with the format's own "
+            f"rotation ({fmt.name!r}): give the gather format no rotation or exactly the format's"
+        )
+    if seed is not None and gather_fmt.block_size != fmt.block_size:
+        raise FormatError(
+            f"gather format {gather_fmt.name!r} has blocks of {gather_fmt.block_size}, but the rotated format "
+            f"{fmt.name!r} rotates blocks of {fmt.block_size}, the domain both phases quantize in"
+        )
+    return gather_fmt if gather_fmt.rotation_seed == seed else gather_fmt.with_options(rotation_seed=seed)
+
+
+def pair_codec_name(fmt: BlockFormat, gather_fmt: BlockFormat) -> str:
+    """The :attr:`CostModel.codec` key of a two-shot whose phases use ``fmt`` and ``gather_fmt`` (learned as one)."""
+    return f"{fmt.name}+{gather_format(fmt, gather_fmt).name}"
+
+
+def two_shot_block(fmt: BlockFormat, gather_fmt: BlockFormat | None = None) -> int:
+    """Alignment of two-shot chunks and segments: whole blocks of both phases' formats (their lcm)."""
+    g = gather_format(fmt, gather_fmt)
+    return math.lcm(fmt.block_size, g.block_size)
+
+
+def two_shot_slot_nbytes(fmt: BlockFormat, length: int, world_size: int, block: int | None = None) -> int:
+    """Fixed slot size of one two-shot chunk in ``fmt``: the payload of a full chunk (shorter ones are
+    zero-padded). ``block``: the chunks' alignment (default ``fmt.block_size``; see :func:`two_shot_block`)."""
+    return payload_nbytes(fmt, chunk_elems(length, world_size, block or fmt.block_size))
 
 
 @dataclass(frozen=True)
@@ -95,9 +139,10 @@ def all_reduce_logical_bytes(numel: int, elem_size: int, world_size: int) -> int
 
 
 def all_reduce_wire_bytes(
-    algorithm: str, fmt: BlockFormat | None, numel: int, elem_size: int, world_size: int, segment_elems: int
+    algorithm: str, fmt: BlockFormat | None, numel: int, elem_size: int, world_size: int, segment_elems: int,
+    gather_fmt: BlockFormat | None = None,
 ) -> WireBytes:
-    """Per-rank bytes of one ``all_reduce`` call, descriptor included."""
+    """Per-rank bytes of one ``all_reduce`` call, descriptor included (two-shot's all-gather in ``gather_fmt``)."""
     n = world_size
     logical = all_reduce_logical_bytes(numel, elem_size, n)
     desc = (n - 1) * DESCRIPTOR_NBYTES
@@ -105,11 +150,14 @@ def all_reduce_wire_bytes(
         return WireBytes(logical, desc + logical, desc + logical)
     assert fmt is not None
     body = 0
+    gather = gather_format(fmt, gather_fmt)
+    block = two_shot_block(fmt, gather_fmt)
     for s0, s1 in segment_bounds(numel, segment_elems):
         if algorithm == "allgather":
             body += (n - 1) * payload_nbytes(fmt, s1 - s0)
         elif algorithm == "two_shot":
-            body += 2 * (n - 1) * two_shot_slot_nbytes(fmt, s1 - s0, n)
+            body += (n - 1) * (two_shot_slot_nbytes(fmt, s1 - s0, n, block)
+                               + two_shot_slot_nbytes(gather, s1 - s0, n, block))
         else:
             raise FormatError(f"unknown all_reduce algorithm {algorithm!r}")
     return WireBytes(logical, desc + body, desc + body)
@@ -169,8 +217,9 @@ class CodecWork:
     decode_elems: int
 
 
-def codec_work(algorithm: str, numel: int, world_size: int, segments: int) -> CodecWork:
-    """The codec work the planner prices, and the estimator divides measured codec time by.
+def codec_phases(algorithm: str, numel: int, world_size: int, segments: int) -> tuple[CodecWork, ...]:
+    """The codec work of each exchange phase (one-shot: one phase; two-shot: the reduce-scatter's in the
+    format, then the all-gather's in the gather format).
 
     Raises:
         FormatError: ``algorithm`` is not a compressed all-reduce algorithm.
@@ -178,12 +227,23 @@ def codec_work(algorithm: str, numel: int, world_size: int, segments: int) -> Co
     n, seg = world_size, max(1, segments)
     if algorithm == "allgather":
         # one encode per segment; one decode_sum of n shards per segment
-        return CodecWork(seg, numel, seg, n * numel)
+        return (CodecWork(seg, numel, seg, n * numel),)
     if algorithm == "two_shot":
         others = numel - numel // n  # the own chunk is neither encoded nor decoded in the first exchange
         # phase 1: n-1 chunk encodes and one decode_sum per segment; phase 2: one re-encode and n chunk decodes
-        return CodecWork(n * seg, others + -(-numel // n), (n + 1) * seg, others + numel)
+        return CodecWork((n - 1) * seg, others, seg, others), CodecWork(seg, -(-numel // n), n * seg, numel)
     raise FormatError(f"unknown compressed algorithm {algorithm!r}")
+
+
+def codec_work(algorithm: str, numel: int, world_size: int, segments: int) -> CodecWork:
+    """The codec work the planner prices, and the estimator divides measured codec time by (all phases).
+
+    Raises:
+        FormatError: ``algorithm`` is not a compressed all-reduce algorithm.
+    """
+    phases = codec_phases(algorithm, numel, world_size, segments)
+    return CodecWork(*(sum(getattr(p, f) for p in phases) for f in
+                       ("encode_calls", "encode_elems", "decode_calls", "decode_elems")))
 
 
 @dataclass(frozen=True)
@@ -203,7 +263,10 @@ class CostModel:
         beta: Seconds per byte one rank sends while all ranks send (as the uncompressed
             ring all-reduce moves them).
         default_codec: Codec cost of formats not in ``codec``.
-        codec: Per-format codec costs, by format name.
+        codec: Per-format codec costs, by format name. A two-shot whose gather format differs
+            from its format is priced phase by phase with each format's cost, or as a whole with
+            the pair's entry (:func:`pair_codec_name`, ``"<fmt>+<gather>"``) when there is one
+            (the estimator learns such calls as a pair: their codec time is not split by phase).
         min_gain: A compressed algorithm is chosen only if it is predicted at least this
             fraction faster than ``none`` (the model is approximate, and losing to the
             baseline is worse than missing a small win).
@@ -246,6 +309,7 @@ class CostModel:
         elem_size: int,
         world_size: int,
         segment_elems: int = DEFAULT_SEGMENT_ELEMS,
+        gather_fmt: BlockFormat | None = None,
     ) -> float:
         """Predicted seconds of one ``all_reduce`` (the descriptor exchange excluded: every algorithm pays it).
 
@@ -256,26 +320,34 @@ class CostModel:
             elem_size: Bytes per element of the tensor's dtype.
             world_size: Ranks in the group.
             segment_elems: Pipeline segment length.
+            gather_fmt: Format of two-shot's all-gather phase (None: ``fmt``), priced with its own codec cost.
 
         Returns:
             Seconds.
 
         Raises:
-            FormatError: unknown ``algorithm``.
+            FormatError: unknown ``algorithm``, or a ``gather_fmt`` rotated unlike ``fmt``.
         """
         n = world_size
         if n == 1 and algorithm == "none":
             return 0.0
         if algorithm not in EXCHANGES:
             raise FormatError(f"unknown algorithm {algorithm!r}")
-        wire = all_reduce_wire_bytes(algorithm, fmt, numel, elem_size, n, segment_elems)
+        wire = all_reduce_wire_bytes(algorithm, fmt, numel, elem_size, n, segment_elems, gather_fmt)
         comm = (wire.sent - (n - 1) * DESCRIPTOR_NBYTES) * self.beta * self.beta_scale.get(algorithm, 1.0)
         latency = EXCHANGES[algorithm] * self.alpha
         if algorithm == "none":
             return latency + comm + self.overhead.get(algorithm, 0.0)
         segments = max(1, len(segment_bounds(numel, segment_elems)))
-        cc, work = self.codec_for(fmt), codec_work(algorithm, numel, n, segments)
-        codec = cc.encode(work.encode_elems, work.encode_calls) + cc.decode(work.decode_elems, work.decode_calls)
+        gather = gather_format(fmt, gather_fmt)
+        pair = self.codec.get(pair_codec_name(fmt, gather)) if algorithm == "two_shot" and gather != fmt else None
+        if pair is not None:
+            priced = [(pair, codec_work(algorithm, numel, n, segments))]
+        else:
+            priced = [(self.codec_for(f), work)
+                      for f, work in zip((fmt, gather), codec_phases(algorithm, numel, n, segments))]
+        codec = sum(cc.encode(w.encode_elems, w.encode_calls) + cc.decode(w.decode_elems, w.decode_calls)
+                    for cc, w in priced)
         overhead = segments * self.overhead.get(algorithm, 0.0)
         if segments == 1:
             return latency + comm + codec + overhead
@@ -311,7 +383,8 @@ class Plan:
 
 
 def plan_all_reduce(
-    model: CostModel, fmt: BlockFormat, numel: int, elem_size: int, world_size: int
+    model: CostModel, fmt: BlockFormat, numel: int, elem_size: int, world_size: int,
+    gather_fmt: BlockFormat | None = None,
 ) -> Plan:
     """The planner: the fastest predicted algorithm; compression only when it wins by ``model.min_gain``.
 
@@ -321,12 +394,14 @@ def plan_all_reduce(
         numel: Elements of the tensor.
         elem_size: Bytes per element of the tensor's dtype.
         world_size: Ranks in the group.
+        gather_fmt: Format of two-shot's all-gather phase (None: ``fmt``): two-shot is priced with it.
 
     Returns:
         The :class:`Plan` (``none`` for a single rank or an empty tensor).
     """
     seg = DEFAULT_SEGMENT_ELEMS
-    predicted = {a: model.predict(a, fmt, numel, elem_size, world_size, seg) for a in ALL_REDUCE_ALGORITHMS}
+    predicted = {a: model.predict(a, fmt, numel, elem_size, world_size, seg, gather_fmt)
+                 for a in ALL_REDUCE_ALGORITHMS}
     if world_size == 1 or numel == 0:
         return Plan("none", seg, "nothing to exchange", predicted)
     best = min(COMPRESSED, key=lambda a: predicted[a])

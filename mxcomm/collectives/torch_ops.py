@@ -3,9 +3,9 @@
 Schemas (namespace ``mxcomm``, registered with ``torch.library``)::
 
     mxcomm::all_reduce(Tensor tensor, str fmt, str reduce_op, str algorithm, str group_name,
-                       int segment_elems, str backend, bool verify) -> Tensor
+                       int segment_elems, str backend, bool verify, str gather_fmt) -> Tensor
     mxcomm::all_reduce_with_outliers(Tensor tensor, str fmt, Tensor channels, str algorithm,
-                                     str group_name, str backend) -> Tensor
+                                     str group_name, str backend, str gather_fmt) -> Tensor
     mxcomm::all_gather_into_tensor(Tensor input, str fmt, str group_name, str backend, bool verify) -> Tensor
     mxcomm::reduce_scatter_tensor(Tensor input, str fmt, str reduce_op, str group_name, str backend,
                                   bool verify) -> Tensor
@@ -31,7 +31,7 @@ graph is traced travels into the op as its raw name and fails inside the
 collective, after the descriptor exchange.
 
 ``fmt`` is a format spec (``mxcomm.kernels.torch_ops.format_spec``), ``""`` for
-no format (``algorithm="none"``) or ``"?<name>"`` for a name that did not
+no format (``algorithm="none"``; for ``gather_fmt``: none, i.e. ``fmt``) or ``"?<name>"`` for a name that did not
 resolve. ``segment_elems`` 0 means the planner's choice (-1: an invalid value). The group is
 ``ProcessGroup.group_name`` (resolved with c10d's registry).
 
@@ -131,25 +131,28 @@ def _check_tensor(t: Any, what: str) -> torch.Tensor:
 
 
 # -- op implementations (eager collectives; never traced) ------------------------------------------
-def _all_reduce_impl(tensor, fmt, reduce_op, algorithm, group_name, segment_elems, backend, verify):  # noqa: ANN001
+def _all_reduce_impl(tensor, fmt, reduce_op, algorithm, group_name, segment_elems, backend, verify,  # noqa: ANN001
+                     gather_fmt):
     out = tensor.clone(memory_format=torch.contiguous_format)
     ops.all_reduce(out, _format_of(fmt), reduce_op, _group(group_name), algorithm=algorithm,
-                   segment_elems=None if segment_elems == 0 else segment_elems, backend=backend, verify=verify)
+                   segment_elems=None if segment_elems == 0 else segment_elems, backend=backend, verify=verify,
+                   gather_fmt=_format_of(gather_fmt))
     return out
 
 
-def _all_reduce_fake(tensor, fmt, reduce_op, algorithm, group_name, segment_elems, backend, verify):  # noqa: ANN001
+def _all_reduce_fake(tensor, fmt, reduce_op, algorithm, group_name, segment_elems, backend, verify,  # noqa: ANN001
+                     gather_fmt):
     return tensor.new_empty(tensor.shape)
 
 
-def _outliers_impl(tensor, fmt, channels, algorithm, group_name, backend):  # noqa: ANN001
+def _outliers_impl(tensor, fmt, channels, algorithm, group_name, backend, gather_fmt):  # noqa: ANN001
     out = tensor.clone(memory_format=torch.contiguous_format)
     all_reduce_with_outliers(out, _format_of(fmt), channels, group=_group(group_name), algorithm=algorithm,
-                             backend=backend)
+                             backend=backend, gather_fmt=_format_of(gather_fmt))
     return out
 
 
-def _outliers_fake(tensor, fmt, channels, algorithm, group_name, backend):  # noqa: ANN001
+def _outliers_fake(tensor, fmt, channels, algorithm, group_name, backend, gather_fmt):  # noqa: ANN001
     return tensor.new_empty(tensor.shape)
 
 
@@ -203,12 +206,12 @@ def _define(name: str, schema: str, impl, fake) -> Any:  # noqa: ANN001
 all_reduce_op = _define(
     "all_reduce",
     "(Tensor tensor, str fmt, str reduce_op, str algorithm, str group_name, int segment_elems, str backend, "
-    "bool verify) -> Tensor",
+    "bool verify, str gather_fmt) -> Tensor",
     _all_reduce_impl, _all_reduce_fake,
 )
 all_reduce_with_outliers_op = _define(
     "all_reduce_with_outliers",
-    "(Tensor tensor, str fmt, Tensor channels, str algorithm, str group_name, str backend) -> Tensor",
+    "(Tensor tensor, str fmt, Tensor channels, str algorithm, str group_name, str backend, str gather_fmt) -> Tensor",
     _outliers_impl, _outliers_fake,
 )
 all_gather_into_tensor_op = _define(
@@ -233,6 +236,7 @@ def functional_all_reduce(
     segment_elems: int | None = None,
     backend: str = "auto",
     verify: bool = True,
+    gather_fmt: str | BlockFormat | None = None,
 ) -> torch.Tensor:
     """The SUM of ``tensor`` over ``group`` compressed in ``fmt``, as a new tensor (``tensor`` unchanged).
 
@@ -245,7 +249,7 @@ def functional_all_reduce(
     """
     _check_tensor(tensor, "all_reduce tensor")
     return all_reduce_op(tensor, format_arg(fmt), reduce_op_arg(op), algorithm_arg(algorithm), group_name(group),
-                         segment_elems_arg(segment_elems), backend, verify)
+                         segment_elems_arg(segment_elems), backend, verify, format_arg(gather_fmt))
 
 
 def functional_all_reduce_with_outliers(
@@ -256,6 +260,7 @@ def functional_all_reduce_with_outliers(
     *,
     algorithm: str = "auto",
     backend: str = "auto",
+    gather_fmt: str | BlockFormat | None = None,
 ) -> torch.Tensor:
     """:func:`mxcomm.collectives.all_reduce_with_outliers` as a function (the sum as a new tensor).
 
@@ -265,7 +270,7 @@ def functional_all_reduce_with_outliers(
     _check_tensor(tensor, "all_reduce_with_outliers tensor")
     _check_tensor(channels, "all_reduce_with_outliers channels")
     return all_reduce_with_outliers_op(tensor, format_arg(fmt), channels, algorithm_arg(algorithm), group_name(group),
-                                       backend)
+                                       backend, format_arg(gather_fmt))
 
 
 def functional_all_gather_into_tensor(
@@ -314,7 +319,7 @@ def _result(async_op: bool) -> ops.CollectiveHandle | None:
 def _traced_all_reduce(
     tensor: torch.Tensor, fmt: Any, op: Any = ops.SUM, group: ProcessGroup | None = None, async_op: bool = False,
     *, algorithm: str = "auto", model: Any = None, segment_elems: int | None = None, backend: str = "auto",
-    verify: bool = True,
+    verify: bool = True, gather_fmt: Any = None,
 ) -> ops.CollectiveHandle | None:
     if model is not None:
         raise FormatError(
@@ -322,7 +327,7 @@ def _traced_all_reduce(
             "mxcomm.collectives.set_cost_model(model, group) instead"
         )
     tensor.copy_(functional_all_reduce(tensor, fmt, op, group, algorithm=algorithm, segment_elems=segment_elems,
-                                       backend=backend, verify=verify))
+                                       backend=backend, verify=verify, gather_fmt=gather_fmt))
     return _result(async_op)
 
 
@@ -375,11 +380,12 @@ def _traced_reduce_scatter(
 
 def _traced_all_reduce_with_outliers(
     tensor: torch.Tensor, fmt: Any, channels: Any, *, group: ProcessGroup | None = None, algorithm: str = "auto",
-    backend: str = "auto",
+    backend: str = "auto", gather_fmt: Any = None,
 ) -> None:
     _check_tensor(tensor, "all_reduce_with_outliers tensor")
     idx = channels if isinstance(channels, torch.Tensor) else torch.tensor(list(channels), dtype=torch.int64)
-    tensor.copy_(functional_all_reduce_with_outliers(tensor, fmt, idx, group, algorithm=algorithm, backend=backend))
+    tensor.copy_(functional_all_reduce_with_outliers(tensor, fmt, idx, group, algorithm=algorithm, backend=backend,
+                                                     gather_fmt=gather_fmt))
 
 
 def _copy_into(out: torch.Tensor, result: torch.Tensor, what: str) -> None:

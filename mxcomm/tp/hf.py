@@ -269,7 +269,7 @@ def _install(model: nn.Module, sharded: Mapping[str, tuple[Any, DeviceMesh, Call
         if isinstance(module.__dict__.get("forward"), _ReducedForward) and isinstance(current, RowwiseComm):
             # in place: references to the live settings (compressed_modules) stay valid
             current.fmt, current.algorithm, current.comm_dtype = comm.fmt, comm.algorithm, comm.comm_dtype
-            current.outlier_channels = comm.outlier_channels
+            current.outlier_channels, current.gather_fmt = comm.outlier_channels, comm.gather_fmt
             continue
         style, mesh, original, tp_forward = sharded[name]
         setattr(module, COMM_ATTR, comm)

@@ -41,7 +41,10 @@ from mxcomm.tp.style import _COMM_DTYPES, FormatLike, RowwiseComm, TPPlanError, 
 
 #: ``"format"`` field of a saved plan document, and its version.
 PLAN_DOCUMENT = "mxcomm-tp-plan"
-PLAN_VERSION = 1
+#: The newest plan version (2 added ``gather_format``); a plan is saved as the oldest version that
+#: holds all it sets, so plans without the newer fields stay readable by older mxcomm.
+PLAN_VERSION = 2
+READABLE_VERSIONS: tuple[int, ...] = (1, 2)
 
 #: Config fields a :class:`ModelIdentity` compares (those present in the model's text config).
 IDENTITY_FIELDS: tuple[str, ...] = (
@@ -125,6 +128,9 @@ class PlanEntry:
         comm_dtype: The wire dtype: ``torch.float32`` / ``bfloat16`` / ``float16`` (or their names),
             or ``"compute"`` for the compute dtype.
         outlier_channels: Output channels sent uncompressed beside the compressed rest; ``()`` for none.
+        gather_format: Two-shot's all-gather format (``all_reduce(..., gather_fmt=...)``), like
+            ``fmt``; ``"none"`` removes one set by an earlier entry (the gather phase then uses
+            the format itself). Plan version 2.
 
     Raises:
         TPPlanError: an unknown format, algorithm or wire dtype, or bad channels (naming ``module``).
@@ -135,6 +141,7 @@ class PlanEntry:
     algorithm: str | None = None
     comm_dtype: CommDtypeLike = None
     outlier_channels: tuple[int, ...] | None = None
+    gather_format: BlockFormat | str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.module, str) or not self.module:
@@ -145,6 +152,12 @@ class PlanEntry:
             except FormatError as exc:
                 raise _entry_error(self.module, str(exc)) from None
             object.__setattr__(self, "fmt", "none" if resolved is None else resolved)
+        if self.gather_format is not None:
+            try:
+                resolved = resolve_format(self.gather_format)
+            except FormatError as exc:
+                raise _entry_error(self.module, f"gather_format: {exc}") from None
+            object.__setattr__(self, "gather_format", "none" if resolved is None else resolved)
         if self.algorithm is not None and self.algorithm not in REQUESTABLE:
             raise _entry_error(self.module, f"algorithm must be one of {tuple(a.value for a in REQUESTABLE)}, "
                                             f"got {self.algorithm!r}")
@@ -167,6 +180,11 @@ class PlanEntry:
         """The format this entry sets (``None`` when it sets none or sets ``"none"``)."""
         return self.fmt if isinstance(self.fmt, BlockFormat) else None
 
+    @property
+    def version(self) -> int:
+        """The oldest plan version that holds this entry."""
+        return 2 if self.gather_format is not None else 1
+
     def to_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"module": self.module}
         if self.fmt is not None:
@@ -178,6 +196,9 @@ class PlanEntry:
                 str(self.comm_dtype).removeprefix("torch.")
         if self.outlier_channels is not None:
             doc["outlier_channels"] = list(self.outlier_channels)
+        if self.gather_format is not None:
+            doc["gather_format"] = "none" if self.gather_format == "none" else \
+                _format_to_json(self.gather_format, self.module)  # type: ignore[arg-type]
         return doc
 
     @classmethod
@@ -186,15 +207,20 @@ class PlanEntry:
         if not isinstance(doc, Mapping) or not isinstance(doc.get("module"), str):
             raise TPPlanError(f"a plan entry must be an object with a 'module' string, got {doc!r}")
         module = doc["module"]
-        unknown = sorted(set(doc) - {"module", "format", "algorithm", "comm_dtype", "outlier_channels"})
+        unknown = sorted(set(doc) - {"module", "format", "algorithm", "comm_dtype", "outlier_channels",
+                                     "gather_format"})
         if unknown:
             raise _entry_error(module, f"unknown fields {unknown}")
-        fmt = doc.get("format")
-        if isinstance(fmt, Mapping):
-            fmt = _format_from_json(fmt, module)
-        elif fmt is not None and not isinstance(fmt, (str, BlockFormat)):
-            raise _entry_error(module, f"format must be a name, 'none' or {{'name': ..., options}}, got {fmt!r}")
-        return cls(module, fmt, doc.get("algorithm"), doc.get("comm_dtype"), doc.get("outlier_channels"))
+        formats = []
+        for key in ("format", "gather_format"):
+            fmt = doc.get(key)
+            if isinstance(fmt, Mapping):
+                fmt = _format_from_json(fmt, module)
+            elif fmt is not None and not isinstance(fmt, (str, BlockFormat)):
+                raise _entry_error(module, f"{key} must be a name, 'none' or {{'name': ..., options}}, got {fmt!r}")
+            formats.append(fmt)
+        return cls(module, formats[0], doc.get("algorithm"), doc.get("comm_dtype"), doc.get("outlier_channels"),
+                   formats[1])
 
 
 def _parse_dtype(value: CommDtypeLike, module: str) -> torch.dtype | str:
@@ -280,20 +306,26 @@ class CommPlan:
                    description or outliers.source)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": PLAN_DOCUMENT, "version": PLAN_VERSION, "model": self.model.to_dict(),
+        version = max((e.version for e in self.entries), default=1)
+        return {"format": PLAN_DOCUMENT, "version": version, "model": self.model.to_dict(),
                 "description": self.description, "entries": [e.to_dict() for e in self.entries]}
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> CommPlan:
         if not isinstance(doc, Mapping) or doc.get("format") != PLAN_DOCUMENT:
             raise TPPlanError("not an mxcomm TP plan (no 'format': 'mxcomm-tp-plan')")
-        if doc.get("version") != PLAN_VERSION:
-            raise TPPlanError(f"TP plan version {doc.get('version')!r}, this mxcomm reads version {PLAN_VERSION}")
+        version = doc.get("version")
+        if version not in READABLE_VERSIONS or isinstance(version, bool):
+            raise TPPlanError(f"TP plan version {version!r}, this mxcomm reads versions {list(READABLE_VERSIONS)}")
         entries = doc.get("entries", [])
         if not isinstance(entries, list):
             raise TPPlanError(f"plan 'entries' must be a list, got {type(entries).__name__}")
-        return cls(ModelIdentity.from_dict(doc.get("model")), [PlanEntry.from_dict(e) for e in entries],
-                   str(doc.get("description", "")))
+        parsed = [PlanEntry.from_dict(e) for e in entries]
+        newer = [e.module for e in parsed if e.version > version]
+        if newer:
+            raise TPPlanError(f"plan version {version} cannot hold the fields of entries {newer[:4]} "
+                              f"(gather_format needs version 2)")
+        return cls(ModelIdentity.from_dict(doc.get("model")), parsed, str(doc.get("description", "")))
 
 
 def save_plan(plan: CommPlan, path: str | Path) -> None:
@@ -359,6 +391,7 @@ class _Settings:
     algorithm: str
     comm_dtype: torch.dtype | None
     channels: Sequence[int] | None = field(default=None)
+    gather: BlockFormat | None = None
 
 
 def resolve_comms(
@@ -416,13 +449,18 @@ def resolve_comms(
                     s.comm_dtype = None if entry.comm_dtype == COMPUTE_DTYPE else entry.comm_dtype  # type: ignore[assignment]
                 if entry.outlier_channels is not None:
                     s.channels = entry.outlier_channels or None
+                if entry.gather_format is not None:
+                    s.gather = entry.gather_format if isinstance(entry.gather_format, BlockFormat) else None
     comms = {}
     for name, s in settings.items():
         width = reduce_modules[name]
         if width is not None and s.channels is not None and len(s.channels) and max(s.channels) >= width:
             raise TPPlanError(f"{name}: outlier channels {sorted(c for c in s.channels if c >= width)[:4]} outside "
                               f"its {width} output channels")
-        comms[name] = RowwiseComm(s.fmt, s.algorithm, s.comm_dtype, s.channels)
+        try:
+            comms[name] = RowwiseComm(s.fmt, s.algorithm, s.comm_dtype, s.channels, s.gather)
+        except FormatError as exc:
+            raise TPPlanError(f"{name}: {exc}") from None
     return comms
 
 

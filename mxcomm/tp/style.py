@@ -32,6 +32,7 @@ from torch.distributed.tensor.placement_types import Partial, Placement
 
 from mxcomm.collectives import Algorithm, functional_all_reduce, functional_all_reduce_with_outliers
 from mxcomm.collectives.algorithms import REQUESTABLE
+from mxcomm.collectives.planner import gather_format
 from mxcomm.errors import FormatError, MxcommError
 from mxcomm.formats import BlockFormat, get_format
 from mxcomm.kernels.torch_ops import canonical_format
@@ -78,21 +79,27 @@ class RowwiseComm:
     (indices into the output's last dimension, e.g. from
     :func:`mxcomm.tp.calibrate_outliers`) travel uncompressed beside the
     compressed rest (:func:`mxcomm.collectives.all_reduce_with_outliers`);
-    they are ignored when the reduction is uncompressed.
+    they are ignored when the reduction is uncompressed. ``gather_fmt`` is
+    two-shot's all-gather format (``all_reduce(..., gather_fmt=...)``; None:
+    ``fmt``).
 
     Raises:
         TPPlanError: an unknown algorithm, a ``comm_dtype`` other than float32/bfloat16/float16,
             or negative outlier channels.
-        FormatError: an unknown format.
+        FormatError: an unknown format, a gather format rotated or blocked unlike a rotated ``fmt``.
     """
 
     fmt: BlockFormat | None
     algorithm: str = "auto"
     comm_dtype: torch.dtype | None = None
     outlier_channels: torch.Tensor | None = None
+    gather_fmt: BlockFormat | None = None
 
     def __post_init__(self) -> None:
         self.fmt = resolve_format(self.fmt)
+        self.gather_fmt = resolve_format(self.gather_fmt)
+        if self.gather_fmt is not None and self.fmt is not None:
+            gather_format(self.fmt, self.gather_fmt)  # the pair must be usable, checked before any forward
         if self.algorithm not in REQUESTABLE:
             raise TPPlanError(f"algorithm must be one of {tuple(a.value for a in REQUESTABLE)}, got {self.algorithm!r}")
         self.algorithm = Algorithm(self.algorithm)
@@ -122,7 +129,8 @@ class RowwiseComm:
             return "none"
         assert self.fmt is not None
         outliers = "" if self.outlier_channels is None else f"+{self.outlier_channels.numel()}ch"
-        return f"{self.fmt.name}[{self.fmt.rounding}]/{self.algorithm}{outliers}"
+        gather = f">{self.gather_fmt.name}" if self.gather_fmt is not None and self.algorithm != "allgather" else ""
+        return f"{self.fmt.name}[{self.fmt.rounding}]/{self.algorithm}{gather}{outliers}"
 
 
 class _ReduceToReplicate(torch.autograd.Function):
@@ -143,9 +151,10 @@ class _ReduceToReplicate(torch.autograd.Function):
         if comm.compressed and comm.outlier_channels is not None:
             # channel indices out of range raise FormatError here, on every rank alike
             out = functional_all_reduce_with_outliers(wire, comm.fmt, comm.outlier_channels, group,
-                                                      algorithm=comm.algorithm)
+                                                      algorithm=comm.algorithm, gather_fmt=comm.gather_fmt)
         elif comm.compressed:
-            out = functional_all_reduce(wire, comm.fmt, group=group, algorithm=comm.algorithm)
+            out = functional_all_reduce(wire, comm.fmt, group=group, algorithm=comm.algorithm,
+                                        gather_fmt=comm.gather_fmt)
         else:
             out = functional_all_reduce(wire, None, group=group, algorithm="none")
         return out if out.dtype == partial_out.dtype else out.to(partial_out.dtype)
@@ -178,6 +187,8 @@ class CompressedRowwiseParallel(RowwiseParallel):
         outlier_channels: output channels (last dimension) sent uncompressed
             beside the compressed rest, e.g. a module's entry of
             :func:`mxcomm.tp.calibrate_outliers`; ``None``: none.
+        gather_fmt: two-shot's all-gather format (``None``: ``fmt``; see
+            :func:`mxcomm.all_reduce`).
         input_layouts, use_local_output: as for ``RowwiseParallel``.
         output_layouts: only ``Replicate()`` (the default) is supported; a
             sharded output would need a compressed reduce-scatter.
@@ -200,6 +211,7 @@ class CompressedRowwiseParallel(RowwiseParallel):
         input_layouts: Placement | None = None,
         output_layouts: Placement | None = None,
         use_local_output: bool = True,
+        gather_fmt: FormatLike | None = None,
     ) -> None:
         super().__init__(
             input_layouts=input_layouts, output_layouts=output_layouts, use_local_output=use_local_output
@@ -208,7 +220,8 @@ class CompressedRowwiseParallel(RowwiseParallel):
             raise TPPlanError(
                 f"CompressedRowwiseParallel only produces a Replicate() output, got {output_layouts!r}"
             )
-        self.comm = RowwiseComm(resolve_format(fmt), algorithm, comm_dtype, outlier_channels)
+        self.comm = RowwiseComm(resolve_format(fmt), algorithm, comm_dtype, outlier_channels,
+                                resolve_format(gather_fmt))
 
     # RowwiseParallel._apply binds ``self._prepare_output_fn`` with
     # (output_layouts, use_local_output); overriding it as an instance method
@@ -243,7 +256,7 @@ class CompressedRowwiseParallel(RowwiseParallel):
         out = super()._apply(module, device_mesh)
         # One settings object per module, so that later per-module changes stay local.
         setattr(module, COMM_ATTR, RowwiseComm(self.comm.fmt, self.comm.algorithm, self.comm.comm_dtype,
-                                               self.comm.outlier_channels))
+                                               self.comm.outlier_channels, self.comm.gather_fmt))
         return out
 
     def __repr__(self) -> str:
@@ -271,6 +284,7 @@ def set_comm_format(
     algorithm: str | None = None,
     comm_dtype: torch.dtype | None | str = "keep",
     names: Any = None,
+    gather_fmt: FormatLike | None = None,
 ) -> int:
     """Change the all-reduce format of already parallelized modules, without re-sharding.
 
@@ -282,6 +296,7 @@ def set_comm_format(
         algorithm: The new algorithm (``None``: keep each module's).
         comm_dtype: The new wire dtype (``"keep"``: keep each module's).
         names: Module names to change (default: every compressed row-parallel module).
+        gather_fmt: The new two-shot gather format (``None``: none, i.e. ``fmt``).
 
     Returns:
         The number of modules changed.
@@ -289,7 +304,7 @@ def set_comm_format(
     Raises:
         TPPlanError: ``names`` lists a module that is not compressed row-parallel, or a bad
             algorithm or ``comm_dtype``.
-        FormatError: an unknown format.
+        FormatError: an unknown format, or a gather format that does not fit ``fmt``.
     """
     targets = compressed_modules(model)
     if names is not None:
@@ -304,6 +319,8 @@ def set_comm_format(
             new_fmt,
             comm.algorithm if algorithm is None else algorithm,
             comm.comm_dtype if isinstance(comm_dtype, str) and comm_dtype == "keep" else comm_dtype,  # type: ignore[arg-type]
+            gather_fmt=gather_fmt,
         )
         comm.fmt, comm.algorithm, comm.comm_dtype = updated.fmt, updated.algorithm, updated.comm_dtype
+        comm.gather_fmt = updated.gather_fmt
     return len(targets)

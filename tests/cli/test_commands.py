@@ -240,3 +240,65 @@ def test_bench_generate_loopback_writes_only_into_out(tmp_path):
     assert fp8["decode"]["bytes_sent_per_forward"] < none["decode"]["bytes_sent_per_forward"]
     (table,) = markdown_tables((out / "generate.md").read_text())
     assert [row[1] for row in table[1:]] == ["none (bfloat16 wire)", "mxfp8_e4m3 rne allgather"]
+
+
+def _tiny_model_folder(folder: Path) -> Path:
+    """A tiny random Llama and a word-level tokenizer saved as a local transformers folder (no download)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from tests.bench.test_tuning import tiny_llama
+
+    words = [f"w{i}" for i in range(90)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["<unk>", *words])}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>").save_pretrained(folder)
+    tiny_llama().save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_tune_writes_plans_and_report_and_verifies_on_ranks(tmp_path, capsys):
+    """``mxcomm tune`` on a tiny local model: plans within budget, report, held-out front; then --verify-plan."""
+    import random
+
+    model_dir = _tiny_model_folder(tmp_path / "model")
+    text = tmp_path / "text.txt"
+    rng = random.Random(0)
+    text.write_text(" ".join(f"w{rng.randrange(90)}" for _ in range(400)))
+    out = tmp_path / "tune"
+    common = ["--model", str(model_dir), "--text", str(text), "--world-size", "2", "--window-tokens", "32"]
+    assert main(["tune", *common, "--out", str(out), "--calibration-windows", "2", "--sensitivity-windows", "1",
+                 "--formats", "int3,mxfp4_e2m1,fp5_e2m2,mxfp6_e2m3", "--outlier-ks", "0,4",
+                 "--two-shot", "mxfp4_e2m1>mxfp6_e2m3", "--two-shot-ks", "0", "--max-measured", "4",
+                 "--budget", "bits=4.6,ppl=5", "--rounds", "2", "--heldout-start", "256", "--heldout-windows", "2",
+                 "--uniform", "mxfp4_e2m1:rot,mxfp4_e2m1>mxfp6_e2m3:rot"]) == 0
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == [
+        "outliers.json", "plan.json", "plans/bits4.6.json", "plans/ppl5.json", "report.json", "report.md",
+        "sensitivity.json"]
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["plans"][0]["bits"] <= 4.6 and doc["plans"][0]["file"] == "plans/bits4.6.json"
+    assert [r["label"] for r in doc["heldout"]["rows"]] == [
+        "none (bf16 wire)", "tuned bits4.6", "tuned ppl5", "uniform mxfp4_e2m1:rot", "uniform mxfp4_e2m1>mxfp6_e2m3:rot"]
+    tables = markdown_tables((out / "report.md").read_text())
+    assert len(tables) == 2 + len(doc["plans"]) and len(tables[0]) == 1 + len(doc["plans"])
+    plan = mxcomm.tp.load_plan(out / "plan.json")
+    # the 4 row-parallel modules, plus the vocabulary-parallel embedding, explicitly uncompressed
+    assert [e.module for e in plan.entries if e.fmt == "none"][:1] == ["model.embed_tokens"]
+    assert len(plan.entries) == 5 and "budget bits4.6" in plan.description
+
+    # the held-out range must not touch the calibration tokens
+    assert main(["tune", *common, "--out", str(tmp_path / "bad"), "--heldout-start", "32",
+                 "--heldout-windows", "1"]) == 2
+    assert "overlap the calibration tokens" in capsys.readouterr().err
+
+    verify = tmp_path / "verify"
+    assert main(["tune", *common, "--out", str(verify), "--heldout-start", "256", "--heldout-windows", "2",
+                 "--calibration-windows", "2", "--outliers", str(out / "outliers.json"),
+                 "--verify-plan", str(out / "plan.json")]) == 0
+    result = json.loads((verify / "verify.json").read_text())
+    assert result["plan_token_nll_bitwise_equal"]
+    rowwise = result["distributed"]["plan"]["rowwise"]
+    assert rowwise["wire_bits_per_element"] == pytest.approx(result["emulated"]["plan_bits"], rel=1e-12)
+    assert result["distributed"]["plan"]["rowwise_reductions_per_forward"] == 4

@@ -14,7 +14,7 @@ import mxcomm
 from mxcomm.formats import BlockFormat
 from mxcomm.formats.element import code_values
 
-DESCRIPTOR = 80  # bytes of the handshake descriptor (docs/collectives.md)
+DESCRIPTOR = 88  # bytes of the handshake descriptor (docs/collectives.md)
 DEFAULT_SEGMENT = 1 << 20
 
 

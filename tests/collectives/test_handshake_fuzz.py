@@ -157,11 +157,23 @@ def test_huge_fields_allocate_nothing():
     # the only buffer is n x DESCRIPTOR_NBYTES: received sizes are compared, never used to allocate
     d = _CALLS[1]
     fields = list(_FIELDS.unpack(d.pack()))
-    fields[9] = 2**64 - 1  # numel
-    fields[11] = 2**64 - 1  # segment elements
+    fields[10] = 2**64 - 1  # numel
+    fields[12] = 2**64 - 1  # segment elements
     verdict = _verdict(_FIELDS.pack(*fields) * 3, d)
     assert isinstance(verdict, WireDescriptor) and verdict.numel == 2**64 - 1  # consistent, so accepted
     assert isinstance(_verdict(d.pack() + _FIELDS.pack(*fields), d), CollectiveMismatchError)
+
+
+def test_a_different_gather_format_is_a_mismatch():
+    d = _CALLS[0]
+    other = Descriptor(d.op, d.requested, d.planned, d.dtype, d.shape, d.fingerprint, d.format_name,
+                       d.segment_elems, gather_fingerprint=format_fingerprint(mxcomm.get_format("mxfp6_e2m3")))
+    # no gather format = the format's own: the same call
+    same = Descriptor(d.op, d.requested, d.planned, d.dtype, d.shape, d.fingerprint, d.format_name,
+                      d.segment_elems, gather_fingerprint=d.fingerprint)
+    assert isinstance(_verdict(d.pack() + same.pack(), d), WireDescriptor)
+    verdict = _verdict(d.pack() + other.pack(), d)
+    assert isinstance(verdict, CollectiveMismatchError) and "gather_fingerprint" in str(verdict)
 
 
 def test_an_invalid_rank_is_named_and_its_placeholder_fields_are_not_judged():

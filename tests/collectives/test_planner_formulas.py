@@ -11,6 +11,9 @@ alike), one codec call per segment and chunk:
   + enc(N/n, k) + dec(N, nk)``
 
 and with k > 1 segments a compressed prediction is ``latency + max(comm, codec) + codec / k``.
+With a gather format ``g`` two-shot sends ``(n-1) sum_seg (P_c + G_c)`` (chunks rounded to whole blocks
+of both formats) and prices the all-gather phase's ``enc(N/n, k) + dec(N, nk)`` with ``g``'s codec
+cost -- or the whole codec work with the pair's (``"<fmt>+<gather>"``) when the model has one.
 The payload sizes are derived here from the format's definition (codes of whole blocks, one scale
 per block, 4 bytes of tensor scale), not from ``packed_nbytes``. Element counts are multiples of
 ``n`` and of the block size, where the documented (n-1)N/n and N/n are whole numbers.
@@ -19,6 +22,7 @@ per block, 4 bytes of tensor scale), not from ``packed_nbytes``. Element counts 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -40,9 +44,10 @@ def packed_bytes(fmt: mxcomm.BlockFormat, m: int) -> int:
     return code_bytes + blocks * SCALE_BYTES[fmt.scale] + (4 if fmt.has_tensor_scale else 0)
 
 
-def slot_bytes(fmt: mxcomm.BlockFormat, m: int, n: int) -> int:
+def slot_bytes(fmt: mxcomm.BlockFormat, m: int, n: int, block: int | None = None) -> int:
     """P_c(m): a two-shot chunk's slot, the payload of ceil(m/n) elements rounded up to whole blocks."""
-    chunk = ceil_div(ceil_div(m, n), fmt.block_size) * fmt.block_size
+    block = block or fmt.block_size
+    chunk = ceil_div(ceil_div(m, n), block) * block
     return packed_bytes(fmt, chunk)
 
 
@@ -51,14 +56,18 @@ def segment_sizes(numel: int, segment: int) -> list[int]:
 
 
 def documented_prediction(model: CostModel, algorithm: str, fmt: mxcomm.BlockFormat, numel: int, elem_size: int,
-                          n: int, segment: int) -> float:
-    alpha, beta, c = model.alpha, model.beta, model.codec_for(fmt)
+                          n: int, segment: int, gather: mxcomm.BlockFormat | None = None) -> float:
+    alpha, beta = model.alpha, model.beta
+    g = gather or fmt
+    pair = model.codec.get(f"{fmt.name}+{g.name}") if gather is not None else None
 
-    def enc(m: float, calls: int) -> float:
+    def enc(m: float, calls: int, f: mxcomm.BlockFormat = fmt) -> float:
+        c = pair or model.codec_for(f)
         return calls * c.call_s + m * c.encode_s_per_elem
 
-    def dec(m: float, calls: int) -> float:
-        return calls * c.call_s + m * c.decode_s_per_elem
+    def dec(m: float, calls: int, f: mxcomm.BlockFormat = fmt) -> float:
+        c = pair or model.codec_for(f)
+        return calls * (c.call_s if c.decode_call_s is None else c.decode_call_s) + m * c.decode_s_per_elem
 
     if algorithm == "none":
         return alpha + 2 * (n - 1) / n * numel * elem_size * beta
@@ -70,9 +79,10 @@ def documented_prediction(model: CostModel, algorithm: str, fmt: mxcomm.BlockFor
         codec = enc(numel, k) + dec(n * numel, k)
     else:
         latency = 2 * alpha
-        comm = 2 * (n - 1) * sum(slot_bytes(fmt, m, n) for m in sizes) * beta
+        block = math.lcm(fmt.block_size, g.block_size)
+        comm = (n - 1) * sum(slot_bytes(fmt, m, n, block) + slot_bytes(g, m, n, block) for m in sizes) * beta
         others, own = (n - 1) * numel / n, numel / n
-        codec = enc(others, (n - 1) * k) + dec(others, k) + enc(own, k) + dec(numel, n * k)
+        codec = enc(others, (n - 1) * k) + dec(others, k) + enc(own, k, g) + dec(numel, n * k, g)
     if k == 1:
         return latency + comm + codec
     return latency + max(comm, codec) + codec / k
@@ -102,6 +112,33 @@ def test_predict_matches_the_documented_formulas(model, fmt, n, algorithm, block
         want = documented_prediction(model, algorithm, f, numel, elem_size, n, segment)
         got = model.predict(algorithm, f, numel, elem_size, n, segment)
         assert math.isclose(got, want, rel_tol=1e-12, abs_tol=0.0), (got, want)
+
+
+GATHER_MODEL = (CostModel(alpha=20e-6, beta=8 / 1e9).with_codec("mxfp4", CodecCost(1e-9, 4e-9, 10e-6))
+                .with_codec("mxfp6_e2m3", CodecCost(3e-9, 5e-9, 20e-6, 7e-6)))
+
+
+@pytest.mark.parametrize("fmt,gather", [("mxfp4", "mxfp6_e2m3"), ("mxfp4", "fp4_e2m1_b64"), ("nvfp4", "mxint8")])
+@pytest.mark.parametrize("n", [2, 3, 8])
+@pytest.mark.parametrize("blocks_per_rank,segment", [(1, 1 << 20), (4096, 1 << 20), (3000, 12_288)])
+@pytest.mark.parametrize("pair", [False, True])
+def test_two_shot_with_a_gather_format(fmt, gather, n, blocks_per_rank, segment, pair) -> None:
+    f, g = mxcomm.get_format(fmt), mxcomm.get_format(gather)
+    model = GATHER_MODEL
+    if pair:  # a pair the estimator learnt as one: priced as a whole
+        model = replace(model, codec={**model.codec, f"{f.name}+{g.name}": CodecCost(8e-9, 9e-9, 40e-6)})
+    numel = n * blocks_per_rank * 64
+    block = math.lcm(f.block_size, g.block_size)
+    seg = ceil_div(segment, block) * block  # as all_reduce rounds it
+    want = documented_prediction(model, "two_shot", f, numel, 2, n, seg, g)
+    got = model.predict("two_shot", f, numel, 2, n, seg, g)
+    assert math.isclose(got, want, rel_tol=1e-12, abs_tol=0.0), (got, want)
+    # the format itself as the gather format is no gather format
+    assert model.predict("two_shot", f, numel, 2, n, seg, f) == model.predict("two_shot", f, numel, 2, n, seg)
+    # auto weighs two-shot with the gather format
+    plan = plan_all_reduce(model, f, numel, 2, n, g)
+    assert plan.predicted["two_shot"] == model.predict("two_shot", f, numel, 2, n, 1 << 20, g)
+    assert plan.predicted["allgather"] == model.predict("allgather", f, numel, 2, n, 1 << 20)
 
 
 def test_one_rank_sends_nothing() -> None:

@@ -52,12 +52,13 @@ def tiny_model(family: str, world: int, **overrides: Any) -> torch.nn.Module:
 
 
 def plan_entries(family: str) -> list[dict[str, Any]]:
-    """A per-module plan: rotated mxfp4 everywhere, the MLP in mxint8 two-shot on a bf16 wire, the embedding
-    uncompressed, outlier channels on one attention output."""
+    """A per-module plan: rotated mxfp4 everywhere, the MLP in mxint8 two-shot (gathered in mxfp6_e2m3) on a
+    bf16 wire, the embedding uncompressed, outlier channels on one attention output."""
     mlp = "model.layers.*.mlp.c_proj" if family == "starcoder2" else "model.layers.*.mlp.*"
     return [
         {"module": "*", "format": ROTATED, "algorithm": "allgather"},
-        {"module": mlp, "format": "mxint8", "algorithm": "two_shot", "comm_dtype": "bfloat16"},
+        {"module": mlp, "format": "mxint8", "algorithm": "two_shot", "comm_dtype": "bfloat16",
+         "gather_format": "mxfp6_e2m3"},
         {"module": "model.embed_tokens", "format": "none"},
         {"module": "model.layers.0.self_attn.o_proj", "outlier_channels": [1, 5, 9]},
     ]

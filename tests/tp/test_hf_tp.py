@@ -13,6 +13,8 @@ import pytest
 import torch
 
 from mxcomm.bench.launch import run_ranks
+from mxcomm.collectives.planner import all_reduce_wire_bytes
+from mxcomm.formats import get_format
 
 pytest.importorskip("transformers")
 
@@ -119,6 +121,12 @@ def test_per_module_plan_reaches_each_module(ranks, family):
     assert [x["format"] for x in reduces] == ["", "mxfp4_e2m1.rot7", "mxint8", "mxfp4_e2m1.rot7", "mxint8"]
     assert [x["algorithm"] for x in reduces] == ["none", "allgather", "two_shot", "allgather", "two_shot"]
     assert [x["dtype"] for x in reduces] == ["float32", "float32", "bfloat16", "float32", "bfloat16"]
+    assert [x["gather_format"] for x in reduces] == ["", "", "mxfp6_e2m3", "", "mxfp6_e2m3"]
+    # the bytes of the two-phase reductions: the planner's formula (chunks aligned to both formats' blocks)
+    for x in reduces[2::2]:
+        wire = all_reduce_wire_bytes("two_shot", get_format("mxint8"), x["numel"], 2, len(ranks), 1 << 20,
+                                     get_format("mxfp6_e2m3"))
+        assert x["bytes_sent"] == wire.sent
     # the attention outputs: layer 0's channels from the plan, layer 1's from compress(outliers=...)
     assert [x["op"] for x in records].count("outlier_channels") == 2
     assert f["described"]["plan"]["model.layers.0.self_attn.o_proj"] == "mxfp4_e2m1.rot7[rne]/allgather+3ch"

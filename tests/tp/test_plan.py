@@ -113,7 +113,8 @@ def test_loading_a_bad_plan_names_the_problem(llama, tmp_path):
     doc = full_plan(llama).to_dict()
     path = tmp_path / "plan.json"
     for mutate, needle in [
-        (lambda d: d.update(version=2), "version 2"),
+        (lambda d: d.update(version=3), "version 3"),
+        (lambda d: d["entries"][0].update(gather_format="mxfp6_e2m3"), "cannot hold the fields"),  # a v1 doc
         (lambda d: d.update(format="something"), "not an mxcomm TP plan"),
         (lambda d: d["entries"][0].update(format={"name": "mxfp9"}), "plan entry '*': unknown format 'mxfp9'"),
         (lambda d: d["entries"][0].update(format={"name": "mxfp4_e2m1", "block_size": 16}), "plan entry '*'"),
@@ -127,6 +128,28 @@ def test_loading_a_bad_plan_names_the_problem(llama, tmp_path):
     path.write_text("{")
     with pytest.raises(TPPlanError, match="cannot read TP plan"):
         load_plan(path)
+
+
+def test_gather_formats_need_version_2_and_resolve(llama, tmp_path):
+    plan = CommPlan(llama, [
+        {"module": "*", "format": ROTATED, "algorithm": "two_shot", "gather_format": "mxfp6_e2m3"},
+        {"module": "model.embed_tokens", "format": "none"},
+        {"module": f"{LAYER0}.mlp.down_proj", "gather_format": "none"},  # back to the format itself
+    ])
+    save_plan(plan, tmp_path / "plan.json")
+    doc = json.loads((tmp_path / "plan.json").read_text())
+    assert doc["version"] == 2 and doc["entries"][0]["gather_format"] == "mxfp6_e2m3"
+    assert doc["entries"][2]["gather_format"] == "none"
+    assert load_plan(tmp_path / "plan.json") == plan
+    comms = plan_comms(llama, 2, plan=plan)
+    assert comms[f"{LAYER0}.self_attn.o_proj"].describe() == "mxfp4_e2m1.rot7[rne]/two_shot>mxfp6_e2m3"
+    assert comms[f"{LAYER0}.mlp.down_proj"].gather_fmt is None
+    # a gather format rotated unlike the format cannot run: refused with the module's name
+    bad = CommPlan(llama, [{"module": "*", "format": ROTATED, "algorithm": "two_shot",
+                            "gather_format": {"name": "mxfp6_e2m3", "rotation_seed": 8}},
+                           {"module": "model.embed_tokens", "format": "none", "gather_format": "none"}])
+    with pytest.raises(TPPlanError, match="model.layers.0.self_attn.o_proj: gather format"):
+        plan_comms(llama, 2, plan=bad)
 
 
 def test_a_plan_for_another_model_is_refused(llama):
@@ -155,3 +178,21 @@ def test_custom_formats_save_once_registered(llama, tmp_path):
 def test_heads_the_world_size_does_not_divide(llama):
     with pytest.raises(TPPlanError, match=r"tensor-parallel size 3 must divide .*num_attention_heads"):
         plan_comms(llama, 3, "mxfp8_e4m3")
+
+
+def test_the_committed_smollm2_plan_fits_smollm2_at_tp3():
+    """docs/plans/smollm2-135m-tp3.json (written by ``mxcomm tune``) resolves onto SmolLM2-135M's shape at TP=3."""
+    from pathlib import Path
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    plan = load_plan(Path(__file__).parents[2] / "docs" / "plans" / "smollm2-135m-tp3.json")
+    with torch.device("meta"):  # the architecture alone: no weights needed to resolve a plan
+        model = LlamaForCausalLM(LlamaConfig(**plan.model.config))
+    comms = plan_comms(model, 3, plan=plan)
+    rowwise = [n for n in row_parallel_modules(model, 3) if n != "model.embed_tokens"]
+    assert len(rowwise) == 60 and all(comms[n].compressed and comms[n].comm_dtype == torch.bfloat16 for n in rowwise)
+    with torch.device("meta"):  # another model (more layers) is refused
+        other = LlamaForCausalLM(LlamaConfig(**{**plan.model.config, "num_hidden_layers": 31}))
+    with pytest.raises(TPPlanError):
+        plan_comms(other, 3, plan=plan)
