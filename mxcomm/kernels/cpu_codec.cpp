@@ -1936,7 +1936,13 @@ MX_INLINE __m256i reduce8_u32(const __m256i* v) {
 template <int DT>
 MX_INLINE __m256i amax8(const void* x, int64_t off, int32_t bs, int32_t n) {
     __m256i v[8];
-    for (int i = 0; i < 8; ++i) v[i] = i < n ? absmax_lanes<DT>(x, off + int64_t(i) * bs, bs) : _mm256_setzero_si256();
+    if (DT != DT_FP32 && bs == 16 && n == 8) {  // NVFP4's blocks: one vector each, no loop
+        const __m256i abs = _mm256_set1_epi16(0x7FFF);
+        const uint16_t* p = static_cast<const uint16_t*>(x) + off;
+        for (int i = 0; i < 8; ++i) v[i] = _mm256_and_si256(lddqu256(p + 16 * i), abs);
+    } else {
+        for (int i = 0; i < 8; ++i) v[i] = i < n ? absmax_lanes<DT>(x, off + int64_t(i) * bs, bs) : _mm256_setzero_si256();
+    }
     if constexpr (DT == DT_FP32) {
         return reduce8_u32(v);
     } else {
@@ -2314,14 +2320,18 @@ MX_INLINE void encode_step(const void* x, int64_t off, float m_lo, float m_hi, b
 // quotient fl(|x| / X); fl(|x| / X) passes a midpoint t iff |x| / X passes t +- half an ulp of t,
 // i.e. iff |x| passes that bound times X (exact in float64), rounded to bfloat16 in the right
 // direction -- one set of 7 thresholds per scale code, computed once per call (there are 127).
+// Each threshold is stored twice in a 32-bit word (dup16): a broadcast of a dword from memory is a
+// plain load, of a word it costs a shuffle too (14 per 32 elements).
+MX_INLINE int32_t dup16(int32_t t) { return int32_t((uint32_t(t) & 0xFFFFu) * 0x10001u); }
+
 struct Thresholds4 {
     static constexpr int N = 7;
     bool usable = false;
     // E8M0: the thresholds of block scale code c are base + ((c - 127) << 7), for c in [c_lo, c_hi]
-    alignas(16) int16_t base[8] = {};
+    alignas(32) int32_t base[8] = {};
     int32_t c_lo = 1, c_hi = 0;
     // E4M3: the thresholds of scale code c, where valid[c]
-    alignas(16) int16_t table[128][8];
+    alignas(32) int32_t table[128][8];
     bool valid[128] = {};
 
     Thresholds4(const Format& f, float tensor_scale, int64_t nblocks) {
@@ -2343,7 +2353,7 @@ struct Thresholds4 {
             for (int i = 0; i < N; ++i) {
                 const uint32_t b = f2u(float(mid[i]));
                 if (b & 0xFFFF) return;  // not a bfloat16
-                base[i] = int16_t((b >> 16) - (up[i] ? 1 : 0));
+                base[i] = dup16(int32_t(b >> 16) - (up[i] ? 1 : 0));
                 const int32_t ex = int32_t(b >> 23);
                 exp_lo = ex < exp_lo ? ex : exp_lo;
                 exp_hi = ex > exp_hi ? ex : exp_hi;
@@ -2367,7 +2377,7 @@ struct Thresholds4 {
                 const double p = bound * double(X);  // exact: 26 + 24 significant bits
                 int32_t t;
                 ok = bf16_threshold(p, up[i], &t);
-                table[c][i] = int16_t(t);
+                table[c][i] = dup16(t);
             }
             valid[c] = ok;
             usable = usable || ok;
@@ -2396,17 +2406,24 @@ struct Thresholds4 {
 // Codes of 32 (HALF: 16) bfloat16 elements at x16 against thresholds lo (first 16) and hi (the
 // rest), with signs, packed as 4-bit codes at out.
 template <bool IS_INT, bool HALF>
-MX_INLINE void encode4_step(const uint16_t* x16, const int16_t* lo, const int16_t* hi, bool zero_lo, bool zero_hi,
+MX_INLINE void encode4_step(const uint16_t* x16, const int32_t* lo, const int32_t* hi, bool zero_lo, bool zero_hi,
                             uint8_t* out) {
     const __m256i zero = _mm256_setzero_si256(), abs = _mm256_set1_epi16(0x7FFF);
     const __m256i a = lddqu256(x16), b = HALF ? zero : lddqu256(x16 + 16);
     const __m256i ma = _mm256_and_si256(a, abs), mb = _mm256_and_si256(b, abs);
-    __m256i ca = zero, cb = zero;
+    // minus the counts (comparisons are -1 where passed), summed as a tree; negated once as bytes
+    __m256i na[Thresholds4::N], nb[Thresholds4::N];
     for (int i = 0; i < Thresholds4::N; ++i) {
-        ca = _mm256_sub_epi16(ca, _mm256_cmpgt_epi16(ma, _mm256_set1_epi16(lo[i])));
-        if (!HALF) cb = _mm256_sub_epi16(cb, _mm256_cmpgt_epi16(mb, _mm256_set1_epi16(hi[i])));
+        na[i] = _mm256_cmpgt_epi16(ma, _mm256_set1_epi32(lo[i]));
+        nb[i] = HALF ? zero : _mm256_cmpgt_epi16(mb, _mm256_set1_epi32(hi[i]));
     }
-    __m256i bytes = _mm256_packus_epi16(ca, cb);  // elements 0-7, 16-23 | 8-15, 24-31
+    const __m256i sa = _mm256_add_epi16(_mm256_add_epi16(_mm256_add_epi16(na[0], na[1]), _mm256_add_epi16(na[2], na[3])),
+                                        _mm256_add_epi16(_mm256_add_epi16(na[4], na[5]), na[6]));
+    const __m256i sb = HALF ? zero
+                            : _mm256_add_epi16(_mm256_add_epi16(_mm256_add_epi16(nb[0], nb[1]), _mm256_add_epi16(nb[2], nb[3])),
+                                               _mm256_add_epi16(_mm256_add_epi16(nb[4], nb[5]), nb[6]));
+    // elements 0-7, 16-23 | 8-15, 24-31
+    __m256i bytes = _mm256_sub_epi8(zero, _mm256_packs_epi16(sa, sb));
     const __m256i s = _mm256_packs_epi16(a, b);    // their signs, in the same order
     if constexpr (IS_INT) {
         bytes = _mm256_and_si256(_mm256_sign_epi8(bytes, _mm256_or_si256(s, _mm256_set1_epi8(1))), _mm256_set1_epi8(0x0F));
@@ -2414,21 +2431,30 @@ MX_INLINE void encode4_step(const uint16_t* x16, const int16_t* lo, const int16_
         const __m256i sign = _mm256_and_si256(_mm256_srli_epi16(s, 4), _mm256_set1_epi8(0x08));
         bytes = _mm256_or_si256(bytes, _mm256_andnot_si256(_mm256_cmpeq_epi8(bytes, zero), sign));
     }
-    bytes = _mm256_permute4x64_epi64(bytes, 0xD8);
-    if (__builtin_expect(zero_lo || zero_hi, 0)) {
-        bytes = _mm256_and_si256(bytes, _mm256_set_m128i(_mm_set1_epi8(zero_hi ? 0 : -1), _mm_set1_epi8(zero_lo ? 0 : -1)));
+    // packed as store_packed<4> does, in this order: dwords of 8 codes each, elements 0-7, 16-23 |
+    // 8-15, 24-31, put in order by one permutation
+    const __m256i w = _mm256_maddubs_epi16(bytes, _mm256_set1_epi16(0x1001));  // code 2i + 16 * code 2i+1
+    const __m256i p = _mm256_packus_epi16(w, w);
+    __m128i packed = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 0, 4, 1, 5)));
+    if (__builtin_expect(zero_lo || zero_hi, 0)) {  // bytes 0-7: the first 16 elements
+        packed = _mm_and_si128(packed, _mm_set_epi64x(zero_hi ? 0 : -1, zero_lo ? 0 : -1));
     }
-    store_packed<4, HALF>(out, bytes);
+    if (HALF) {
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(out), packed);
+    } else {
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out), packed);
+    }
 }
 
 // The thresholds of block i of a chunk into buf (8 entries), or null where they do not apply.
-MX_INLINE const int16_t* block_thresholds(const Thresholds4& t, const ChunkPlans& plans, int32_t i, bool e8m0,
-                                          int16_t* buf) {
+MX_INLINE const int32_t* block_thresholds(const Thresholds4& t, const ChunkPlans& plans, int32_t i, bool e8m0,
+                                          int32_t* buf) {
     const int32_t c = plans.code[i];
     if (e8m0) {
         if (c < t.c_lo || c > t.c_hi) return nullptr;
-        _mm_store_si128(reinterpret_cast<__m128i*>(buf),
-                        _mm_add_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(t.base)), _mm_set1_epi16(int16_t((c - 127) << 7))));
+        _mm256_store_si256(reinterpret_cast<__m256i*>(buf),
+                           _mm256_add_epi16(_mm256_load_si256(reinterpret_cast<const __m256i*>(t.base)),
+                                            _mm256_set1_epi16(int16_t((c - 127) << 7))));
         return buf;
     }
     return c >= 0 && c < 128 && t.valid[c] ? t.table[c] : nullptr;
@@ -2441,13 +2467,13 @@ void encode4_chunk(const Format& f, const Thresholds4& t, const ChunkPlans& plan
                    const ElementConsts& consts, uint8_t* out0) {
     constexpr bool DIV = !E8M0;
     const int32_t bs = f.block_size;
-    alignas(16) int16_t buf0[8], buf1[8];
+    alignas(32) int32_t buf0[8], buf1[8];
     if (bs == 16) {  // two blocks per step
         for (int32_t i = 0; i < n; i += 2) {
             const bool half = i + 1 == n;
             const bool z0 = (plans.zero >> i) & 1, z1 = !half && ((plans.zero >> (i + 1)) & 1);
-            const int16_t* t0 = block_thresholds(t, plans, i, E8M0, buf0);
-            const int16_t* t1 = half ? t0 : block_thresholds(t, plans, i + 1, E8M0, buf1);
+            const int32_t* t0 = block_thresholds(t, plans, i, E8M0, buf0);
+            const int32_t* t1 = half ? t0 : block_thresholds(t, plans, i + 1, E8M0, buf1);
             const uint16_t* x = x16 + 16 * i;
             uint8_t* out = out0 + 8 * i;
             if (__builtin_expect(t0 && t1, 1)) {
@@ -2466,7 +2492,7 @@ void encode4_chunk(const Format& f, const Thresholds4& t, const ChunkPlans& plan
     }
     for (int32_t i = 0; i < n; ++i) {
         const bool z = (plans.zero >> i) & 1;
-        const int16_t* th = block_thresholds(t, plans, i, E8M0, buf0);
+        const int32_t* th = block_thresholds(t, plans, i, E8M0, buf0);
         const uint16_t* x = x16 + int64_t(i) * bs;
         uint8_t* out = out0 + int64_t(i) * bs / 2;
         int32_t j = 0;
