@@ -2476,6 +2476,10 @@ void encode4_chunk(const Format& f, const Thresholds4& t, const ChunkPlans& plan
             const int32_t* t1 = half ? t0 : block_thresholds(t, plans, i + 1, E8M0, buf1);
             const uint16_t* x = x16 + 16 * i;
             uint8_t* out = out0 + 8 * i;
+            // a line two chunks ahead (a prefetch never faults past the end): the amaxes of a chunk
+            // then find their inputs in the cache, not at DRAM latency in one burst of loads
+            // (measured on NVFP4's 16-element blocks: one chunk ahead gained less)
+            _mm_prefetch(reinterpret_cast<const char*>(x + 2 * 16 * ChunkPlans::MAX_BLOCKS), _MM_HINT_T0);
             if (__builtin_expect(t0 && t1, 1)) {
                 if (half) {
                     encode4_step<IS_INT, true>(x, t0, t0, z0, false, out);
