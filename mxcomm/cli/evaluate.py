@@ -21,16 +21,13 @@ from mxcomm.bench.settings import (
     DEFAULT_TWO_SHOT_FORMATS,
 )
 from mxcomm.bench.smollm2 import EvalSetupError
+from mxcomm.cli import csv_list
 from mxcomm.errors import MxcommError
-
-
-def _csv(value: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
 def _ints(value: str, option: str) -> tuple[int, ...]:
     try:
-        return tuple(int(v) for v in _csv(value))
+        return tuple(int(v) for v in csv_list(value))
     except ValueError:
         raise EvalSetupError(f"{option} takes comma-separated integers, got {value!r}") from None
 
@@ -113,13 +110,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def config_from_args(args: argparse.Namespace) -> EvalConfig:
     config = EvalConfig(
         world_size=args.world_size, windows=args.windows, window_tokens=args.window_tokens,
-        formats=DEFAULT_PPL_FORMATS if args.formats == "all" else _csv(args.formats),
-        roundings=_csv(args.roundings), algorithm=args.algorithm, two_shot_formats=_csv(args.two_shot_formats),
-        emulate_formats=() if args.emulate == "table" else _csv(args.emulate), emulate_table=args.emulate == "table",
-        pareto_formats=_csv(args.pareto_formats), pareto_two_shot=_csv(args.pareto_two_shot),
+        formats=DEFAULT_PPL_FORMATS if args.formats == "all" else csv_list(args.formats),
+        roundings=csv_list(args.roundings), algorithm=args.algorithm, two_shot_formats=csv_list(args.two_shot_formats),
+        emulate_formats=() if args.emulate == "table" else csv_list(args.emulate), emulate_table=args.emulate == "table",
+        pareto_formats=csv_list(args.pareto_formats), pareto_two_shot=csv_list(args.pareto_two_shot),
         outlier_k=_ints(args.outlier_k, "--outlier-k"), rotation_seed=args.rotation_seed,
-        outliers=args.outliers, calibration_windows=args.calibration_windows, ttft_rates=_csv(args.ttft_rates),
-        ttft_settings=_csv(args.ttft_settings), prompt_tokens=args.prompt_tokens, reps=args.reps,
+        outliers=args.outliers, calibration_windows=args.calibration_windows, ttft_rates=csv_list(args.ttft_rates),
+        ttft_settings=csv_list(args.ttft_settings), prompt_tokens=args.prompt_tokens, reps=args.reps,
         warmup=args.warmup, threads=args.threads, skip_ppl=args.skip_ppl, skip_pareto=args.skip_pareto,
         skip_ttft=args.skip_ttft, pareto_section=args.pareto_section, pareto_title=args.pareto_title,
         pareto_start=args.pareto_start, ttft_section=args.ttft_section, ttft_title=args.ttft_title,

@@ -10,13 +10,10 @@ from pathlib import Path
 from mxcomm.bench.generate import DEFAULT_GENERATE_RATES, DEFAULT_GENERATE_SETTINGS, GENERATE_MD
 from mxcomm.bench.settings import DEFAULT_ROTATION_SEED, CommSetting, parse_ttft_setting
 from mxcomm.bench.smollm2 import EvalSetupError
+from mxcomm.cli import csv_list
 from mxcomm.errors import MxcommError
 
 DEFAULT_GENERATE_DIR = Path("mxcomm-generate")
-
-
-def _csv(value: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
 def parse_setting(text: str, rotation_seed: int) -> CommSetting:
@@ -26,7 +23,7 @@ def parse_setting(text: str, rotation_seed: int) -> CommSetting:
 
 def parse_settings(text: str, rotation_seed: int) -> tuple[list[CommSetting], bool]:
     """The ``--settings`` list, and whether it names ``transformers`` (transformers' own all-reduce)."""
-    names = _csv(text)
+    names = csv_list(text)
     return [parse_setting(s, rotation_seed) for s in names if s != "transformers"], "transformers" in names
 
 
@@ -79,7 +76,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if sys.argv[1:2] == ["bench-generate"] else "mxcomm bench-generate (called from Python)"
     try:
         settings, baseline = parse_settings(args.settings, args.rotation_seed)
-        rates = _csv(args.rates)
+        rates = csv_list(args.rates)
         if not (settings or baseline) or not rates:
             raise EvalSetupError("--settings and --rates must each name at least one entry")
         if args.new_tokens < 2 or args.prompt_tokens < 2 or args.reps < 1 or args.warmup < 0:

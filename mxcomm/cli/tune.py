@@ -21,25 +21,22 @@ from mxcomm.bench.tuning import (
     DEFAULT_TWO_SHOT,
     DEFAULT_TWO_SHOT_KS,
 )
+from mxcomm.cli import csv_list
 from mxcomm.errors import MxcommError
 
 DEFAULT_TUNE_DIR = Path("mxcomm-tune")
 
 
-def _csv(value: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in value.split(",") if v.strip())
-
-
 def _ints(value: str, option: str) -> tuple[int, ...]:
     try:
-        return tuple(int(v) for v in _csv(value))
+        return tuple(int(v) for v in csv_list(value))
     except ValueError:
         raise EvalSetupError(f"{option} takes comma-separated integers, got {value!r}") from None
 
 
 def _pairs(value: str) -> tuple[tuple[str, str], ...]:
     pairs = []
-    for item in _csv(value):
+    for item in csv_list(value):
         fmt, sep, gather = item.partition(">")
         if not sep or not fmt or not gather:
             raise EvalSetupError(f"--two-shot takes FORMAT>GATHER pairs, got {item!r}")
@@ -111,12 +108,12 @@ def run_from_args(args: argparse.Namespace) -> TuneRun:
     return TuneRun(
         model=args.model, text=args.text, world_size=args.world_size, window_tokens=args.window_tokens,
         calibration_start=args.calibration_start, calibration_windows=args.calibration_windows,
-        sensitivity_windows=args.sensitivity_windows, budgets=tuple(Budget.parse(b) for b in _csv(args.budget)),
-        formats=_csv(args.formats), outlier_ks=_ints(args.outlier_ks, "--outlier-ks"),
+        sensitivity_windows=args.sensitivity_windows, budgets=tuple(Budget.parse(b) for b in csv_list(args.budget)),
+        formats=csv_list(args.formats), outlier_ks=_ints(args.outlier_ks, "--outlier-ks"),
         two_shot=_pairs(args.two_shot), two_shot_ks=_ints(args.two_shot_ks, "--two-shot-ks"),
         rotation_seed=args.rotation_seed, max_measured=args.max_measured, rounds=args.rounds,
         outliers=args.outliers, sensitivity=args.sensitivity, heldout_start=args.heldout_start,
-        heldout_windows=args.heldout_windows, uniform=_csv(args.uniform), threads=args.threads,
+        heldout_windows=args.heldout_windows, uniform=csv_list(args.uniform), threads=args.threads,
         cache_dir=args.cache_dir,
     )
 
