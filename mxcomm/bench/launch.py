@@ -30,6 +30,7 @@ def _rank_entry(
     backend: str,
     threads: int | None,
     timeout_s: float,
+    check_collectives: bool,
     results_dir: str,
     args: tuple[Any, ...],
 ) -> None:
@@ -41,6 +42,10 @@ def _rank_entry(
                       LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     if threads is not None:
         torch.set_num_threads(threads)
+    if check_collectives:
+        # torch.distributed read TORCH_DISTRIBUTED_DEBUG when it was imported (before this runs): set the level too
+        os.environ["TORCH_DISTRIBUTED_DEBUG"] = "DETAIL"
+        dist.set_debug_level(dist.DebugLevel.DETAIL)
     timeout = timedelta(seconds=timeout_s)
     store = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=timeout)
     dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
@@ -61,6 +66,7 @@ def run_ranks(
     backend: str = "gloo",
     threads: int | None = None,
     timeout_s: float = 600.0,
+    check_collectives: bool = False,
 ) -> list[Any]:
     """Run ``fn(rank, world_size, *args)`` in ``world_size`` spawned processes.
 
@@ -78,6 +84,10 @@ def run_ranks(
         backend: ``torch.distributed`` backend of the group.
         threads: ``torch.set_num_threads`` in every rank (None: torch's default).
         timeout_s: Timeout of the rendezvous and of every collective.
+        check_collectives: Before every collective, compare its kind, shapes and dtypes across the
+            ranks (torch's ``TORCH_DISTRIBUTED_DEBUG=DETAIL``): ranks that issue different collectives
+            (a code path taken on some ranks only) fail at once with a message naming both, instead of
+            blocking until ``timeout_s``. Costs one small all-gather per collective: a test aid.
 
     Returns:
         What ``fn`` returned on each rank, indexed by rank.
@@ -100,7 +110,7 @@ def run_ranks(
     with tempfile.TemporaryDirectory(prefix="mxcomm-ranks-") as results_dir:
         mp.start_processes(
             _rank_entry,
-            args=(fn, world_size, store.port, backend, threads, timeout_s, results_dir, args),
+            args=(fn, world_size, store.port, backend, threads, timeout_s, check_collectives, results_dir, args),
             nprocs=world_size,
             join=True,
             start_method="spawn",

@@ -18,6 +18,7 @@ from mxcomm.formats import get_format
 
 pytest.importorskip("transformers")
 
+from tests.collectives._harness import RANK_TIMEOUT_S  # noqa: E402
 from tests.tp import _hf_worker as W  # noqa: E402
 
 pytestmark = pytest.mark.multiprocess
@@ -39,7 +40,13 @@ def ranks(request, tmp_path_factory) -> list[dict]:
         T.save_plan(T.CommPlan(model, W.plan_entries(family), "test plan"), root / family / "plan.json")
     # heads the world size does not divide: those of the other world size
     W.tiny_model("llama", 5 - world).save_pretrained(root / "indivisible")
-    run_ranks(W.run, world, ({"root": str(root), "families": FAMILIES},), threads=1, timeout_s=900)
+    # The ranks interleave transformers' own collectives (DTensor, from_pretrained) with mxcomm's: ranks whose
+    # sequences diverge fail at the first differing collective, naming both (check_collectives). A collective that
+    # stalls otherwise fails after RANK_TIMEOUT_S instead of 15 min: one wait (a rank ahead of rank 0's reference
+    # work) is bounded by the whole spawn, measured at 13-24 s on the shared 2 cores (TP=2 / TP=3, with the
+    # check; TP=2 took 14 s without it next to a CPU hog), so 120 s leaves a 5x margin.
+    run_ranks(W.run, world, ({"root": str(root), "families": FAMILIES},), threads=1, timeout_s=RANK_TIMEOUT_S,
+              check_collectives=True)
     return [torch.load(root / f"rank{r}.pt", weights_only=False) for r in range(world)]
 
 
