@@ -7,7 +7,7 @@ every Δ is against the uncompressed bf16-wire row (:func:`~mxcomm.bench.perplex
 from __future__ import annotations
 
 from mxcomm.bench.perplexity import baseline_row
-from mxcomm.bench.settings import COMPILED_SUFFIX
+from mxcomm.bench.settings import CommSetting
 
 
 def _pct(value: float) -> str:
@@ -79,6 +79,15 @@ def pareto_markdown(rows: list[dict], target_ratio: float = 3.5, target_delta_pc
     return "\n".join(lines)
 
 
+def _baseline_for(row: dict, nones: list[dict]) -> dict | None:
+    """The uncompressed row a TTFT row is compared with: the one run the same way (compiled, with or
+    without descriptors) if the run has it, else the first."""
+    def how(r: dict) -> tuple[bool, bool]:
+        return bool(r["setting"].get("compiled", False)), bool(r["setting"].get("verify", True))
+
+    return next((r for r in nones if how(r) == how(row)), nones[0] if nones else None)
+
+
 def ttft_markdown(results: list[dict], ppl_rows: list[dict] | None = None) -> str:
     ppl_by_label = {r["label"]: r for r in ppl_rows or [] if r.get("setting")}
     base = base_ppl(ppl_rows or [])
@@ -92,11 +101,13 @@ def ttft_markdown(results: list[dict], ppl_rows: list[dict] | None = None) -> st
             lines.append(f"| {res['rate']} | failed: {res['error']} |" + " |" * 8)
             continue
         rows = res["rows"]
-        none = next((r for r in rows if r["setting"]["fmt"] is None), None)
+        nones = [r for r in rows if r["setting"]["fmt"] is None]
         for r in rows:
+            none = _baseline_for(r, nones)
             speedup = f"{none['ttft_s'] / r['ttft_s']:.2f}x" if none else "–"
             label = r["label"]
-            ppl_key = label.removesuffix(COMPILED_SUFFIX) if r["setting"]["algorithm"] != "auto" else None
+            # the perplexity of the same numerics (compilation and descriptors do not change them)
+            ppl_key = CommSetting(**r["setting"]).eager_label if r["setting"]["algorithm"] != "auto" else None
             if r["setting"]["algorithm"] == "auto" and r["algorithms"]:
                 chosen = max(r["algorithms"], key=r["algorithms"].get)
                 ppl_key = f"{r['setting']['fmt']} {r['setting']['rounding']} {chosen}" if chosen != "none" else None

@@ -39,7 +39,8 @@ def apply_setting(model: torch.nn.Module, setting: CommSetting, calibration: Any
     from mxcomm.tp.outliers import set_outlier_channels
     from mxcomm.tp.style import set_comm_format
 
-    set_comm_format(model, setting.block_format(), algorithm=setting.algorithm, comm_dtype=setting.wire_dtype)
+    set_comm_format(model, setting.block_format(), algorithm=setting.algorithm, comm_dtype=setting.wire_dtype,
+                    verify=setting.verify)
     if setting.outliers and calibration is None:
         raise EvalSetupError(f"{setting.label} needs an outlier calibration")
     set_outlier_channels(model, calibration.top(setting.outliers) if setting.outliers else None)

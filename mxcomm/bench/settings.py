@@ -38,6 +38,8 @@ DEFAULT_TTFT_SETTINGS: tuple[str, ...] = (
 
 #: What a compiled setting's label ends with.
 COMPILED_SUFFIX = " compiled"
+#: What the label of a setting without descriptor exchanges (``verify=False``) ends with, before ``COMPILED_SUFFIX``.
+UNVERIFIED_SUFFIX = " unverified"
 
 
 @dataclass(frozen=True)
@@ -55,14 +57,16 @@ class CommSetting:
     # auto only: plan from a calibrate() call on the link (False: start from the default cost model and
     # learn from the setting's own calls, as a user who never calls calibrate() gets)
     calibrated: bool = True
+    # exchange the call descriptor on every all-reduce (False: ``verify=False``, the caller vouches that the ranks agree)
+    verify: bool = True
 
     @property
     def label(self) -> str:
-        return self.eager_label + (COMPILED_SUFFIX if self.compiled else "")
+        return self.eager_label + ("" if self.verify else UNVERIFIED_SUFFIX) + (COMPILED_SUFFIX if self.compiled else "")
 
     @property
     def eager_label(self) -> str:
-        """The label of the same setting run eagerly (what the perplexity tables list)."""
+        """The label of the same numerics run eagerly with descriptors (what the perplexity tables list)."""
         if self.fmt is None:
             return f"none ({self.comm_dtype} wire)"
         mode = f" scale={self.scale_mode}" if self.scale_mode else ""
@@ -136,15 +140,16 @@ def pareto_settings(
 
 
 def parse_ttft_setting(text: str, rotation_seed: int) -> CommSetting:
-    """``FORMAT:ALGORITHM[:rot][:kN][:compiled][:uncalibrated]`` -> CommSetting (rne); ``none:none[:compiled]``
-    is the uncompressed baseline; ``:uncalibrated`` (auto only) skips ``calibrate()``."""
+    """``FORMAT:ALGORITHM[:rot][:kN][:compiled][:uncalibrated][:unverified]`` -> CommSetting (rne);
+    ``none:none[:compiled][:unverified]`` is the uncompressed baseline; ``:uncalibrated`` (auto only) skips
+    ``calibrate()``; ``:unverified`` runs every all-reduce with ``verify=False`` (no descriptor exchange)."""
     name, _, rest = text.partition(":")
     algo, *mods = rest.split(":")
     compressed = ("allgather", "two_shot", "auto")
     if (name == "none") != (algo == "none") or algo not in (*compressed, "none"):
         raise EvalSetupError(f"--ttft-settings wants FORMAT:ALGORITHM[:rot][:kN][:compiled] with ALGORITHM "
                              f"allgather, two_shot or auto (or none:none[:compiled]), got {text!r}")
-    seed, k, compiled, calibrated = None, 0, False, True
+    seed, k, compiled, calibrated, verify = None, 0, False, True, True
     for m in mods:
         if m == "rot" and name != "none":
             seed = rotation_seed
@@ -154,10 +159,14 @@ def parse_ttft_setting(text: str, rotation_seed: int) -> CommSetting:
             compiled = True
         elif m == "uncalibrated" and algo == "auto":
             calibrated = False
+        elif m == "unverified":
+            verify = False
         else:
             raise EvalSetupError(f"--ttft-settings: unknown modifier {m!r} in {text!r} "
-                                 "(rot, kN, compiled, or uncalibrated with auto)")
+                                 "(rot, kN, compiled, unverified, or uncalibrated with auto)")
+    if k and not verify:
+        raise EvalSetupError(f"--ttft-settings: {text!r}: outlier channels always exchange descriptors (no :unverified)")
     if name == "none":
-        return CommSetting(None, algorithm="none", compiled=compiled)
+        return CommSetting(None, algorithm="none", compiled=compiled, verify=verify)
     return CommSetting(get_format(name).name, "rne", algo, rotation_seed=seed, outliers=k, compiled=compiled,
-                       calibrated=calibrated)
+                       calibrated=calibrated, verify=verify)

@@ -79,9 +79,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="tc rates of the shaped loopback for TTFT; 'loopback' = unshaped "
                    f"(default {','.join(DEFAULT_TTFT_RATES)})")
     p.add_argument("--ttft-settings", default=",".join(DEFAULT_TTFT_SETTINGS),
-                   help="FORMAT:ALGORITHM[:rot][:kN][:compiled][:uncalibrated] timed for TTFT besides the "
-                   "uncompressed baseline (rne rounding; rot = rotated with --rotation-seed, kN = N calibrated "
-                   "outlier channels, compiled = under torch.compile, uncalibrated = auto without calibrate())")
+                   help="FORMAT:ALGORITHM[:rot][:kN][:compiled][:uncalibrated][:unverified] timed for TTFT besides "
+                   "the uncompressed baseline (rne rounding; rot = rotated with --rotation-seed, kN = N calibrated "
+                   "outlier channels, compiled = under torch.compile, uncalibrated = auto without calibrate(), "
+                   "unverified = verify=False, no descriptor exchange; none:none[:compiled][:unverified] adds "
+                   "uncompressed baselines, each compared with the settings run the same way)")
     p.add_argument("--prompt-tokens", type=int, default=512, help="TTFT prompt length (default 512)")
     p.add_argument("--reps", type=int, default=3, help="timed TTFT repetitions per setting (median; default 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed TTFT repetitions per setting (default 1)")

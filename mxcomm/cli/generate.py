@@ -42,7 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"link rates: loopback (unshaped) or tc rates (default {','.join(DEFAULT_GENERATE_RATES)})")
     p.add_argument("--settings", default=",".join(DEFAULT_GENERATE_SETTINGS),
                    help="comma-separated settings: transformers (its own all-reduce, no mxcomm), none (mxcomm "
-                   "uncompressed, bf16 wire), or FORMAT:ALGORITHM[:rot][:kN] with ALGORITHM allgather, two_shot or "
+                   "uncompressed, bf16 wire; none:none:unverified without descriptor exchanges), or "
+                   "FORMAT:ALGORITHM[:rot][:kN][:unverified] with ALGORITHM allgather, two_shot or "
                    f"auto (default {','.join(DEFAULT_GENERATE_SETTINGS)})")
     p.add_argument("--prompt-tokens", type=int, default=512, help="prompt length (default 512)")
     p.add_argument("--new-tokens", type=int, default=64, help="tokens to generate (default 64)")

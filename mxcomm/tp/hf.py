@@ -39,6 +39,7 @@ Needs transformers with ``transformers.distributed.tensor_parallel`` (5.x).
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -268,8 +269,8 @@ def _install(model: nn.Module, sharded: Mapping[str, tuple[Any, DeviceMesh, Call
         current = getattr(module, COMM_ATTR, None)
         if isinstance(module.__dict__.get("forward"), _ReducedForward) and isinstance(current, RowwiseComm):
             # in place: references to the live settings (compressed_modules) stay valid
-            current.fmt, current.algorithm, current.comm_dtype = comm.fmt, comm.algorithm, comm.comm_dtype
-            current.outlier_channels, current.gather_fmt = comm.outlier_channels, comm.gather_fmt
+            for setting in dataclasses.fields(RowwiseComm):
+                setattr(current, setting.name, getattr(comm, setting.name))
             continue
         style, mesh, original, tp_forward = sharded[name]
         setattr(module, COMM_ATTR, comm)
@@ -290,6 +291,7 @@ def compress(
     plan: CommPlan | str | Path | None = None,
     outliers: OutlierCalibration | Mapping[str, Sequence[int]] | None = None,
     outlier_k: int | None = None,
+    verify: bool = True,
 ) -> int:
     """Run the partial-sum all-reduces of a model transformers sharded through mxcomm (see the module docstring).
 
@@ -308,6 +310,10 @@ def compress(
         plan: Per-module overrides: a :class:`~mxcomm.tp.CommPlan` or the path of a saved one.
         outliers, outlier_k: Outlier channels per module: a calibration and how many of its
             channels (``None``: all), or a mapping module name -> channels.
+        verify: Exchange the call descriptor on every all-reduce (``False``: the caller vouches
+            that every rank runs the same forward with the same input shapes, as transformers'
+            own TP assumes; one small all-gather less per all-reduce; see
+            :class:`~mxcomm.tp.RowwiseComm`).
 
     Returns:
         The number of modules whose all-reduce now runs through mxcomm.
@@ -332,10 +338,19 @@ def compress(
     comms = resolve_comms(model, _reduce_modules(model, styles), {n: style_name(s) for n, s in styles.items()},
                           fmt, algorithm=algorithm, comm_dtype=comm_dtype, plan=plan, outliers=outliers,
                           outlier_k=outlier_k)
+    _set_verify(comms, verify)
     if not comms:
         raise TPPlanError(f"{type(model).__name__} has no module whose TP style ends in an all-reduce of partial sums "
                           f"(styles: {sorted({style_name(s) for s in styles.values()})})")
     return _install(model, sharded, comms)
+
+
+def _set_verify(comms: Mapping[str, RowwiseComm], verify: bool) -> None:
+    """Set every module's ``verify`` (checked first: a bad value raises before anything changes)."""
+    if not isinstance(verify, bool):
+        raise TPPlanError(f"verify must be a bool, got {verify!r}")
+    for comm in comms.values():
+        comm.verify = verify
 
 
 def uncompress(model: nn.Module) -> int:
@@ -485,6 +500,7 @@ def parallelize(
     outlier_k: int | None = None,
     tp_plan: Mapping[str, str] | None = None,
     src_data_rank: int | None = 0,
+    verify: bool = True,
 ) -> nn.Module:
     """Shard an unsharded transformers model in place with its own TP plan, then :func:`compress` it.
 
@@ -495,7 +511,7 @@ def parallelize(
     Args:
         model: A transformers ``PreTrainedModel`` (unsharded, every rank holding the same weights).
         device_mesh: 1-D mesh of the tensor-parallel ranks (``init_device_mesh("cpu", (n,))``).
-        fmt, algorithm, comm_dtype, plan, outliers, outlier_k: as for :func:`compress`.
+        fmt, algorithm, comm_dtype, plan, outliers, outlier_k, verify: as for :func:`compress`.
         tp_plan: TP style rules overriding or adding to the model's own plan
             (``{"model.embed_tokens": "replicate"}``), as ``DistributedConfig(tp_plan=...)`` takes them.
         src_data_rank: Rank whose weights every rank takes (one broadcast per parameter and buffer);
@@ -522,6 +538,7 @@ def parallelize(
     resolved = resolve_tp_styles(model, world, tp_plan)
     comms = plan_comms(model, world, fmt, algorithm=algorithm, comm_dtype=comm_dtype, plan=plan, outliers=outliers,
                        outlier_k=outlier_k, tp_plan=tp_plan)
+    _set_verify(comms, verify)
     config = DistributedConfig(tp_size=world, tp_plan=dict(tp_plan) if tp_plan is not None else "auto")
     resolved, ties = _split_tied(model, resolved, mesh)
     # -- everything is validated; communication starts here --

@@ -81,11 +81,18 @@ class RowwiseComm:
     compressed rest (:func:`mxcomm.collectives.all_reduce_with_outliers`);
     they are ignored when the reduction is uncompressed. ``gather_fmt`` is
     two-shot's all-gather format (``all_reduce(..., gather_fmt=...)``; None:
-    ``fmt``).
+    ``fmt``). ``verify=False`` skips the 88-byte descriptor exchange every call
+    otherwise starts with (``all_reduce(..., verify=False)``): one small
+    all-gather less per reduction, the caller vouching -- as with
+    ``torch.distributed`` and transformers' own TP -- that every rank runs the
+    same module with the same input shape (a disagreement is undefined: the
+    backend may abort or the call time out); ``auto`` then plans from the
+    group's estimate without learning or exploring. The outlier path always
+    exchanges its descriptors.
 
     Raises:
         TPPlanError: an unknown algorithm, a ``comm_dtype`` other than float32/bfloat16/float16,
-            or negative outlier channels.
+            negative outlier channels, or a ``verify`` that is not a bool.
         FormatError: an unknown format, a gather format rotated or blocked unlike a rotated ``fmt``.
     """
 
@@ -94,8 +101,11 @@ class RowwiseComm:
     comm_dtype: torch.dtype | None = None
     outlier_channels: torch.Tensor | None = None
     gather_fmt: BlockFormat | None = None
+    verify: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.verify, bool):
+            raise TPPlanError(f"verify must be a bool, got {self.verify!r}")
         self.fmt = resolve_format(self.fmt)
         self.gather_fmt = resolve_format(self.gather_fmt)
         if self.gather_fmt is not None and self.fmt is not None:
@@ -130,7 +140,8 @@ class RowwiseComm:
         assert self.fmt is not None
         outliers = "" if self.outlier_channels is None else f"+{self.outlier_channels.numel()}ch"
         gather = f">{self.gather_fmt.name}" if self.gather_fmt is not None and self.algorithm != "allgather" else ""
-        return f"{self.fmt.name}[{self.fmt.rounding}]/{self.algorithm}{gather}{outliers}"
+        unverified = "" if self.verify else " (unverified)"
+        return f"{self.fmt.name}[{self.fmt.rounding}]/{self.algorithm}{gather}{outliers}{unverified}"
 
 
 class _ReduceToReplicate(torch.autograd.Function):
@@ -154,9 +165,9 @@ class _ReduceToReplicate(torch.autograd.Function):
                                                       algorithm=comm.algorithm, gather_fmt=comm.gather_fmt)
         elif comm.compressed:
             out = functional_all_reduce(wire, comm.fmt, group=group, algorithm=comm.algorithm,
-                                        gather_fmt=comm.gather_fmt)
+                                        gather_fmt=comm.gather_fmt, verify=comm.verify)
         else:
-            out = functional_all_reduce(wire, None, group=group, algorithm="none")
+            out = functional_all_reduce(wire, None, group=group, algorithm="none", verify=comm.verify)
         return out if out.dtype == partial_out.dtype else out.to(partial_out.dtype)
 
     @staticmethod
@@ -189,6 +200,7 @@ class CompressedRowwiseParallel(RowwiseParallel):
             :func:`mxcomm.tp.calibrate_outliers`; ``None``: none.
         gather_fmt: two-shot's all-gather format (``None``: ``fmt``; see
             :func:`mxcomm.all_reduce`).
+        verify: exchange the call descriptor on every reduction (see :class:`RowwiseComm`).
         input_layouts, use_local_output: as for ``RowwiseParallel``.
         output_layouts: only ``Replicate()`` (the default) is supported; a
             sharded output would need a compressed reduce-scatter.
@@ -212,6 +224,7 @@ class CompressedRowwiseParallel(RowwiseParallel):
         output_layouts: Placement | None = None,
         use_local_output: bool = True,
         gather_fmt: FormatLike | None = None,
+        verify: bool = True,
     ) -> None:
         super().__init__(
             input_layouts=input_layouts, output_layouts=output_layouts, use_local_output=use_local_output
@@ -221,7 +234,7 @@ class CompressedRowwiseParallel(RowwiseParallel):
                 f"CompressedRowwiseParallel only produces a Replicate() output, got {output_layouts!r}"
             )
         self.comm = RowwiseComm(resolve_format(fmt), algorithm, comm_dtype, outlier_channels,
-                                resolve_format(gather_fmt))
+                                resolve_format(gather_fmt), verify)
 
     # RowwiseParallel._apply binds ``self._prepare_output_fn`` with
     # (output_layouts, use_local_output); overriding it as an instance method
@@ -256,7 +269,7 @@ class CompressedRowwiseParallel(RowwiseParallel):
         out = super()._apply(module, device_mesh)
         # One settings object per module, so that later per-module changes stay local.
         setattr(module, COMM_ATTR, RowwiseComm(self.comm.fmt, self.comm.algorithm, self.comm.comm_dtype,
-                                               self.comm.outlier_channels, self.comm.gather_fmt))
+                                               self.comm.outlier_channels, self.comm.gather_fmt, self.comm.verify))
         return out
 
     def __repr__(self) -> str:
@@ -264,7 +277,7 @@ class CompressedRowwiseParallel(RowwiseParallel):
             f"{type(self).__name__}(fmt={self.comm.fmt.name if self.comm.fmt else None!r}, "
             f"algorithm={self.comm.algorithm!r}, comm_dtype={self.comm.comm_dtype}, "
             f"outlier_channels={None if self.comm.outlier_channels is None else self.comm.outlier_channels.tolist()}, "
-            f"input_layouts={self.input_layouts}, use_local_output={self.use_local_output})"
+            f"verify={self.comm.verify}, input_layouts={self.input_layouts}, use_local_output={self.use_local_output})"
         )
 
 
@@ -285,6 +298,7 @@ def set_comm_format(
     comm_dtype: torch.dtype | None | str = "keep",
     names: Any = None,
     gather_fmt: FormatLike | None = None,
+    verify: bool | None = None,
 ) -> int:
     """Change the all-reduce format of already parallelized modules, without re-sharding.
 
@@ -297,13 +311,15 @@ def set_comm_format(
         comm_dtype: The new wire dtype (``"keep"``: keep each module's).
         names: Module names to change (default: every compressed row-parallel module).
         gather_fmt: The new two-shot gather format (``None``: none, i.e. ``fmt``).
+        verify: Exchange the call descriptor on every reduction (``None``: keep each module's;
+            see :class:`RowwiseComm`).
 
     Returns:
         The number of modules changed.
 
     Raises:
         TPPlanError: ``names`` lists a module that is not compressed row-parallel, or a bad
-            algorithm or ``comm_dtype``.
+            algorithm, ``comm_dtype`` or ``verify``.
         FormatError: an unknown format, or a gather format that does not fit ``fmt``.
     """
     targets = compressed_modules(model)
@@ -320,7 +336,8 @@ def set_comm_format(
             comm.algorithm if algorithm is None else algorithm,
             comm.comm_dtype if isinstance(comm_dtype, str) and comm_dtype == "keep" else comm_dtype,  # type: ignore[arg-type]
             gather_fmt=gather_fmt,
+            verify=comm.verify if verify is None else verify,
         )
         comm.fmt, comm.algorithm, comm.comm_dtype = updated.fmt, updated.algorithm, updated.comm_dtype
-        comm.gather_fmt = updated.gather_fmt
+        comm.gather_fmt, comm.verify = updated.gather_fmt, updated.verify
     return len(targets)

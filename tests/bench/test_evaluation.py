@@ -109,6 +109,15 @@ def test_ttft_table_speedups_and_ppl_lookup():
     table = ttft_markdown(results, ppl_rows).splitlines()
     assert table[5].startswith("| 25mbit | mxint8 rne two_shot compiled | two_shot×60 |")
     assert "| 5.00x |" in table[5] and table[5].endswith("| +0.50% | yes |")
+    # with an unverified baseline in the run, unverified settings are compared with it (and Δ ppl is
+    # that of the same numerics); the others keep the first baseline
+    none_unverified = CommSetting(None, algorithm="none", verify=False)
+    i8_unverified = CommSetting("mxint8", algorithm="two_shot", verify=False)
+    results[0]["rows"] += [row(none_unverified, 8.0, {"none": 60}), row(i8_unverified, 4.0, {"two_shot": 60})]
+    table = ttft_markdown(results, ppl_rows).splitlines()
+    assert table[7].startswith("| 25mbit | mxint8 rne two_shot unverified | two_shot×60 |")
+    assert "| 2.00x |" in table[7] and table[7].endswith("| +0.50% | yes |")
+    assert "| 2.00x |" in table[3]  # the verified row: still against the first baseline
 
 
 # -- outlier-robust Pareto phase ---------------------------------------------------------------------
@@ -190,8 +199,13 @@ def test_ttft_setting_syntax():
     assert (none.fmt, none.algorithm, none.compiled, none.label) == (None, "none", True, "none (bfloat16 wire) compiled")
     uncal = parse_ttft_setting("mxint8:auto:uncalibrated", 9)
     assert not uncal.calibrated and uncal.label == "mxint8 rne auto uncalibrated"
+    unverified = parse_ttft_setting("mxint8:two_shot:unverified:compiled", 9)
+    assert not unverified.verify and unverified.label == "mxint8 rne two_shot unverified compiled"
+    assert unverified.eager_label == "mxint8 rne two_shot" and parse_ttft_setting("mxint8:auto", 9).verify
+    assert not parse_ttft_setting("none:none:unverified", 9).verify
     for bad in ("mxfp4", "mxfp4:ring", "mxfp4:allgather:k0", "mxfp4:allgather:spin", "none:allgather",
-                "mxfp4:none", "none:none:rot", "mxfp4:two_shot:uncalibrated"):
+                "mxfp4:none", "none:none:rot", "mxfp4:two_shot:uncalibrated", "mxfp4:allgather:k8:unverified",
+                "mxfp4:allgather:unverified:k8"):
         with pytest.raises(EvalSetupError):
             parse_ttft_setting(bad, 9)
 

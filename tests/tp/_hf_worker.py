@@ -152,6 +152,10 @@ def run_family(rank: int, world: int, family: str, folder: Path) -> dict[str, An
         res["parallelized_plan"] = copy(ids).logits
         T.compress(copy, "mxfp8_e4m3", algorithm="allgather")
         res["parallelized_mxfp8"] = copy(ids).logits
+        T.compress(copy, "mxfp8_e4m3", algorithm="allgather", verify=False)  # no descriptor exchanges
+        with track_comm() as stats:
+            res["parallelized_mxfp8_unverified"] = copy(ids).logits
+        res["unverified_records"] = _records(stats)
         T.compress(copy, None)
         res["parallelized_none"] = copy(ids).logits
     return res
@@ -186,6 +190,7 @@ def run_errors(rank: int, world: int, folders: dict[str, Path]) -> dict[str, Any
     out["colwise_module"] = _error(lambda: T.parallelize(model, mesh, plan=T.CommPlan(model, [
         {"module": "model.layers.0.self_attn.q_proj", "format": "mxint8"}])))
     out["other_model_plan"] = _error(lambda: T.parallelize(model, mesh, plan=folders["qwen2"] / "plan.json"))
+    out["bad_verify"] = _error(lambda: T.parallelize(model, mesh, "mxfp8_e4m3", verify=1))
     out["still_unsharded"] = not any(type(p).__name__ == "DTensor" for m in (planless, indivisible, model)
                                      for p in m.parameters())
     # transformers itself loads a model whose heads the world size does not divide (its forward then

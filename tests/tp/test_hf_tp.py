@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from mxcomm.bench.launch import run_ranks
+from mxcomm.collectives.handshake import DESCRIPTOR_NBYTES
 from mxcomm.collectives.planner import all_reduce_wire_bytes
 from mxcomm.formats import get_format
 
@@ -89,6 +90,12 @@ def test_mxfp8_is_close_and_parallelize_matches_from_pretrained(ranks, family):
     for r in ranks:  # the same sharding and settings both ways: bit for bit the same logits
         assert torch.equal(r[family]["parallelized_mxfp8"], r[family]["logits"]["mxfp8"])
         assert torch.equal(r[family]["parallelized_plan"], r[family]["logits"]["plan"])
+        # verify=False: the same numerics without the descriptor exchanges (exactly their bytes fewer)
+        assert torch.equal(r[family]["parallelized_mxfp8_unverified"], r[family]["logits"]["mxfp8"])
+        verified, unverified = r[family]["records"]["mxfp8"], r[family]["unverified_records"]
+        assert len(unverified) == len(verified) > 0
+        descriptors = (len(ranks) - 1) * DESCRIPTOR_NBYTES
+        assert [u["bytes_sent"] for u in unverified] == [v["bytes_sent"] - descriptors for v in verified]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -170,6 +177,7 @@ def test_bad_input_raises_tp_plan_error_on_every_rank(ranks):
         "colwise_module": "has TP style 'colwise'",
         "other_model_plan": "plan made for Qwen2ForCausalLM",
         "indivisible_compress": "must divide",
+        "bad_verify": "verify must be a bool",
     }
     for key, needle in expected.items():
         for e in errors:

@@ -134,6 +134,18 @@ def test_two_compressed_all_reduces_per_layer_with_predicted_bytes(ranks):
         assert r["set_format_changed"] == n_calls
 
 
+def test_unverified_modules_skip_only_the_descriptor(ranks):
+    for r in ranks:
+        n_calls = 2 * W.LAYERS
+        # bitwise the verified results; exactly the descriptor's bytes fewer on the wire
+        assert torch.equal(r["fp8_2s_unverified_logits"], r["fp8_2s_logits"])
+        assert torch.equal(r["none_unverified_logits"], r["none_logits"])
+        _check_records(r["fp8_2s_unverified_records"], count=n_calls, algorithm="two_shot", fmt="mxfp8_e4m3",
+                       sent=two_shot_sent("mxfp8_e4m3") - (WORLD - 1) * DESCRIPTOR_NBYTES, logical=ring_logical(4))
+        _check_records(r["none_unverified_records"], count=n_calls, algorithm="none", fmt="",
+                       sent=ring_logical(4), logical=ring_logical(4))
+
+
 def test_uncompressed_layers_really_uncompressed(ranks):
     for r in ranks:
         recs = r["mixed_records"]
@@ -291,4 +303,7 @@ def test_plan_and_style_reject_bad_arguments():
         CompressedRowwiseParallel("mxfp8_e4m3", output_layouts=Shard(1))
     with pytest.raises(TPPlanError):
         CompressedRowwiseParallel("mxfp8_e4m3", comm_dtype=torch.int8)
+    with pytest.raises(TPPlanError):
+        CompressedRowwiseParallel("mxfp8_e4m3", verify="no")
+    assert CompressedRowwiseParallel("mxfp8_e4m3", verify=False).comm.verify is False
     assert CompressedRowwiseParallel("none").comm.fmt is None
