@@ -53,7 +53,7 @@ from torch.distributed.tensor import DTensor, Replicate, Shard
 
 from mxcomm.tp.outliers import OutlierCalibration
 from mxcomm.tp.plan import CommPlan, resolve_comms
-from mxcomm.tp.style import COMM_ATTR, FormatLike, RowwiseComm, TPPlanError, reduce_partial
+from mxcomm.tp.style import COMM_ATTR, FormatLike, RowwiseComm, TPPlanError, check_verify, reduce_partial
 
 #: The kinds of partial-sum reductions mxcomm takes over (see the module docstring).
 LINEAR, EMBEDDING, OUTPUT = "linear", "embedding", "output"
@@ -347,8 +347,7 @@ def compress(
 
 def _set_verify(comms: Mapping[str, RowwiseComm], verify: bool) -> None:
     """Set every module's ``verify`` (checked first: a bad value raises before anything changes)."""
-    if not isinstance(verify, bool):
-        raise TPPlanError(f"verify must be a bool, got {verify!r}")
+    check_verify(verify)
     for comm in comms.values():
         comm.verify = verify
 

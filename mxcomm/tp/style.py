@@ -65,6 +65,12 @@ def resolve_format(fmt: FormatLike | None) -> BlockFormat | None:
     raise FormatError(f"format must be a BlockFormat, a registered format name or None, got {fmt!r}")
 
 
+def check_verify(verify: object) -> None:
+    """``verify`` (exchange the call descriptor) must be a bool: a truthy string would silently mean True."""
+    if not isinstance(verify, bool):
+        raise TPPlanError(f"verify must be a bool, got {verify!r}")
+
+
 @dataclass
 class RowwiseComm:
     """How one row-parallel module reduces its partial output (see :func:`compressed_modules`).
@@ -104,8 +110,7 @@ class RowwiseComm:
     verify: bool = True
 
     def __post_init__(self) -> None:
-        if not isinstance(self.verify, bool):
-            raise TPPlanError(f"verify must be a bool, got {self.verify!r}")
+        check_verify(self.verify)
         self.fmt = resolve_format(self.fmt)
         self.gather_fmt = resolve_format(self.gather_fmt)
         if self.gather_fmt is not None and self.fmt is not None:
