@@ -21,15 +21,8 @@ from mxcomm.bench.settings import (
     DEFAULT_TWO_SHOT_FORMATS,
 )
 from mxcomm.bench.smollm2 import EvalSetupError
-from mxcomm.cli import csv_list
+from mxcomm.cli import csv_list, int_list
 from mxcomm.errors import MxcommError
-
-
-def _ints(value: str, option: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in csv_list(value))
-    except ValueError:
-        raise EvalSetupError(f"{option} takes comma-separated integers, got {value!r}") from None
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -116,7 +109,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         roundings=csv_list(args.roundings), algorithm=args.algorithm, two_shot_formats=csv_list(args.two_shot_formats),
         emulate_formats=() if args.emulate == "table" else csv_list(args.emulate), emulate_table=args.emulate == "table",
         pareto_formats=csv_list(args.pareto_formats), pareto_two_shot=csv_list(args.pareto_two_shot),
-        outlier_k=_ints(args.outlier_k, "--outlier-k"), rotation_seed=args.rotation_seed,
+        outlier_k=int_list(args.outlier_k, "--outlier-k", EvalSetupError), rotation_seed=args.rotation_seed,
         outliers=args.outliers, calibration_windows=args.calibration_windows, ttft_rates=csv_list(args.ttft_rates),
         ttft_settings=csv_list(args.ttft_settings), prompt_tokens=args.prompt_tokens, reps=args.reps,
         warmup=args.warmup, threads=args.threads, skip_ppl=args.skip_ppl, skip_pareto=args.skip_pareto,

@@ -23,6 +23,7 @@ from mxcomm.bench.sweep import (
     source_unavailable,
     sweep_points,
 )
+from mxcomm.cli import csv_list, int_list
 from mxcomm.errors import MxcommError
 
 T = TypeVar("T")
@@ -66,33 +67,22 @@ def _config(args: argparse.Namespace) -> SweepConfig:
     config = SweepConfig.from_env(env)
     changes: dict[str, object] = {}
     if args.sizes:
-        changes["tokens"] = _ints(args.sizes, "--sizes")
+        changes["tokens"] = int_list(args.sizes, "--sizes", SweepError)
     if args.hidden is not None:
         changes["hidden"] = args.hidden
     if args.dtypes:
-        changes["dtypes"] = _strs(args.dtypes)
+        changes["dtypes"] = csv_list(args.dtypes)
     if args.sources:
-        changes["sources"] = _strs(args.sources)
+        changes["sources"] = csv_list(args.sources)
     if args.formats:
-        changes["formats"] = _strs(args.formats)
+        changes["formats"] = csv_list(args.formats)
     if args.block_sizes:
-        changes["block_sizes"] = _ints(args.block_sizes, "--block-sizes")
+        changes["block_sizes"] = int_list(args.block_sizes, "--block-sizes", SweepError)
     if args.target_s is not None:
         changes["target_s"] = args.target_s
     if args.max_rounds is not None:
         changes["max_rounds"] = args.max_rounds
     return replace(config, **changes) if changes else config
-
-
-def _strs(text: str) -> tuple[str, ...]:
-    return tuple(s.strip() for s in text.split(",") if s.strip())
-
-
-def _ints(text: str, what: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(s) for s in _strs(text))
-    except ValueError:
-        raise SweepError(f"{what} takes comma-separated integers, got {text!r}") from None
 
 
 def _progress(items: list[T], enabled: bool) -> Iterator[T]:

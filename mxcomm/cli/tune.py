@@ -21,17 +21,10 @@ from mxcomm.bench.tuning import (
     DEFAULT_TWO_SHOT,
     DEFAULT_TWO_SHOT_KS,
 )
-from mxcomm.cli import csv_list
+from mxcomm.cli import csv_list, int_list
 from mxcomm.errors import MxcommError
 
 DEFAULT_TUNE_DIR = Path("mxcomm-tune")
-
-
-def _ints(value: str, option: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in csv_list(value))
-    except ValueError:
-        raise EvalSetupError(f"{option} takes comma-separated integers, got {value!r}") from None
 
 
 def _pairs(value: str) -> tuple[tuple[str, str], ...]:
@@ -109,8 +102,8 @@ def run_from_args(args: argparse.Namespace) -> TuneRun:
         model=args.model, text=args.text, world_size=args.world_size, window_tokens=args.window_tokens,
         calibration_start=args.calibration_start, calibration_windows=args.calibration_windows,
         sensitivity_windows=args.sensitivity_windows, budgets=tuple(Budget.parse(b) for b in csv_list(args.budget)),
-        formats=csv_list(args.formats), outlier_ks=_ints(args.outlier_ks, "--outlier-ks"),
-        two_shot=_pairs(args.two_shot), two_shot_ks=_ints(args.two_shot_ks, "--two-shot-ks"),
+        formats=csv_list(args.formats), outlier_ks=int_list(args.outlier_ks, "--outlier-ks", EvalSetupError),
+        two_shot=_pairs(args.two_shot), two_shot_ks=int_list(args.two_shot_ks, "--two-shot-ks", EvalSetupError),
         rotation_seed=args.rotation_seed, max_measured=args.max_measured, rounds=args.rounds,
         outliers=args.outliers, sensitivity=args.sensitivity, heldout_start=args.heldout_start,
         heldout_windows=args.heldout_windows, uniform=csv_list(args.uniform), threads=args.threads,
